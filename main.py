@@ -1,0 +1,254 @@
+"""The pipeline: runs the selected steps of config.yaml in order, each as an MLflow project.
+
+    mlflow run . --env-manager local                           # every step
+    mlflow run . --env-manager local -P steps=preprocess,train_model
+    mlflow run . --env-manager local -P hydra_options="train_model.lr=0.01 train_model.epochs=3"
+    python main.py main.steps=evaluate                         # same, without the outer MLflow run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sheldon.errors import StepError
+from sheldon.paths import REPO_ROOT
+from sheldon.tracking import HEADLINE_TAG, STEP_TAG, configure_tracking
+
+# The steps, in pipeline order. Each is an MLflow project in src/<step>.
+_steps = [
+    "download_dataset",
+    "preprocess",
+    "train_model",
+    "evaluate",
+]
+
+# The config.yaml section holding a step's parameters is the step's name, except where
+# SEED.md named it otherwise (`data.download_new`, `data.source`).
+_sections = {"download_dataset": "data"}
+
+ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str  # ran, failed
+    seconds: float
+    run_id: str | None
+    headline: str = ""
+
+
+def section_of(step: str) -> str:
+    return _sections.get(step, step)
+
+
+def select_steps(spec: str) -> list[str]:
+    """Parse `main.steps` (comma-separated names, or `all`) into pipeline order.
+    A unique prefix names a step too, so SEED.md's `steps=download` works."""
+    if spec.strip() in ("all", ""):
+        return list(_steps)
+    chosen = set()
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        matches = [s for s in _steps if s == name] or [s for s in _steps if s.startswith(name)]
+        if len(matches) != 1:
+            problem = "ambiguous" if matches else "unknown"
+            raise StepError(f"{problem} step {name!r}; valid steps: {', '.join(_steps)}")
+        chosen.add(matches[0])
+    return [s for s in _steps if s in chosen]
+
+
+def step_config(config: DictConfig, step: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A step's MLflow parameters (scalars as text, `_target_` subtrees as JSON) and its
+    inputs ({parameter: "<upstream step>/<artifact>"}), all interpolations resolved."""
+    section = section_of(step)
+    if section not in config:
+        raise StepError(f"config.yaml has no section {section!r} for step {step}")
+    try:
+        values = OmegaConf.to_container(config[section], resolve=True)
+    except OmegaConfBaseException as err:
+        raise StepError(f"config.yaml section {section!r}: {err}".splitlines()[0]) from None
+    inputs = values.pop("inputs", None) or {}
+    params = {
+        key: json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)
+        for key, value in values.items()
+    }
+    return params, inputs
+
+
+def latest_finished_run(experiment_id: str, step: str) -> str | None:
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def plan_inputs(
+    config: DictConfig, selected: list[str], experiment_id: str, experiment: str
+) -> dict[str, str]:
+    """Run ids of the upstream steps that are not selected: their latest finished runs.
+    Fails before anything runs when one has never finished in this experiment."""
+    found: dict[str, str] = {}
+    for step in selected:
+        for param, ref in step_config(config, step)[1].items():
+            upstream = str(ref).split("/", 1)[0]
+            if upstream not in _steps or "/" not in str(ref):
+                raise StepError(f"{section_of(step)}.inputs.{param} = {ref!r}: expected <step>/<artifact>, "
+                                f"with <step> one of {', '.join(_steps)}")
+            if upstream in selected or upstream in found:
+                continue
+            run_id = latest_finished_run(experiment_id, upstream)
+            if run_id is None:
+                raise StepError(
+                    f"{step} needs {ref}, but experiment {experiment!r} has no finished {upstream} run; "
+                    f"run it first: mlflow run . --env-manager local -P steps={upstream}"
+                )
+            found[upstream] = run_id
+    return found
+
+
+def resolve_env_manager(setting: str) -> str:
+    """The env manager the root run uses, so every step runs under the same one
+    (MLflow does not pass it down): MLflow's own envs live in prefixes named mlflow-<hash>."""
+    if setting != "auto":
+        if setting not in ENV_MANAGERS:
+            raise StepError(f"main.env_manager={setting!r}: use auto or one of {', '.join(ENV_MANAGERS)}")
+        return setting
+    prefix = Path(sys.prefix)
+    if prefix.name.startswith("mlflow-"):
+        return "conda" if (prefix / "conda-meta").exists() else "virtualenv"
+    return "local"
+
+
+def headline_of(run_id: str) -> str:
+    data = mlflow.get_run(run_id).data
+    name = data.tags.get(HEADLINE_TAG)
+    if name is None or name not in data.metrics:
+        return ""
+    value = data.metrics[name]
+    return f"{name}={value:.4f}" if not float(value).is_integer() else f"{name}={int(value)}"
+
+
+def launch(step: str, params: dict[str, str], experiment_id: str, env_manager: str) -> StepResult:
+    """Run src/<step> as an MLflow project, nested under the active pipeline run."""
+    print(f"\n=== {step} ===", flush=True)
+    started = time.perf_counter()
+    try:
+        submitted = mlflow.projects.run(
+            str(REPO_ROOT / "src" / step), "main", parameters=params, experiment_id=experiment_id,
+            run_name=step, env_manager=env_manager, synchronous=False,
+        )
+    except MlflowException as err:
+        print(f"error: cannot launch {step}: {err.message}", file=sys.stderr)
+        return StepResult(step, "failed", time.perf_counter() - started, None)
+    ok = submitted.wait()
+    seconds = time.perf_counter() - started
+    if not ok and mlflow.get_run(submitted.run_id).info.status == "RUNNING":
+        mlflow.MlflowClient().set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
+    return StepResult(step, "ran" if ok else "failed", seconds, submitted.run_id, headline_of(submitted.run_id))
+
+
+def format_summary(results: list[StepResult]) -> str:
+    rows = [("step", "status", "seconds", "mlflow run id", "headline")]
+    rows += [(r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", r.headline) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def open_pipeline_run(experiment_id: str) -> mlflow.ActiveRun:
+    """The pipeline run: the one `mlflow run .` made when it is in this experiment, else a new one."""
+    outer = os.environ.pop("MLFLOW_RUN_ID", None)
+    if outer and mlflow.get_run(outer).info.experiment_id == experiment_id:
+        mlflow.MlflowClient().set_tag(outer, "mlflow.runName", "pipeline")
+        return mlflow.start_run(run_id=outer)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
+    if outer:  # `mlflow run .` put its run in another experiment: point it at the real one
+        mlflow.MlflowClient().set_tag(outer, "sheldon.pipeline_run_id", run.info.run_id)
+        mlflow.MlflowClient().set_tag(outer, "mlflow.runName", "pipeline-launcher")
+    return run
+
+
+def run_pipeline(config: DictConfig) -> int:
+    selected = select_steps(str(config.main.steps))
+    steps = {step: step_config(config, step) for step in selected}
+    env_manager = resolve_env_manager(str(config.main.env_manager))
+    configure_tracking()
+    os.environ["WANDB_PROJECT"] = str(config.main.project_name)
+    os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
+    experiment_name = str(config.main.experiment_name)
+    experiment = mlflow.set_experiment(experiment_name)
+    mlflow.MlflowClient().set_experiment_tag(
+        experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
+    )
+    produced = plan_inputs(config, selected, experiment.experiment_id, experiment_name)
+    print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
+
+    results: list[StepResult] = []
+    with open_pipeline_run(experiment.experiment_id) as pipeline:
+        mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+        for step in selected:
+            params, inputs = steps[step]
+            for param, ref in inputs.items():
+                upstream, artifact = str(ref).split("/", 1)
+                params[param] = f"runs:/{produced[upstream]}/{artifact}"
+            result = launch(step, params, experiment.experiment_id, env_manager)
+            results.append(result)
+            if result.status == "failed":
+                break
+            produced[step] = result.run_id
+        summary = format_summary(results)
+        mlflow.log_text(summary + "\n", "summary.txt")
+        print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            mlflow.set_tag("sheldon.failed_step", failed[0].step)
+            print(f"error: step {failed[0].step} failed; later steps did not run", file=sys.stderr)
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            return 1
+    return 0
+
+
+@hydra.main(config_path=".", config_name="config", version_base=None)
+def go(config: DictConfig) -> None:
+    try:
+        code = run_pipeline(config)
+    except StepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
+    if code:
+        sys.exit(code)
+
+
+def hydra_arguments(argv: list[str]) -> list[str]:
+    """Make the command line Hydra's: `-P hydra_options="a=1 b='x y'"` arrives as one argument,
+    so split it on the spaces outside quotes (keeping the quotes for Hydra's parser), and quote
+    a step list, which Hydra would otherwise read as a sweep (`main.steps=a,b`)."""
+    token = re.compile(r"""(?:[^\s'"]|'[^']*'|"[^"]*")+""")
+    parts = [part for arg in argv for part in token.findall(arg)]
+    steps = re.compile(r"^(main\.steps)=([\w,]+,[\w,]*)$")
+    return [steps.sub(r"\1='\2'", part) for part in parts]
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = hydra_arguments(sys.argv[1:])
+    go()

@@ -1,0 +1,81 @@
+"""preprocess: validate the raw digits, scale them to [0, 1] and make a stratified
+train/val/test split, logged as the `splits` artifact (train.npz, val.npz, test.npz)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from sheldon.cli import run_cli
+from sheldon.datasets import Dataset, load_raw, save_splits, validate
+from sheldon.errors import StepError
+from sheldon.tracking import step_run
+
+STEP = "preprocess"
+
+
+def scale(images: np.ndarray) -> np.ndarray:
+    """Pixels 0..255 to float32 in [0, 1], with a channel axis: (N, 1, H, W)."""
+    return (images.astype(np.float32) / 255.0)[:, None, :, :]
+
+
+def split(
+    dataset: Dataset, val_size: float, test_size: float, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Stratified split into train/val/test; sizes are fractions of the whole dataset."""
+    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
+        raise StepError(
+            f"val_size and test_size must be fractions in (0, 1) summing below 1, "
+            f"got {val_size} and {test_size}"
+        )
+    x, y = scale(dataset.images), dataset.labels
+    try:
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=test_size, stratify=y, random_state=seed
+        )
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest, random_state=seed
+        )
+    except ValueError as err:  # e.g. a class too rare to stratify
+        raise StepError(f"cannot split the dataset: {err}") from None
+    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+
+
+def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> dict:
+    return {
+        name: np.bincount(y, minlength=num_classes).tolist() for name, (_, y) in splits.items()
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    with step_run(STEP, vars(args)) as run:
+        dataset = load_raw(run.fetch_input("raw_data", args.raw_data))
+        validate(dataset, args.num_classes)
+        splits = split(dataset, args.val_size, args.test_size, args.seed)
+        counts = class_counts(splits, args.num_classes)
+        with tempfile.TemporaryDirectory(prefix="sheldon-splits-") as out:
+            save_splits(splits, Path(out))
+            (Path(out) / "class_counts.json").write_text(json.dumps(counts, indent=2))
+            run.log_artifact(Path(out), "splits", "dataset", metadata={"class_counts": counts})
+        run.log_metrics({f"n_{name}": len(y) for name, (_, y) in splits.items()})
+        run.headline("n_train", len(splits["train"][1]))
+        print("split sizes: " + ", ".join(f"{n}={len(y)}" for n, (_, y) in splits.items()))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--raw_data", required=True, help="MLflow URI of the raw_data artifact")
+    p.add_argument("--val_size", type=float, default=0.15, help="fraction of samples for validation")
+    p.add_argument("--test_size", type=float, default=0.15, help="fraction of samples for test")
+    p.add_argument("--num_classes", type=int, default=10, help="labels must lie in 0..num_classes-1")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split")
+    return p
+
+
+if __name__ == "__main__":
+    run_cli(main, parser())

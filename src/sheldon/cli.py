@@ -1,0 +1,50 @@
+"""What every step's run.py shares: typed argument parsing and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from sheldon.errors import StepError
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off", "none", "null", ""}
+
+
+def boolean(value: str | bool) -> bool:
+    """Parse a command-line boolean the way Hydra and MLflow spell them (true, 'True', 1, no...)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().strip("'\"").lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def json_value(value: str) -> Any:
+    """Parse a structured parameter (a config subtree such as a `_target_` spec) passed as JSON."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected JSON, got {value!r} ({err.msg})") from None
+
+
+def optional_str(value: str) -> str | None:
+    """A string parameter where '' or 'null' (Hydra's None) means unset."""
+    return None if value.strip().lower() in {"", "none", "null"} else value
+
+
+def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> NoReturn:
+    """Parse arguments, run the step, and turn a StepError into one line on stderr and exit 1."""
+    args = parser.parse_args()
+    try:
+        main(args)
+    except StepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
