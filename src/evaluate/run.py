@@ -25,16 +25,16 @@ STEP = "evaluate"
 def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        batches = [model(torch.from_numpy(x[i : i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)]
+        batches = [
+            model(torch.from_numpy(x[i : i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)
+        ]
     return torch.cat(batches).numpy()
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """Accuracy, macro-F1 and per-class precision, recall and F1."""
     labels = list(range(num_classes))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     metrics = {
         "test_accuracy": float((y_true == y_pred).mean()),
         "test_macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
@@ -49,10 +49,22 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black", fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({len(y_true)} test images)",
-           xticks=range(num_classes), yticks=range(num_classes))
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > matrix.max() / 2 else "black",
+            fontsize=8,
+        )
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion matrix ({len(y_true)} test images)",
+        xticks=range(num_classes),
+        yticks=range(num_classes),
+    )
     fig.tight_layout()
     return fig
 

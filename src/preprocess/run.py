@@ -47,9 +47,7 @@ def split(
 
 
 def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> dict:
-    return {
-        name: np.bincount(y, minlength=num_classes).tolist() for name, (_, y) in splits.items()
-    }
+    return {name: np.bincount(y, minlength=num_classes).tolist() for name, (_, y) in splits.items()}
 
 
 def main(args: argparse.Namespace) -> None:

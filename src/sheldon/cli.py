@@ -39,6 +39,13 @@ def optional_str(value: str) -> str | None:
     return None if value.strip().lower() in {"", "none", "null"} else value
 
 
+def progress(total: int | None, desc: str, unit: str = "it") -> Any:
+    """A tqdm bar that redraws live on a terminal and only every 10 s in a log file."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, mininterval=0.1 if sys.stderr.isatty() else 10)
+
+
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> NoReturn:
     """Parse arguments, run the step, and turn a StepError into one line on stderr and exit 1."""
     args = parser.parse_args()

@@ -73,9 +73,7 @@ def validate(dataset: Dataset, num_classes: int) -> None:
     if labels.dtype.kind not in "iu":
         raise StepError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise StepError(
-            f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}"
-        )
+        raise StepError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
 
 
 def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], folder: Path) -> None:

@@ -5,8 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# src/sheldon/paths.py -> the repository root (the package is installed editable, see Makefile).
-REPO_ROOT = Path(os.environ.get("SHELDON_ROOT") or Path(__file__).resolve().parents[2])
+
+def find_repo_root() -> Path:
+    """SHELDON_ROOT if set; else the nearest folder up from here holding the root MLproject and
+    config.yaml (a step runs in src/<step>, so a copy of the repo finds itself); else the
+    checkout this package was installed from (editable, see Makefile)."""
+    if os.environ.get("SHELDON_ROOT"):
+        return Path(os.environ["SHELDON_ROOT"]).resolve()
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "MLproject").is_file() and (folder / "config.yaml").is_file():
+            return folder
+    return Path(__file__).resolve().parents[2]
+
+
+REPO_ROOT = find_repo_root()
 
 
 def repo_path(path: str | os.PathLike) -> Path:
@@ -27,7 +39,7 @@ def absolute_tracking_uri(uri: str | None) -> str:
         return default_tracking_uri()
     for scheme in ("sqlite:///", "file:"):
         if uri.startswith(scheme):
-            rest = uri[len(scheme):]
+            rest = uri[len(scheme) :]
             if scheme == "file:":
                 rest = rest.removeprefix("//")
             if not Path(rest).is_absolute():

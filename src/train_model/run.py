@@ -7,7 +7,6 @@ import argparse
 import copy
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +15,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
 
-from sheldon.cli import json_value, run_cli
+from sheldon.cli import json_value, progress, run_cli
 from sheldon.datasets import load_split
 from sheldon.errors import StepError
 from sheldon.tracking import step_run
@@ -61,7 +59,7 @@ def run_epoch(
     loader: DataLoader,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-    progress: tqdm | None = None,
+    progress: Any | None = None,
 ) -> tuple[float, float]:
     """One pass over `loader`: trains when an optimizer is given; returns (mean loss, accuracy)."""
     model.train(optimizer is not None)
@@ -79,7 +77,9 @@ def run_epoch(
             seen += len(y)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+                progress.set_postfix(
+                    loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False
+                )
     return total_loss / seen, correct / seen
 
 
@@ -108,12 +108,16 @@ def train(
     history: list[dict[str, float]] = []
     best_state, best_accuracy = None, -1.0
     for epoch in range(1, epochs + 1):
-        with tqdm(total=len(train_loader), desc=f"epoch {epoch}/{epochs}", unit="batch") as bar:
+        with progress(len(train_loader), f"epoch {epoch}/{epochs}", "batch") as bar:
             train_loss, train_acc = run_epoch(model, train_loader, loss_fn, optimizer, bar)
             val_loss, val_acc = run_epoch(model, val_loader, loss_fn)
             bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.3f}")
-        metrics = {"train_loss": train_loss, "train_accuracy": train_acc,
-                   "val_loss": val_loss, "val_accuracy": val_acc}
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+        }
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
@@ -124,7 +128,8 @@ def train(
 
 
 def log_model(model: nn.Module, example: np.ndarray) -> None:
-    """Log with signature and input example; requirements pinned rather than inferred (slow)."""
+    """Log with signature and input example. Pickled (not pt2-exported) so evaluate and later
+    training get a plain nn.Module; requirements pinned rather than inferred, which is slow."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -136,6 +141,7 @@ def log_model(model: nn.Module, example: np.ndarray) -> None:
         signature=infer_signature(example, logits),
         input_example=example,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        serialization_format="pickle",
     )
 
 
@@ -144,8 +150,14 @@ def main(args: argparse.Namespace) -> None:
         folder = run.fetch_input("splits", args.splits)
         train_xy, val_xy = load_split(folder, "train"), load_split(folder, "val")
         model, history = train(
-            train_xy, val_xy, model_spec=args.model, optimizer_spec=args.optimizer, lr=args.lr,
-            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+            train_xy,
+            val_xy,
+            model_spec=args.model,
+            optimizer_spec=args.optimizer,
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
         )
         log_model(model, train_xy[0][:4])

@@ -1,0 +1,137 @@
+"""Shared fixtures: the real config composed once, step modules loaded by path, and a temporary
+copy of the repository whose pipeline runs for real with its own tracking db and W&B folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# What a fresh clone has: nothing machine-local is copied into a test repo.
+LOCAL_ONLY = (
+    ".git",
+    ".venv",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    "wandb",
+    "outputs",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "raw",
+)
+SHRUNK = "train_model.epochs=1 evaluate.min_accuracy=0.5"  # a tiny CPU run
+
+
+def load_step(step: str, root: Path = REPO) -> ModuleType:
+    """Import src/<step>/run.py under a unique module name, so tests call its functions."""
+    path = root / "src" / step / "run.py"
+    spec = importlib.util.spec_from_file_location(f"step_{step}_{abs(hash(root))}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def config() -> DictConfig:
+    """The real config.yaml, composed by Hydra as main.py sees it."""
+    with initialize_config_dir(config_dir=str(REPO), version_base=None):
+        return compose(config_name="config")
+
+
+def copy_repo(target: Path) -> Path:
+    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(*LOCAL_ONLY))
+    return target
+
+
+@dataclass
+class Project:
+    """A temporary copy of the repo with its own tracking store and W&B folder."""
+
+    root: Path
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    def run(self, *args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            list(args), cwd=cwd or self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        result.output = result.stdout + result.stderr  # type: ignore[attr-defined]
+        return result
+
+    def mlflow_run(self, *params: str, hydra_options: str | None = None) -> subprocess.CompletedProcess:
+        """`mlflow run . --env-manager local` with `-P` params, as a user types it."""
+        args = ["mlflow", "run", ".", "--env-manager", "local"]
+        for param in params:
+            args += ["-P", param]
+        if hydra_options is not None:
+            args += ["-P", f"hydra_options={hydra_options}"]
+        return self.run(*args)
+
+    def client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+
+    def runs(self, experiment: str = "sheldon") -> list:
+        client = self.client()
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+    def step_runs(self, step: str | None = None) -> list:
+        return [
+            r
+            for r in self.runs()
+            if "sheldon.step" in r.data.tags and (step is None or r.data.tags["sheldon.step"] == step)
+        ]
+
+    def wandb_runs(self) -> list[Path]:
+        return sorted((self.home / "wandb-dir" / "wandb").glob("offline-run-*"))
+
+
+def make_project(tmp: Path) -> Project:
+    root = copy_repo(tmp / "repo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "SHELDON_"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "WANDB_DIR": str(tmp / "wandb-dir"),
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+    }
+    (tmp / "wandb-dir").mkdir()
+    return Project(root=root, home=tmp, env=env)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Project:
+    """One repo copy shared by the end-to-end tests (a new tracking db costs ~6 s)."""
+    return make_project(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="session")
+def full_run(project: Project) -> subprocess.CompletedProcess:
+    """The whole pipeline, once, on the shrunk config."""
+    result = project.mlflow_run(hydra_options=SHRUNK)
+    assert result.returncode == 0, result.output[-4000:]
+    return result

@@ -1,0 +1,145 @@
+"""The real `mlflow run .` in a temporary copy of the repo, as a user runs it."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SHRUNK, make_project
+
+pytestmark = pytest.mark.e2e
+
+STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]
+
+
+def latest(project, step):
+    return project.step_runs(step)[-1]
+
+
+def test_full_pipeline_runs_four_nested_steps(project, full_run):
+    runs = project.step_runs()
+    assert [r.data.tags["sheldon.step"] for r in runs] == STEPS
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert [r.info.run_name for r in runs] == STEPS
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    pipeline = project.client().get_run(parents.pop())
+    assert pipeline.info.run_name == "pipeline"
+    assert pipeline.info.status == "FINISHED"
+    experiment = project.client().get_experiment(pipeline.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_full_pipeline_logs_artifacts_and_metrics(project, full_run):
+    client = project.client()
+    by_step = {r.data.tags["sheldon.step"]: r for r in project.step_runs()}
+    artifacts = {
+        step: {a.path for a in client.list_artifacts(run.info.run_id)} for step, run in by_step.items()
+    }
+    assert "raw_data" in artifacts["download_dataset"]
+    assert {"splits/train.npz", "splits/val.npz", "splits/test.npz", "splits/class_counts.json"} <= {
+        a.path for a in client.list_artifacts(by_step["preprocess"].info.run_id, "splits")
+    }
+    assert "confusion_matrix.png" in artifacts["evaluate"]
+    assert by_step["preprocess"].data.metrics["n_train"] == 3500
+    assert len(client.get_metric_history(by_step["train_model"].info.run_id, "val_accuracy")) == 1
+    metrics = by_step["evaluate"].data.metrics
+    assert 0.5 < metrics["test_accuracy"] <= 1 and "test_macro_f1" in metrics and "recall_9" in metrics
+    assert by_step["train_model"].data.params["lr"] == "0.001"
+
+
+def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run):
+    for step in STEPS:
+        assert step in full_run.stdout
+    assert "test_accuracy=" in full_run.stdout and "mlflow run id" in full_run.stdout
+    assert len(project.wandb_runs()) >= 4
+    assert (project.root / "data" / "raw" / "mnist_5k.npz").exists()
+
+
+def test_subset_takes_inputs_from_earlier_runs(project, full_run):
+    preprocess = latest(project, "preprocess")
+    before = len(project.step_runs())
+    result = project.mlflow_run("steps=train_model,evaluate", hydra_options=f"{SHRUNK} train_model.lr=0.002")
+    assert result.returncode == 0, result.output[-3000:]
+    new = project.step_runs()[before:]
+    assert [r.data.tags["sheldon.step"] for r in new] == ["train_model", "evaluate"]
+    train = new[0]
+    assert train.data.params["splits"] == f"runs:/{preprocess.info.run_id}/splits"
+    assert train.data.params["lr"] == "0.002"
+    assert new[1].data.params["model"] == f"runs:/{train.info.run_id}/model"
+
+
+def test_unknown_step_lists_valid_ones_and_runs_nothing(project, full_run):
+    before = len(project.step_runs())
+    result = project.mlflow_run("steps=preprocess,trian_model")
+    assert result.returncode != 0
+    assert "unknown step 'trian_model'" in result.stderr
+    assert "download_dataset, preprocess, train_model, evaluate" in result.stderr
+    assert len(project.step_runs()) == before
+
+
+@pytest.mark.parametrize(
+    "override, complaint",
+    [("train_model.no_such_key=1", "no_such_key"), ("train_model.lr=[1,", "train_model.lr")],
+    ids=["unknown-key", "malformed"],
+)
+def test_bad_override_stops_before_any_step(project, full_run, override, complaint):
+    before = len(project.step_runs())
+    result = project.run("python", "main.py", override)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+    assert len(project.step_runs()) == before
+
+
+def test_failing_step_stops_pipeline_and_keeps_earlier_outputs(project, full_run):
+    earlier = {r.info.run_id for r in project.step_runs()}
+    raw = (project.root / "data" / "raw" / "mnist_5k.npz").read_bytes()
+    result = project.mlflow_run("steps=evaluate", hydra_options="evaluate.min_accuracy=1.01")
+    assert result.returncode != 0
+    assert "is below evaluate.min_accuracy=1.01" in result.stderr
+    failed = latest(project, "evaluate")
+    assert failed.info.status == "FAILED" and failed.info.run_id not in earlier
+    assert "test_accuracy" in failed.data.metrics  # what it measured is kept
+    assert "step evaluate failed" in result.stderr
+    assert all(
+        project.client().get_run(r).info.status == "FINISHED"
+        for r in earlier
+        if project.client().get_run(r).data.tags["sheldon.step"] != "evaluate"
+    )
+    assert (project.root / "data" / "raw" / "mnist_5k.npz").read_bytes() == raw
+
+
+def test_failure_in_the_middle_skips_later_steps(project, full_run):
+    before = len(project.step_runs())
+    result = project.run("python", "main.py", "main.steps=train_model,evaluate", "train_model.lr=-1")
+    assert result.returncode != 0
+    assert "train_model.lr must be positive, got -1.0" in result.stderr
+    new = project.step_runs()[before:]
+    assert [(r.data.tags["sheldon.step"], r.info.status) for r in new] == [("train_model", "FAILED")]
+
+
+def test_step_runs_alone_with_artifact_uris(project, full_run):
+    raw = latest(project, "download_dataset")
+    result = project.run(
+        "mlflow",
+        "run",
+        "src/preprocess",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "sheldon",
+        "-P",
+        f"raw_data=runs:/{raw.info.run_id}/raw_data",
+        "-P",
+        "seed=7",
+    )
+    assert result.returncode == 0, result.output[-3000:]
+    run = latest(project, "preprocess")
+    assert run.info.status == "FINISHED" and run.data.params["seed"] == "7"
+
+
+def test_missing_upstream_says_which_step_to_run_first(tmp_path):
+    fresh = make_project(tmp_path)
+    result = fresh.run("python", "main.py", "main.steps=evaluate")
+    assert result.returncode != 0
+    assert "no finished train_model run" in result.stderr
+    assert "-P steps=train_model" in result.stderr
+    assert fresh.step_runs() == []
