@@ -1,0 +1,251 @@
+"""What a new step's answers mean: the checks that refuse bad answers, the typed parameters the
+templates render, and the two edits that add the step to the pipeline.
+
+cookiecutter imports this module itself (`_extensions` in cookiecutter.json) and the hooks import
+it from the template folder, so it needs nothing beyond cookiecutter's own dependencies.
+Parameters are written `name`, `name:type` or `name:type=default`, comma-separated; a plain name is
+a str whose default is "".
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import keyword
+import logging
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from jinja2 import Environment
+from jinja2.ext import Extension
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+TYPES = ("str", "int", "float", "bool")
+# Parameter names the generated files already use: the artifact parameters, config.yaml's
+# `inputs` key, argparse's --help and the two positional arguments of process().
+RESERVED_PARAMETERS = ("input_artifact", "output_artifact", "inputs", "help", "input_path", "output_dir")
+# config.yaml's sections that are not steps.
+RESERVED_STEPS = ("main", "hydra", "defaults")
+DEFAULT_INPUT = "download_dataset/raw_data"  # the smallest artifact the pipeline makes
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One typed parameter of the step, with its default spelled for each file it appears in."""
+
+    name: str
+    type: str
+    default: str | int | float | bool
+
+    @property
+    def python(self) -> str:
+        """The default as a Python literal (double-quoted strings, as ruff format writes them)."""
+        return json.dumps(self.default) if self.type == "str" else repr(self.default)
+
+    @property
+    def yaml(self) -> str:
+        """The default as YAML that PyYAML reads back with the same type (`1e-05` would be a
+        string there: YAML 1.1 floats need a dot)."""
+        if self.type == "str":
+            return json.dumps(self.default)
+        if self.type == "bool":
+            return "true" if self.default else "false"
+        text = repr(self.default)
+        if self.type == "float" and "e" in text and "." not in text:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"
+        return text
+
+    @property
+    def cli(self) -> str:
+        """The default as MLflow passes it on the command line, as a Python string literal."""
+        if self.type == "bool":
+            return json.dumps(str(self.default).lower())
+        return json.dumps(str(self.default))
+
+    @property
+    def argparse_type(self) -> str | None:
+        return {"int": "int", "float": "float", "bool": "boolean"}.get(self.type)
+
+    @property
+    def mlproject_type(self) -> str:
+        return "string" if self.type == "str" else self.type
+
+
+class BadAnswer(ValueError):
+    """An answer the template cannot turn into a working step; the message is one line."""
+
+
+def parse_default(name: str, type_: str, text: str | None) -> str | int | float | bool:
+    if text is None:
+        return {"str": "", "int": 0, "float": 0.0, "bool": False}[type_]
+    text = text.strip()
+    if type_ == "str":
+        if any(c in text for c in "\"'\\"):
+            raise BadAnswer(f"parameter {name!r}: a default may not contain quotes or backslashes")
+        return text
+    if type_ == "bool":
+        if text.lower() not in ("true", "false"):
+            raise BadAnswer(f"parameter {name!r}: bool default must be true or false, got {text!r}")
+        return text.lower() == "true"
+    try:
+        value = int(text) if type_ == "int" else float(text)
+    except ValueError:
+        raise BadAnswer(f"parameter {name!r}: default {text!r} is not an {type_}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadAnswer(f"parameter {name!r}: default {text!r} is not a finite float")
+    return value
+
+
+def parse_parameters(text: str) -> list[Parameter]:
+    """`threshold:float=0.5,epochs:int=3,name` -> typed parameters; BadAnswer names a bad one."""
+    parameters: list[Parameter] = []
+    if not text.strip():
+        return parameters
+    for item in text.split(","):
+        spec, has_default, default = item.partition("=")
+        name, _, type_ = (part.strip() for part in spec.partition(":"))
+        type_ = type_ or "str"
+        if not name:
+            raise BadAnswer(f"parameters {text!r}: empty name (write name, name:type or name:type=x)")
+        if not IDENTIFIER.fullmatch(name) or keyword.iskeyword(name):
+            raise BadAnswer(f"parameter name {name!r} is not a Python identifier (letters, digits, _)")
+        if name in RESERVED_PARAMETERS:
+            raise BadAnswer(f"parameter name {name!r} is taken by the generated step; choose another")
+        if any(p.name == name for p in parameters):
+            raise BadAnswer(f"parameter {name!r} is given twice")
+        if type_ not in TYPES:
+            raise BadAnswer(f"parameter {name!r}: unknown type {type_!r}; use one of {', '.join(TYPES)}")
+        value = parse_default(name, type_, default if has_default else None)
+        parameters.append(Parameter(name, type_, value))
+    return parameters
+
+
+def check_answers(answers: dict[str, Any]) -> list[Parameter]:
+    """Raise BadAnswer on the first answer that cannot make a working step."""
+    step = str(answers["step_name"]).strip()
+    if not IDENTIFIER.fullmatch(step) or keyword.iskeyword(step):
+        raise BadAnswer(f"step_name {step!r} is not a identifier (letters, digits, _, no leading digit)")
+    if step in RESERVED_STEPS:
+        raise BadAnswer(f"step_name {step!r} is a config.yaml section that is not a step; choose another")
+    if str(answers["job_type"]) != step:
+        raise BadAnswer(
+            f"job_type {answers['job_type']!r} must be the step name {step!r}: each step's W&B job type "
+            "is its name, which is how the pipeline finds its runs"
+        )
+    script = str(answers["script_name"])
+    stem = script.removesuffix(".py")
+    if not script.endswith(".py") or not IDENTIFIER.fullmatch(stem) or stem.startswith("test_"):
+        raise BadAnswer(f"script_name {script!r} must be a file name like run.py (not test_*.py)")
+    return parse_parameters(str(answers["parameters"]))
+
+
+def repo_root(project_dir: Path) -> Path | None:
+    """The sheldon checkout the step is generated in (`-o src`), if it is one."""
+    root = project_dir.parent.parent
+    return root if (root / "main.py").is_file() and (root / "config.yaml").is_file() else None
+
+
+def check_target(answers: dict[str, Any], project_dir: Path) -> None:
+    """Raise BadAnswer when the step's folder or its config.yaml section already exists.
+    cookiecutter creates the (empty) folder before the pre-generation hook runs."""
+    if any(project_dir.iterdir()):
+        raise BadAnswer(f"{project_dir} already exists; choose another step_name (nothing was changed)")
+    root = repo_root(project_dir)
+    if root is not None:
+        sections = re.findall(r"^([A-Za-z_]\w*):", (root / "config.yaml").read_text(), re.MULTILINE)
+        if answers["step_name"] in sections:
+            step = answers["step_name"]
+            raise BadAnswer(f"config.yaml already has a section {step!r}; choose another step_name")
+
+
+def pipeline_steps(root: Path) -> list[str] | None:
+    """main.py's `_steps` list, read without importing main.py (the hooks may run outside .venv)."""
+    for node in ast.parse((root / "main.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_steps" for t in node.targets):
+            try:
+                return list(ast.literal_eval(node.value))
+            except ValueError:
+                return None
+    return None
+
+
+def config_section(step: str, parameters: list[Parameter]) -> str:
+    lines = [
+        f"{step}:",
+        "  inputs:",
+        f"    input_artifact: {DEFAULT_INPUT}   # <step>/<artifact> this step reads",
+        f"  output_artifact: {step}",
+    ]
+    lines += [f"  {p.name}: {p.yaml}" for p in parameters]
+    return "\n".join(lines)
+
+
+def next_steps(answers: dict[str, Any], project_dir: Path) -> str:
+    """What the post-generation hook prints: the two edits that put the step in the pipeline."""
+    step = answers["step_name"]
+    parameters = parse_parameters(str(answers["parameters"]))
+    root = repo_root(project_dir)
+    steps = pipeline_steps(root) if root else None
+    if steps:
+        listing = "\n".join(f'    "{s}",' for s in [*steps, step])
+        edit_steps = (
+            f'1. main.py: add "{step}" at the end of _steps (it must come after '
+            f"{DEFAULT_INPUT.split('/')[0]}, whose artifact it reads):\n\n_steps = [\n{listing}\n]"
+        )
+    else:
+        edit_steps = f'1. main.py: add "{step}" to _steps, after the step whose artifact it reads.'
+    example = f' -P hydra_options="{step}.{parameters[0].name}={parameters[0].yaml}"' if parameters else ""
+    return (
+        f"Created {project_dir}. Two edits add it to the pipeline:\n\n{edit_steps}\n\n"
+        f"2. config.yaml: add its section (before `hydra:`):\n\n{config_section(step, parameters)}\n\n"
+        f"Then:\n"
+        f"  mlflow run . --env-manager local -P steps={step}{example}\n"
+        f"  mlflow run src/{step} --env-manager local -P input_artifact=runs:/<run id>/raw_data\n"
+        f"  pytest src/{step}\n"
+        f"Write the step's own logic in process() in src/{step}/{answers['script_name']}."
+    )
+
+
+def refuse_bad_answers(answers: dict[str, Any]) -> str:
+    """Jinja filter rendered right after the prompts (the `__checked` entry of cookiecutter.json),
+    before cookiecutter creates anything: click prints the message as one line and exits 1."""
+    try:
+        check_answers(answers)
+    except BadAnswer as err:
+        raise click.ClickException(str(err)) from None
+    return "ok"
+
+
+def docstring(text: str, width: int = 100) -> str:
+    """A free-text answer made safe inside a triple-quoted Python string, wrapped to fit ruff."""
+    safe = " ".join(str(text).replace("\\", "/").replace('"', "'").split())
+    return textwrap.fill(safe, width)
+
+
+class QuietRefusal(logging.Filter):
+    """cookiecutter logs a traceback of its own when the pre-generation hook exits non-zero;
+    the hook has already printed the one line that says why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre_gen_project hook" not in record.getMessage()
+
+
+class StepSpec(Extension):
+    """The filters the template uses (`step_parameters`, `refuse_bad_answers`, `docstring`) and
+    `template_dir`, the absolute folder of this module, where the hooks import it from."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        environment.globals["template_dir"] = str(Path(__file__).resolve().parent)
+        hooks_logger = logging.getLogger("cookiecutter.hooks")
+        if not any(isinstance(f, QuietRefusal) for f in hooks_logger.filters):
+            hooks_logger.addFilter(QuietRefusal())
+        environment.filters["step_parameters"] = lambda text: parse_parameters(str(text))
+        environment.filters["refuse_bad_answers"] = refuse_bad_answers
+        environment.filters["docstring"] = docstring
