@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint contract clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup
 lint: setup
 	ruff check .
 	ruff format --check .
+
+# config.yaml, each step's MLproject and its script's arguments agree (sheldon/contract.py)
+contract: setup
+	python -m sheldon.contract
 
 clean:
 	rm -rf mlflow.db mlruns mlartifacts wandb outputs
