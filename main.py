@@ -8,21 +8,25 @@ python main.py main.steps=evaluate                         # same, without the o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shlex
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import hydra
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sheldon.cache import DIGEST_TAG, KEY_TAG, cache_key, code_digest, find_cached_run, output_digest
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT
 from sheldon.tracking import HEADLINE_TAG, STEP_TAG, configure_tracking
@@ -39,6 +43,9 @@ _steps = [
 # SEED.md named it otherwise (`data.download_new`, `data.source`).
 _sections = {"download_dataset": "data"}
 
+# Repo files outside src/<step> that a step's outputs depend on: hashed into its cache key.
+_state_files = {"download_dataset": ["data.dvc"]}
+
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
@@ -46,10 +53,25 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 @dataclass
 class StepResult:
     step: str
-    status: str  # ran, failed
+    status: str  # ran, cached, failed
     seconds: float
     run_id: str | None
     headline: str = ""
+    cache_key: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # parameter -> artifact URI
+    input_digests: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # artifact -> content digest
+
+
+@dataclass
+class PipelineContext:
+    """What every step launch of one pipeline run shares."""
+
+    experiment_id: str
+    env_manager: str
+    pipeline_run_id: str
+    forced: set[str]  # steps that run even when a cached run exists
+    lineage_tags: dict[str, str]  # git and data state, tagged on every step run
 
 
 def section_of(step: str) -> str:
@@ -139,8 +161,9 @@ def resolve_env_manager(setting: str) -> str:
     return "local"
 
 
-def headline_of(run_id: str) -> str:
-    data = mlflow.get_run(run_id).data
+def headline_of(run: str | Run) -> str:
+    """The metric a step named as its headline, formatted for the summary."""
+    data = (mlflow.get_run(run) if isinstance(run, str) else run).data
     name = data.tags.get(HEADLINE_TAG)
     if name is None or name not in data.metrics:
         return ""
@@ -148,8 +171,11 @@ def headline_of(run_id: str) -> str:
     return f"{name}={value:.4f}" if not float(value).is_integer() else f"{name}={int(value)}"
 
 
-def launch(step: str, params: dict[str, str], experiment_id: str, env_manager: str) -> StepResult:
-    """Run src/<step> as an MLflow project, nested under the active pipeline run."""
+def launch(
+    step: str, params: dict[str, str], experiment_id: str, env_manager: str, tags: dict[str, str]
+) -> StepResult:
+    """Run src/<step> as an MLflow project, nested under the active pipeline run, tagged with its
+    cache key and lineage before it can finish (only FINISHED runs are ever reused)."""
     print(f"\n=== {step} ===", flush=True)
     started = time.perf_counter()
     try:
@@ -196,9 +222,86 @@ def open_pipeline_run(experiment_id: str) -> mlflow.ActiveRun:
     return run
 
 
+def forced_steps(spec: str, selected: list[str], steps: dict[str, tuple[dict, dict]]) -> set[str]:
+    """`main.force`: the named steps and every selected step downstream of them."""
+    forced = set(select_steps(spec)) & set(selected) if spec.strip() else set()
+    for step in selected:
+        if any(str(ref).split("/", 1)[0] in forced for ref in steps[step][1].values()):
+            forced.add(step)
+    return forced
+
+
+def outside_state(step: str) -> dict[str, str]:
+    """Digests of the repo files, outside src/<step>, whose content a step's outputs depend on."""
+    return {
+        name: hashlib.sha256((REPO_ROOT / name).read_bytes()).hexdigest()
+        for name in _state_files.get(step, [])
+        if (REPO_ROOT / name).is_file()
+    }
+
+
+def source_state() -> dict[str, str]:
+    """Lineage tags shared by every step run of this pipeline: is the git tree dirty, which data."""
+    tags = {}
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if status.returncode == 0:
+        tags["sheldon.git_dirty"] = str(bool(status.stdout.strip())).lower()
+    dvc_file = REPO_ROOT / "data.dvc"
+    if dvc_file.is_file():
+        md5 = re.search(r"md5:\s*([0-9a-f]{32})", dvc_file.read_text())
+        if md5:
+            tags["sheldon.data_md5"] = md5.group(1)
+    return tags
+
+
+def resume_command(selected: list[str], env_manager: str) -> str:
+    """The command that re-runs this pipeline; the cache makes it start at the failed step."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("main.steps=")]
+    command = f"mlflow run . --env-manager {env_manager} -P steps={','.join(selected)}"
+    return command + (f" -P hydra_options={shlex.quote(' '.join(overrides))}" if overrides else "")
+
+
+def run_step(
+    step: str,
+    config: tuple[dict[str, str], dict[str, str]],
+    produced: dict[str, Run],
+    context: PipelineContext,
+) -> StepResult:
+    """Reuse a finished run with the same cache key, or launch the step."""
+    params, inputs = config
+    uris, digests = {}, {}
+    for param, ref in inputs.items():
+        upstream, artifact = str(ref).split("/", 1)
+        uris[param] = f"runs:/{produced[upstream].info.run_id}/{artifact}"
+        digests[param] = output_digest(produced[upstream], artifact)
+    key = cache_key(step, code_digest(REPO_ROOT / "src" / step), params, digests, outside_state(step))
+    cached = None if step in context.forced else find_cached_run(context.experiment_id, key)
+    if cached is not None:
+        result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
+    else:
+        tags = {KEY_TAG: key, "sheldon.pipeline_run_id": context.pipeline_run_id, **context.lineage_tags}
+        tags |= {f"sheldon.input_digest.{name}": digest for name, digest in digests.items()}
+        result = launch(step, params | uris, context.experiment_id, context.env_manager, tags)
+    result.cache_key, result.inputs, result.input_digests = key, uris, digests
+    if result.run_id is not None:
+        run = cached or mlflow.get_run(result.run_id)
+        result.outputs = {
+            name.removeprefix(DIGEST_TAG): value
+            for name, value in run.data.tags.items()
+            if name.startswith(DIGEST_TAG)
+        }
+        produced[step] = run
+    return result
+
+
 def run_pipeline(config: DictConfig) -> int:
     selected = select_steps(str(config.main.steps))
     steps = {step: step_config(config, step) for step in selected}
+    forced = (
+        set(selected) if not config.main.use_cache else forced_steps(str(config.main.force), selected, steps)
+    )
     env_manager = resolve_env_manager(str(config.main.env_manager))
     configure_tracking()
     os.environ["WANDB_PROJECT"] = str(config.main.project_name)
@@ -208,29 +311,40 @@ def run_pipeline(config: DictConfig) -> int:
     mlflow.MlflowClient().set_experiment_tag(
         experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
     )
-    produced = plan_inputs(config, selected, experiment.experiment_id, experiment_name)
+    produced = {
+        step: mlflow.get_run(run_id)
+        for step, run_id in plan_inputs(config, selected, experiment.experiment_id, experiment_name).items()
+    }
     print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
 
     results: list[StepResult] = []
     with open_pipeline_run(experiment.experiment_id) as pipeline:
+        context = PipelineContext(
+            experiment.experiment_id, env_manager, pipeline.info.run_id, forced, source_state()
+        )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         for step in selected:
-            params, inputs = steps[step]
-            for param, ref in inputs.items():
-                upstream, artifact = str(ref).split("/", 1)
-                params[param] = f"runs:/{produced[upstream]}/{artifact}"
-            result = launch(step, params, experiment.experiment_id, env_manager)
+            result = run_step(step, steps[step], produced, context)
             results.append(result)
+            if result.status == "cached":
+                print(f"\n=== {step}: cached, reusing run {result.run_id} ===")
             if result.status == "failed":
                 break
-            produced[step] = result.run_id
         summary = format_summary(results)
         mlflow.log_text(summary + "\n", "summary.txt")
+        mlflow.log_dict(
+            {"pipeline_run_id": pipeline.info.run_id, "steps": [asdict(r) for r in results]}, "lineage.json"
+        )
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
         failed = [r for r in results if r.status == "failed"]
         if failed:
             mlflow.set_tag("sheldon.failed_step", failed[0].step)
-            print(f"error: step {failed[0].step} failed; later steps did not run", file=sys.stderr)
+            resume = resume_command(selected, env_manager)
+            print(
+                f"error: step {failed[0].step} failed; later steps did not run. "
+                f"Fix it, then resume (finished steps are reused):\n  {resume}",
+                file=sys.stderr,
+            )
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             return 1
     return 0

@@ -13,6 +13,8 @@ from typing import Any
 
 import mlflow
 
+from sheldon.artifacts import digest_path
+from sheldon.cache import DIGEST_TAG, UNCACHEABLE_TAG
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
 
 STEP_TAG = "sheldon.step"
@@ -108,7 +110,13 @@ class StepRun:
         else:
             artifact.add_file(str(local_path))
         self.wandb.log_artifact(artifact)
+        mlflow.set_tag(DIGEST_TAG + name, digest_path(local_path))  # lets downstream cache keys see content
         return f"runs:/{self.run_id}/{name}"
+
+    def not_cacheable(self, reason: str) -> None:
+        """Mark this run as never to be reused by the step cache (its output depends on more
+        than its code, parameters and inputs, e.g. a fresh download)."""
+        mlflow.set_tag(UNCACHEABLE_TAG, reason)
 
     def log_figure(self, figure: Any, filename: str) -> None:
         """Log a matplotlib figure as a PNG in MLflow and as an image in W&B."""

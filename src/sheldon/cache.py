@@ -1,0 +1,113 @@
+"""Step cache keys, in the spirit of DVC's dvc.lock: a step's key hashes everything its outputs
+depend on (its code and the shared code it imports, its resolved parameters, the digests of its
+inputs, the pinned dependency set), so a finished run with the same key can stand in for it."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+
+import mlflow
+import tomllib
+
+from sheldon.paths import REPO_ROOT
+
+KEY_TAG = "sheldon.cache_key"
+DIGEST_TAG = "sheldon.digest."  # + artifact name: content digest of a logged output
+UNCACHEABLE_TAG = "sheldon.not_cacheable"  # set by a step whose outputs the key cannot capture
+_LIBRARY = Path(__file__).resolve().parent
+_SKIPPED = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def _hash_files(paths: Iterable[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _library_imports(source: Path) -> set[str]:
+    """The sheldon modules a Python file imports (`import sheldon.x`, `from sheldon.x import y`)."""
+    modules = set()
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sheldon"):
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            modules.update(a.name for a in node.names if a.name.startswith("sheldon"))
+    return modules
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")[1:]
+    for candidate in (_LIBRARY.joinpath(*parts).with_suffix(".py"), _LIBRARY.joinpath(*parts, "__init__.py")):
+        if parts and candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def shared_code(entry: Path) -> frozenset[Path]:
+    """The library files `entry` depends on, following imports transitively."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        for module in _library_imports(todo.pop()):
+            path = _module_file(module)
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.append(path)
+    return frozenset(seen)
+
+
+def code_digest(step_dir: Path) -> str:
+    """Digest of a step's own files (MLproject, conda.yml, scripts) and the library code they import."""
+    own = [
+        p for p in step_dir.rglob("*") if p.is_file() and not _SKIPPED & set(p.parts) and p.suffix != ".pyc"
+    ]
+    library = set().union(*(shared_code(p) for p in own if p.suffix == ".py"))
+    return hashlib.sha256((_hash_files(own, step_dir) + _hash_files(library, _LIBRARY)).encode()).hexdigest()
+
+
+def dependency_digest() -> str:
+    """Digest of the pinned dependency set in pyproject.toml."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return hashlib.sha256(json.dumps(sorted(project["dependencies"])).encode()).hexdigest()
+
+
+def cache_key(
+    step: str, code: str, params: Mapping[str, str], inputs: Mapping[str, str], extra: Mapping[str, str]
+) -> str:
+    """The key of one step run: code digest, parameters (input URIs excluded: their digests stand
+    in for them), input digests, dependency set and any extra state the step depends on."""
+    payload = {
+        "step": step,
+        "code": code,
+        "params": dict(params),
+        "inputs": dict(inputs),
+        "deps": dependency_digest(),
+        "extra": dict(extra),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def output_digest(run: mlflow.entities.Run, artifact: str) -> str:
+    """The content digest a run recorded for an output, or its run id where it recorded none
+    (a new run of the producer then always counts as new input)."""
+    return run.data.tags.get(DIGEST_TAG + artifact.split("/")[0]) or f"run:{run.info.run_id}/{artifact}"
+
+
+def find_cached_run(experiment_id: str, key: str) -> mlflow.entities.Run | None:
+    """The latest FINISHED run with this key; running, failed and killed runs never count."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+        output_format="list",
+    )
+    return next((run for run in runs if UNCACHEABLE_TAG not in run.data.tags), None)

@@ -1,0 +1,175 @@
+"""The step cache on the real stack: what re-runs after each kind of change, forced re-runs,
+resume after a failure or a SIGKILL, concurrent pipelines, and the lineage manifest."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+from conftest import SHRUNK
+
+pytestmark = pytest.mark.e2e
+
+STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]
+
+
+def pipeline(project, *overrides: str):
+    """`python main.py` with the shrunk config plus overrides; returns (result, new step runs)."""
+    before = {r.info.run_id for r in project.step_runs()}
+    result = project.run("python", "main.py", *SHRUNK.split(), *overrides)
+    new = [r for r in project.step_runs() if r.info.run_id not in before]
+    return result, new
+
+
+def ran(new_runs) -> list[str]:
+    return [r.data.tags["sheldon.step"] for r in new_runs]
+
+
+def summary_status(output: str) -> dict[str, str]:
+    return {
+        line.split()[0]: line.split()[1]
+        for line in output.splitlines()
+        if line.split()[:1] and line.split()[0] in STEPS and len(line.split()) > 2
+    }
+
+
+def test_unchanged_rerun_launches_nothing(project, full_run):
+    pipeline(project)  # whatever ran before in this project, make the shrunk config cached
+    result, new = pipeline(project)
+    assert result.returncode == 0, result.output[-3000:]
+    assert new == []
+    assert summary_status(result.stdout) == dict.fromkeys(STEPS, "cached")
+    assert "Running command" not in result.output
+
+
+def test_training_parameter_change_reruns_only_training_and_evaluation(project, full_run):
+    pipeline(project)
+    result, new = pipeline(project, "train_model.lr=0.0015")
+    assert result.returncode == 0, result.output[-3000:]
+    assert ran(new) == ["train_model", "evaluate"]
+    status = summary_status(result.stdout)
+    assert status["download_dataset"] == status["preprocess"] == "cached"
+    # lineage on the new runs: inputs, their digests, the pipeline run, the cache key
+    train = new[0]
+    tags = train.data.tags
+    assert tags["sheldon.input.splits"].startswith("runs:/")
+    assert len(tags["sheldon.input_digest.splits"]) == 64
+    assert tags["sheldon.pipeline_run_id"] == tags["mlflow.parentRunId"]
+    assert len(tags["sheldon.cache_key"]) == 64
+
+
+def test_failed_pipeline_resumes_at_the_failed_step(project, full_run):
+    pipeline(project)
+    failed, new = pipeline(project, "evaluate.min_accuracy=1.01")
+    assert failed.returncode != 0
+    assert ran(new) == ["evaluate"] and new[0].info.status == "FAILED"
+    assert "mlflow run . --env-manager local -P steps=download_dataset,preprocess,train_model,evaluate" in (
+        failed.stderr
+    )
+    assert "evaluate.min_accuracy=1.01" in failed.stderr
+    resumed, new = pipeline(project, "evaluate.min_accuracy=0.5")
+    assert resumed.returncode == 0
+    assert ran(new) == ["evaluate"]
+
+
+def test_lineage_manifest_and_summary_are_logged(project, full_run):
+    result, _ = pipeline(project, "train_model.seed=5")
+    assert result.returncode == 0, result.output[-3000:]
+    client = project.client()
+    pipeline_run = client.search_runs(
+        [client.get_experiment_by_name("sheldon").experiment_id],
+        filter_string="attributes.run_name = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    (project.home / "manifest").mkdir(exist_ok=True)
+    client.download_artifacts(pipeline_run.info.run_id, "", str(project.home / "manifest"))
+    manifest = json.loads((project.home / "manifest" / "lineage.json").read_text())
+    rows = {row["step"]: row for row in manifest["steps"]}
+    assert [row["step"] for row in manifest["steps"]] == STEPS
+    assert rows["preprocess"]["status"] == "cached" and rows["train_model"]["status"] == "ran"
+    assert rows["train_model"]["inputs"]["splits"] == f"runs:/{rows['preprocess']['run_id']}/splits"
+    assert rows["train_model"]["input_digests"]["splits"] == rows["preprocess"]["outputs"]["splits"]
+    assert rows["train_model"]["seconds"] > 0
+    summary = (project.home / "manifest" / "summary.txt").read_text()
+    assert "cached" in summary and "ran" in summary
+
+
+@pytest.mark.slow
+def test_each_kind_of_change_reruns_what_depends_on_it(project, full_run):
+    pipeline(project)
+    result, new = pipeline(project, "preprocess.seed=3")
+    assert ran(new) == ["preprocess", "train_model", "evaluate"]
+    step_file = project.root / "src" / "train_model" / "run.py"
+    original = step_file.read_text()
+    try:
+        step_file.write_text(original + "\n# an edit\n")
+        result, new = pipeline(project)
+        assert ran(new) == ["train_model", "evaluate"], result.output[-2000:]
+    finally:
+        step_file.write_text(original)
+    result, new = pipeline(project, "main.force=preprocess")
+    assert ran(new) == ["preprocess", "train_model", "evaluate"]
+    result, new = pipeline(project, "main.use_cache=false")
+    assert ran(new) == STEPS
+
+
+@pytest.mark.slow
+def test_killed_pipeline_leaves_runs_that_are_not_reused(project, full_run):
+    pipeline(project)
+    overrides = [*SHRUNK.split(), "train_model.seed=99", "train_model.epochs=3"]
+    proc = subprocess.Popen(
+        ["python", "main.py", *overrides],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    killed = None
+    while time.time() < deadline and killed is None:
+        time.sleep(1)
+        running = [
+            r
+            for r in project.step_runs("train_model")
+            if r.info.status == "RUNNING" and r.data.metrics.get("train_loss") is not None
+        ]
+        if running:
+            killed = running[0]
+    assert killed is not None, "train_model never started"
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        process.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = project.run("python", "main.py", *overrides)
+    assert result.returncode == 0, result.output[-3000:]
+    finished = project.step_runs("train_model")[-1]
+    assert finished.info.run_id != killed.info.run_id and finished.info.status == "FINISHED"
+    assert project.client().get_run(killed.info.run_id).info.status != "FINISHED"
+
+
+@pytest.mark.slow
+def test_two_concurrent_pipelines_both_finish(project, full_run):
+    pipeline(project)
+    overrides = [*SHRUNK.split(), "train_model.seed=123"]
+    procs = [
+        subprocess.Popen(
+            ["python", "main.py", *overrides],
+            cwd=project.root,
+            env=project.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output[-3000:]
+        assert "database is locked" not in output
+    for evaluate in project.step_runs("evaluate")[-2:]:
+        train_id = evaluate.data.params["model"].split("/")[1]
+        assert project.client().get_run(train_id).info.status == "FINISHED"
