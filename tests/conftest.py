@@ -33,6 +33,10 @@ LOCAL_ONLY = (
     ".ruff_cache",
     "*.egg-info",
     "raw",
+    # DVC's machine-local state (.dvc/.gitignore): a fresh clone has no cache or local config
+    "cache",
+    "tmp",
+    "config.local",
 )
 SHRUNK = "train_model.epochs=1 evaluate.min_accuracy=0.5"  # a tiny CPU run
 
