@@ -77,12 +77,12 @@ def stage(
     if source.startswith(PACKAGED_SCHEME):
         name = source.removeprefix(PACKAGED_SCHEME)
         dataset = load_packaged(name)
-        data.mkdir()
+        data.mkdir(parents=True)
         save_npz(dataset, data / PACKAGED[name])
         digest = sha256_file(data / PACKAGED[name])
     else:
         name = source_name(source)
-        (staging / "download").mkdir()
+        (staging / "download").mkdir(parents=True)
         fetched = fetch(source, staging / "download" / name, transfer)
         digest = fetched.sha256 or ""
         if sha256 and fetched.sha256 is None:

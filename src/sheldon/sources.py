@@ -80,7 +80,12 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
         try:
             digest = _http_attempt(session, url, target, transfer.timeout)
             return Fetched(target, target.stat().st_size, digest.hexdigest())
-        except (requests.ConnectionError, requests.Timeout, _Retryable) as err:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,  # body cut short: resume
+            _Retryable,
+        ) as err:
             failures += 1
             if failures > transfer.retries:
                 raise StepError(
@@ -146,13 +151,13 @@ def _describe(err: Exception, timeout: float) -> str:
         return f"no connection within {timeout:g} s"
     if isinstance(err, requests.ReadTimeout) or "Read timed out" in text:
         return f"the transfer stalled (no data for {timeout:g} s)"
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return "the connection dropped mid-transfer"
     if isinstance(err, requests.ConnectionError):
         if "NameResolution" in text or "Name or service not known" in text:
             return "unknown host"
         if "refused" in text:
             return "connection refused (is the host up?)"
-        if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
-            return "the connection dropped mid-transfer"
         return "cannot connect"
     return text
 
