@@ -29,6 +29,8 @@ TYPES = ("str", "int", "float", "bool")
 # Parameter names the generated files already use: the artifact parameters, config.yaml's
 # `inputs` key, argparse's --help and the two positional arguments of process().
 RESERVED_PARAMETERS = ("input_artifact", "output_artifact", "inputs", "help", "input_path", "output_dir")
+# Names YAML 1.1 (PyYAML, OmegaConf, MLflow) reads as booleans or null, even as keys.
+YAML_WORDS = ("y", "yes", "n", "no", "true", "false", "on", "off", "null")
 # config.yaml's sections that are not steps.
 RESERVED_STEPS = ("main", "hydra", "defaults")
 DEFAULT_INPUT = "download_dataset/raw_data"  # the smallest artifact the pipeline makes
@@ -115,6 +117,8 @@ def parse_parameters(text: str) -> list[Parameter]:
             raise BadAnswer(f"parameters {text!r}: empty name (write name, name:type or name:type=x)")
         if not IDENTIFIER.fullmatch(name) or keyword.iskeyword(name):
             raise BadAnswer(f"parameter name {name!r} is not a Python identifier (letters, digits, _)")
+        if name.lower() in YAML_WORDS:
+            raise BadAnswer(f"parameter name {name!r} reads as a boolean or null in YAML; choose another")
         if name in RESERVED_PARAMETERS:
             raise BadAnswer(f"parameter name {name!r} is taken by the generated step; choose another")
         if any(p.name == name for p in parameters):
@@ -130,7 +134,9 @@ def check_answers(answers: dict[str, Any]) -> list[Parameter]:
     """Raise BadAnswer on the first answer that cannot make a working step."""
     step = str(answers["step_name"]).strip()
     if not IDENTIFIER.fullmatch(step) or keyword.iskeyword(step):
-        raise BadAnswer(f"step_name {step!r} is not a identifier (letters, digits, _, no leading digit)")
+        raise BadAnswer(f"step_name {step!r} is not a Python identifier (letters, digits, _; no digit first)")
+    if step.lower() in YAML_WORDS:
+        raise BadAnswer(f"step_name {step!r} reads as a boolean or null in YAML; choose another")
     if step in RESERVED_STEPS:
         raise BadAnswer(f"step_name {step!r} is a config.yaml section that is not a step; choose another")
     if str(answers["job_type"]) != step:

@@ -3,7 +3,7 @@ arguments name the same parameters with the same types (and the MLproject and sc
 agree). main.py passes a section to MLflow as parameters and MLflow passes them to the script, so
 a mismatch fails only when that step runs; this check finds it first and names each one.
 
-    python -m sheldon.contract        # or: make contract; exit 1 when something disagrees
+    python -m sheldon.contract [step ...]   # or: make contract; exit 1 when something disagrees
 """
 
 from __future__ import annotations
@@ -180,16 +180,17 @@ def check(root: Path = REPO_ROOT, steps: list[str] | None = None) -> list[str]:
     ]
 
 
-def main() -> int:
-    problems = check()
+def main(argv: list[str]) -> int:
+    """Check every step, or the steps named on the command line; exit 1 on any mismatch."""
+    problems = check(steps=argv or None)
     for problem in problems:
         print(f"contract: {problem}", file=sys.stderr)
     if problems:
         print(f"contract: {len(problems)} mismatch(es) between config.yaml, MLproject and scripts")
         return 1
-    print(f"contract: config.yaml, MLproject and script arguments agree for every step ({REPO_ROOT})")
+    print(f"contract: config.yaml, MLproject and script arguments agree ({', '.join(argv) or 'every step'})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
