@@ -254,7 +254,6 @@ def s3(tmp_path_factory):
     server.wait(10)
 
 
-@pytest.mark.slow
 def test_s3_source_and_s3_remote(s3, tmp_path):
     import boto3
 
