@@ -64,6 +64,11 @@ class Parameter:
         return text
 
     @property
+    def example(self) -> str:
+        """A value to show in a Hydra override."""
+        return "some_text" if self.default == "" else self.yaml.strip('"')
+
+    @property
     def cli(self) -> str:
         """The default as MLflow passes it on the command line, as a Python string literal."""
         if self.type == "bool":
@@ -158,16 +163,19 @@ def repo_root(project_dir: Path) -> Path | None:
 
 
 def check_target(answers: dict[str, Any], project_dir: Path) -> None:
-    """Raise BadAnswer when the step's folder or its config.yaml section already exists.
-    cookiecutter creates the (empty) folder before the pre-generation hook runs."""
+    """Raise BadAnswer when the step's folder, its name in main.py's _steps or its config.yaml
+    section already exists. cookiecutter creates the (empty) folder before this hook runs."""
+    step = answers["step_name"]
     if any(project_dir.iterdir()):
         raise BadAnswer(f"{project_dir} already exists; choose another step_name (nothing was changed)")
     root = repo_root(project_dir)
-    if root is not None:
-        sections = re.findall(r"^([A-Za-z_]\w*):", (root / "config.yaml").read_text(), re.MULTILINE)
-        if answers["step_name"] in sections:
-            step = answers["step_name"]
-            raise BadAnswer(f"config.yaml already has a section {step!r}; choose another step_name")
+    if root is None:
+        return
+    if step in (pipeline_steps(root) or []):
+        raise BadAnswer(f"main.py's _steps already has {step!r}; choose another step_name")
+    sections = re.findall(r"^([A-Za-z_]\w*):", (root / "config.yaml").read_text(), re.MULTILINE)
+    if step in sections:
+        raise BadAnswer(f"config.yaml already has a section {step!r}; choose another step_name")
 
 
 def pipeline_steps(root: Path) -> list[str] | None:
@@ -206,7 +214,7 @@ def next_steps(answers: dict[str, Any], project_dir: Path) -> str:
         )
     else:
         edit_steps = f'1. main.py: add "{step}" to _steps, after the step whose artifact it reads.'
-    example = f' -P hydra_options="{step}.{parameters[0].name}={parameters[0].yaml}"' if parameters else ""
+    example = f' -P hydra_options="{step}.{parameters[0].name}={parameters[0].example}"' if parameters else ""
     return (
         f"Created {project_dir}. Two edits add it to the pipeline:\n\n{edit_steps}\n\n"
         f"2. config.yaml: add its section (before `hydra:`):\n\n{config_section(step, parameters)}\n\n"

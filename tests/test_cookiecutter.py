@@ -191,6 +191,20 @@ def test_existing_step_or_section_is_refused_by_the_pre_generation_hook(bare_pro
     assert tree(bare_project.root / "src") == before
 
 
+def test_a_name_already_in_the_pipeline_is_refused(bare_project):
+    main = bare_project.root / "main.py"
+    original = main.read_text()
+    main.write_text(original.replace('    "evaluate",\n]', '    "evaluate",\n    "ghost",\n]', 1))
+    before = tree(bare_project.root / "src")
+    try:
+        result = generate(bare_project, "step_name=ghost")
+    finally:
+        main.write_text(original)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: main.py's _steps already has 'ghost'; choose another step_name"
+    assert tree(bare_project.root / "src") == before
+
+
 def test_existing_folder_is_refused_without_overwrite(bare_project):
     before = tree(bare_project.root / "src")
     result = generate(bare_project, "step_name=evaluate")
