@@ -191,10 +191,13 @@ def launch(
     except MlflowException as err:
         print(f"error: cannot launch {step}: {err.message}", file=sys.stderr)
         return StepResult(step, "failed", time.perf_counter() - started, None)
+    client = mlflow.MlflowClient()
+    for name, value in tags.items():
+        client.set_tag(submitted.run_id, name, value)
     ok = submitted.wait()
     seconds = time.perf_counter() - started
-    if not ok and mlflow.get_run(submitted.run_id).info.status == "RUNNING":
-        mlflow.MlflowClient().set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
+    if not ok and client.get_run(submitted.run_id).info.status == "RUNNING":
+        client.set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
     return StepResult(
         step, "ran" if ok else "failed", seconds, submitted.run_id, headline_of(submitted.run_id)
     )
