@@ -109,6 +109,16 @@ def parse_default(name: str, type_: str, text: str | None) -> str | int | float 
     return value
 
 
+def check_name(what: str, name: str, reserved: tuple[str, ...], why_reserved: str) -> None:
+    """A name that becomes a Python identifier and a YAML key."""
+    if not IDENTIFIER.fullmatch(name) or keyword.iskeyword(name):
+        raise BadAnswer(f"{what} {name!r} is not a Python identifier (letters, digits, _; no digit first)")
+    if name.lower() in YAML_WORDS:
+        raise BadAnswer(f"{what} {name!r} reads as a boolean or null in YAML; choose another")
+    if name in reserved:
+        raise BadAnswer(f"{what} {name!r} {why_reserved}; choose another")
+
+
 def parse_parameters(text: str) -> list[Parameter]:
     """`threshold:float=0.5,epochs:int=3,name` -> typed parameters; BadAnswer names a bad one."""
     parameters: list[Parameter] = []
@@ -120,12 +130,7 @@ def parse_parameters(text: str) -> list[Parameter]:
         type_ = type_ or "str"
         if not name:
             raise BadAnswer(f"parameters {text!r}: empty name (write name, name:type or name:type=x)")
-        if not IDENTIFIER.fullmatch(name) or keyword.iskeyword(name):
-            raise BadAnswer(f"parameter name {name!r} is not a Python identifier (letters, digits, _)")
-        if name.lower() in YAML_WORDS:
-            raise BadAnswer(f"parameter name {name!r} reads as a boolean or null in YAML; choose another")
-        if name in RESERVED_PARAMETERS:
-            raise BadAnswer(f"parameter name {name!r} is taken by the generated step; choose another")
+        check_name("parameter name", name, RESERVED_PARAMETERS, "is taken by the generated step")
         if any(p.name == name for p in parameters):
             raise BadAnswer(f"parameter {name!r} is given twice")
         if type_ not in TYPES:
@@ -138,12 +143,7 @@ def parse_parameters(text: str) -> list[Parameter]:
 def check_answers(answers: dict[str, Any]) -> list[Parameter]:
     """Raise BadAnswer on the first answer that cannot make a working step."""
     step = str(answers["step_name"]).strip()
-    if not IDENTIFIER.fullmatch(step) or keyword.iskeyword(step):
-        raise BadAnswer(f"step_name {step!r} is not a Python identifier (letters, digits, _; no digit first)")
-    if step.lower() in YAML_WORDS:
-        raise BadAnswer(f"step_name {step!r} reads as a boolean or null in YAML; choose another")
-    if step in RESERVED_STEPS:
-        raise BadAnswer(f"step_name {step!r} is a config.yaml section that is not a step; choose another")
+    check_name("step_name", step, RESERVED_STEPS, "is a config.yaml section that is not a step")
     if str(answers["job_type"]) != step:
         raise BadAnswer(
             f"job_type {answers['job_type']!r} must be the step name {step!r}: each step's W&B job type "
