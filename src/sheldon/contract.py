@@ -146,6 +146,8 @@ def check_step(root: Path, step: str, section: str, config: DictConfig) -> list[
             problems.append(f"{step}: the MLproject command does not pass {{{name}}} as --{name}")
         kind = MLPROJECT_KINDS.get(str(spec.get("type", "string")), str(spec.get("type")))
         script_kind = argument_kind(arguments[name])
+        if kind == "string" and script_kind == "bool":
+            kind = "bool"  # MLflow has no bool type: `string` (its spelling) and `bool` both do
         if script_kind is not None and script_kind != kind:
             problems.append(
                 f"{step}: {name!r} is {spec.get('type')} in MLproject but {script_kind} in {script}"
