@@ -28,6 +28,7 @@ LOCAL_ONLY = (
     "mlartifacts",
     "wandb",
     "outputs",
+    "checkpoints",
     "__pycache__",
     ".pytest_cache",
     ".ruff_cache",
