@@ -71,7 +71,7 @@ def test_failed_pipeline_resumes_at_the_failed_step(project, full_run):
         failed.stderr
     )
     assert "evaluate.min_accuracy=1.01" in failed.stderr
-    resumed, new = pipeline(project, "evaluate.min_accuracy=0.5")
+    resumed, new = pipeline(project, "evaluate.min_accuracy=0.6")  # the fix
     assert resumed.returncode == 0
     assert ran(new) == ["evaluate"]
 
