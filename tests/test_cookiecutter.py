@@ -113,10 +113,8 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
 
     # Through the pipeline after the two edits: its input is the earlier run's output, and a Hydra
     # override reaches its parameter.
-    piped = project.mlflow_run(
-        "steps=copy_digits",
-        hydra_options="copy_digits.inputs.input_artifact=scale_check/scale_check copy_digits.parameter2=hi",
-    )
+    overrides = "copy_digits.inputs.input_artifact=scale_check/scale_check copy_digits.parameter2=hi"
+    piped = project.mlflow_run("steps=copy_digits", hydra_options=overrides)
     assert piped.returncode == 0, piped.output[-3000:]
     [copied] = project.step_runs("copy_digits")
     assert copied.info.status == "FINISHED"
@@ -128,6 +126,13 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
     summary = [line for line in piped.stdout.splitlines() if line.startswith("copy_digits ")]
     assert len(summary) == 1 and copied.info.run_id in summary[0] and "n_files=1" in summary[0], piped.stdout
     assert [r.data.tags["sheldon.step"] for r in project.step_runs()] == ["scale_check", "copy_digits"]
+
+    # Like the built-in steps, it is cached: the same code, parameters and input reuse that run.
+    again = project.mlflow_run("steps=copy_digits", hydra_options=overrides)
+    assert again.returncode == 0, again.output[-3000:]
+    summary = [line for line in again.stdout.splitlines() if line.startswith("copy_digits ")]
+    assert len(summary) == 1 and "cached" in summary[0] and copied.info.run_id in summary[0], again.stdout
+    assert len(project.step_runs("copy_digits")) == 1
 
 
 @pytest.fixture(scope="module")
