@@ -93,8 +93,10 @@ def parse_default(name: str, type_: str, text: str | None) -> str | int | float 
         return {"str": "", "int": 0, "float": 0.0, "bool": False}[type_]
     text = text.strip()
     if type_ == "str":
-        if any(c in text for c in "\"'\\"):
-            raise BadAnswer(f"parameter {name!r}: a default may not contain quotes or backslashes")
+        if any(c in text for c in "\"'\\") or len(text) > 50:
+            raise BadAnswer(
+                f"parameter {name!r}: a default has at most 50 characters, no quotes or backslashes"
+            )
         return text
     if type_ == "bool":
         if text.lower() not in ("true", "false"):
@@ -109,10 +111,13 @@ def parse_default(name: str, type_: str, text: str | None) -> str | int | float 
     return value
 
 
-def check_name(what: str, name: str, reserved: tuple[str, ...], why_reserved: str) -> None:
-    """A name that becomes a Python identifier and a YAML key."""
+def check_name(what: str, name: str, reserved: tuple[str, ...], why_reserved: str, longest: int) -> None:
+    """A name that becomes a Python identifier and a YAML key (short enough that every generated
+    line stays within ruff's line length)."""
     if not IDENTIFIER.fullmatch(name) or keyword.iskeyword(name):
         raise BadAnswer(f"{what} {name!r} is not a Python identifier (letters, digits, _; no digit first)")
+    if len(name) > longest:
+        raise BadAnswer(f"{what} {name!r} is longer than {longest} characters")
     if name.lower() in YAML_WORDS:
         raise BadAnswer(f"{what} {name!r} reads as a boolean or null in YAML; choose another")
     if name in reserved:
@@ -130,7 +135,7 @@ def parse_parameters(text: str) -> list[Parameter]:
         type_ = type_ or "str"
         if not name:
             raise BadAnswer(f"parameters {text!r}: empty name (write name, name:type or name:type=x)")
-        check_name("parameter name", name, RESERVED_PARAMETERS, "is taken by the generated step")
+        check_name("parameter name", name, RESERVED_PARAMETERS, "is taken by the generated step", 32)
         if any(p.name == name for p in parameters):
             raise BadAnswer(f"parameter {name!r} is given twice")
         if type_ not in TYPES:
@@ -143,7 +148,7 @@ def parse_parameters(text: str) -> list[Parameter]:
 def check_answers(answers: dict[str, Any]) -> list[Parameter]:
     """Raise BadAnswer on the first answer that cannot make a working step."""
     step = str(answers["step_name"]).strip()
-    check_name("step_name", step, RESERVED_STEPS, "is a config.yaml section that is not a step")
+    check_name("step_name", step, RESERVED_STEPS, "is a config.yaml section that is not a step", 40)
     if str(answers["job_type"]) != step:
         raise BadAnswer(
             f"job_type {answers['job_type']!r} must be the step name {step!r}: each step's W&B job type "

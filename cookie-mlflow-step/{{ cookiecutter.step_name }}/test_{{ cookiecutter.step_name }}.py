@@ -1,4 +1,4 @@
-"""Tests of {{ cookiecutter.step_name }}: its own logic called directly, and its typed arguments.
+"""Tests of the step's own logic, called directly, and of its typed arguments.
 Run them with `pytest src/{{ cookiecutter.step_name }}`; change them along with process()."""
 
 from __future__ import annotations
