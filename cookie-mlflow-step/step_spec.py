@@ -105,7 +105,8 @@ def parse_default(name: str, type_: str, text: str | None) -> str | int | float 
     try:
         value = int(text) if type_ == "int" else float(text)
     except ValueError:
-        raise BadAnswer(f"parameter {name!r}: default {text!r} is not an {type_}") from None
+        article = "an" if type_ == "int" else "a"
+        raise BadAnswer(f"parameter {name!r}: default {text!r} is not {article} {type_}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise BadAnswer(f"parameter {name!r}: default {text!r} is not a finite float")
     return value
