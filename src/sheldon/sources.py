@@ -8,9 +8,11 @@ a path the caller chose (a staging folder), never straight where a reader looks.
 from __future__ import annotations
 
 import hashlib
+import queue
 import shutil
 import stat
 import tarfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -20,7 +22,10 @@ from urllib.parse import unquote, urlparse
 from sheldon.cli import progress
 from sheldon.errors import StepError
 
-CHUNK = 1 << 20  # 1 MiB: large enough for full speed, small enough for flat memory
+# 1 MiB: large enough for full speed, small enough for flat memory; a read that a dropped
+# connection interrupts loses at most this much (the resume asks for it again).
+CHUNK = 1 << 20
+QUEUED = 4  # chunks received but not yet written and hashed: at most QUEUED * CHUNK in memory
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
@@ -98,7 +103,9 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
 def _http_attempt(session, url: str, target: Path, timeout: float) -> hashlib._Hash:
     """One GET (a Range GET when part of the file is already there); returns the file's sha256."""
     have = target.stat().st_size if target.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    headers = {"Accept-Encoding": "identity"}  # the file's own bytes, so Range offsets match them
+    if have:
+        headers["Range"] = f"bytes={have}-"
     with session.get(url, stream=True, timeout=(timeout, timeout), headers=headers) as response:
         if response.status_code == 416 and have:  # nothing left past what we have: complete
             return _hash_file(target)
@@ -111,16 +118,54 @@ def _http_attempt(session, url: str, target: Path, timeout: float) -> hashlib._H
         total = (have if resumed else 0) + int(length) if length and length.isdigit() else None
         # Hash while writing, so a large file is read once; a resumed one rehashes its first part.
         digest = _hash_file(target) if resumed else hashlib.sha256()
-        with open(target, "ab" if resumed else "wb") as out, progress(total, source_name(url), "B") as bar:
+        with (
+            open(target, "ab" if resumed else "wb") as out,
+            progress(total, source_name(url), "B") as bar,
+        ):
             bar.update(out.tell())
-            for chunk in response.iter_content(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
+            with _HashingWriter(out, digest) as sink:
+                for chunk in response.iter_content(CHUNK):
+                    sink.write(chunk)
+                    bar.update(len(chunk))
             got = out.tell()
     if total is not None and got < total:
         raise _Retryable(f"connection closed after {got:,} of {total:,} bytes")
     return digest
+
+
+class _HashingWriter:
+    """Writes chunks to a file and hashes them on a second thread (file writes and hashlib release
+    the GIL), so receiving, writing and hashing overlap; at most QUEUED chunks wait in memory."""
+
+    def __init__(self, out, digest: hashlib._Hash) -> None:
+        self._out, self._digest = out, digest
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+
+    def __enter__(self) -> _HashingWriter:
+        self._thread.start()
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._out.write(chunk)
+                    self._digest.update(chunk)
+                except BaseException as err:  # re-raised in the receiving thread
+                    self._error = err
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
 
 
 def _hash_file(path: Path) -> hashlib._Hash:
@@ -134,10 +179,13 @@ def _hash_file(path: Path) -> hashlib._Hash:
 def _copy_stream(src, target: Path, size: int | None, name: str) -> Fetched:
     """Copy an open binary stream to `target` in chunks, hashing as it goes."""
     digest = hashlib.sha256()
-    with open(target, "wb") as dst, progress(size, name, "B") as bar:
+    with (
+        open(target, "wb") as dst,
+        progress(size, name, "B") as bar,
+        _HashingWriter(dst, digest) as sink,
+    ):
         while chunk := src.read(CHUNK):
-            dst.write(chunk)
-            digest.update(chunk)
+            sink.write(chunk)
             bar.update(len(chunk))
     return Fetched(target, target.stat().st_size, digest.hexdigest())
 

@@ -1,0 +1,140 @@
+"""Download throughput of the download step against curl, and the step's peak memory.
+
+Serves a real NPZ dataset of at least 500 MB on 127.0.0.1, then alternately fetches it with
+`curl -o` and with the download step's own code path (stage: stream to a staging folder hashing
+as it goes, check it is a dataset; then swap it into a raw-data folder), each in a fresh process.
+
+    .venv/bin/python benchmarks/download.py            # 512 MiB, 3 rounds
+    .venv/bin/python benchmarks/download.py --mib 2048 --rounds 2
+
+Prints each tool's best throughput, the ratio step/curl (goal >= 0.8), and the step process's
+peak RSS (goal < 200 MB whatever the size), beside the RSS of the same process without a download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The child that runs the step's code. With a URL it downloads; without, it only imports (baseline).
+STEP_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import load_step
+from sheldon.versioning import replace_folder, staging_folder
+step = load_step("download_dataset")
+if len(sys.argv) > 1:
+    raw = Path(sys.argv[2])
+    started = time.perf_counter()
+    with staging_folder(raw) as staging:
+        data, digest = step.stage(sys.argv[1], staging)
+        with replace_folder(raw, data):
+            pass
+    print(time.perf_counter() - started)
+"""
+
+
+def make_dataset(path: Path, mib: int) -> None:
+    """An NPZ (images uint8 N x 28 x 28, labels) of about `mib` MiB, written in chunks."""
+    n = mib * 1024 * 1024 // (28 * 28)
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        with archive.open("images.npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array_header_2_0(
+                handle, {"descr": "|u1", "fortran_order": False, "shape": (n, 28, 28)}
+            )
+            for start in range(0, n, 50_000):
+                handle.write(rng.integers(0, 256, (min(50_000, n - start), 28, 28), dtype=np.uint8).tobytes())
+        with archive.open("labels.npy", "w") as handle:
+            np.lib.format.write_array(handle, (np.arange(n) % 10).astype(np.int64))
+
+
+def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def run_measured(args: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and stdout of a child process."""
+    started = time.perf_counter()
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    out = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        sys.exit(f"{args[0]} failed (status {status})")
+    return seconds, usage.ru_maxrss * 1024, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mib", type=int, default=512, help="dataset size in MiB (at least 500)")
+    parser.add_argument("--rounds", type=int, default=3, help="fetches per tool; the best counts")
+    args = parser.parse_args()
+    if not shutil.which("curl"):
+        sys.exit("curl is needed as the baseline")
+    with tempfile.TemporaryDirectory(prefix="sheldon-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "served").mkdir()
+        source = tmp / "served" / "big.npz"
+        make_dataset(source, args.mib)
+        size = source.stat().st_size
+        httpd, url = serve(tmp / "served")
+        url = f"{url}/big.npz"
+        child = [sys.executable, "-c", STEP_CHILD.format(tests=str(REPO / "tests"))]
+        curl_s, step_s, step_rss = [], [], []
+        try:
+            for _ in range(args.rounds):
+                shutil.rmtree(tmp / "raw", ignore_errors=True)
+                seconds, _, _ = run_measured(["curl", "-sS", "-f", "-o", str(tmp / "curl.npz"), url])
+                curl_s.append(seconds)
+                (tmp / "curl.npz").unlink()
+                _, rss, out = run_measured([*child, url, str(tmp / "raw")])
+                step_s.append(float(out.strip().splitlines()[-1]))
+                step_rss.append(rss)
+                assert (tmp / "raw" / "big.npz").stat().st_size == size
+            _, baseline_rss, _ = run_measured(child)
+        finally:
+            httpd.shutdown()
+    mb = size / 1e6
+    sample = os.urandom(64 * 1024 * 1024)
+    started = time.perf_counter()
+    hashlib.sha256(sample).digest()
+    sha_speed = len(sample) / 1e6 / (time.perf_counter() - started)
+    curl_best, step_best = min(curl_s), min(step_s)
+    print(f"file: {mb:,.0f} MB served on 127.0.0.1, best of {args.rounds}")
+    print(f"curl            {mb / curl_best:8.1f} MB/s   ({curl_best:.2f} s, process start included)")
+    print(f"download step   {mb / step_best:8.1f} MB/s   ({step_best:.2f} s, fetch + sha256 + check + swap)")
+    print(f"ratio step/curl {curl_best / step_best:8.2f}     (goal >= 0.8)")
+    print(f"sha256, 1 core  {sha_speed:8.1f} MB/s   (the step hashes while it receives: its ceiling)")
+    print(
+        f"peak memory     {max(step_rss) / 1e6:8.1f} MB     (goal < 200 MB; the same process without "
+        f"a download: {baseline_rss / 1e6:.1f} MB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
