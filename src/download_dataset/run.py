@@ -226,7 +226,12 @@ def main(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - started
         info = {"source": args.source, "bytes": size, "seconds": round(seconds, 3), **asdict(outcome)}
         run.log_params(
-            {"data_version": outcome.version, "dvc_md5": outcome.dvc_md5, "sha256": outcome.sha256}
+            {
+                "data_version": outcome.version,
+                "data_action": outcome.action,
+                "dvc_md5": outcome.dvc_md5,
+                "data_sha256": outcome.sha256,
+            }
         )
         run.log_metrics({"bytes": size, "seconds": seconds, "samples": outcome.samples})
         with tempfile.TemporaryDirectory(prefix="sheldon-raw-") as spec_dir:
