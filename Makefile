@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test lint contract clean
+.PHONY: setup run test lint contract new-data clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ lint: setup
 # config.yaml, each step's MLproject and its script's arguments agree (sheldon/contract.py)
 contract: setup
 	python -m sheldon.contract
+
+# A new version of data/raw from a file or folder on disk: download_dataset copies and checks it,
+# runs dvc commit + push, and prints the git commands that publish it (README, Data).
+#   make new-data DATA=~/digits.zip [FORMAT=auto|npz|csv|images]
+FORMAT ?= auto
+new-data: setup
+	@test -e "$(DATA)" || { echo "usage: make new-data DATA=<file or folder on disk> [FORMAT=...]" >&2; exit 2; }
+	mlflow run . --env-manager local -P steps=download_dataset \
+	  -P hydra_options="data.download_new=true data.source='$$(realpath "$(DATA)")' data.format=$(FORMAT)"
 
 clean:
 	rm -rf mlflow.db mlruns mlartifacts wandb outputs

@@ -82,6 +82,8 @@ def stage(
         save_npz(dataset, data / PACKAGED[name])
         digest = sha256_file(data / PACKAGED[name])
     else:
+        if "://" not in source:  # a path on disk: relative to the repo, as config paths are
+            source = str(repo_path(source))
         name = source_name(source)
         (staging / "download").mkdir(parents=True)
         fetched = fetch(source, staging / "download" / name, transfer)
