@@ -116,58 +116,77 @@ def check_step(root: Path, step: str, section: str, config: DictConfig) -> list[
         return [f"{step}: src/{step}/MLproject does not exist"]
     if section not in config:
         return [f"{step}: config.yaml has no section {section!r}"]
-    configured = config_kinds(config, section)
     declared, command = mlproject_parameters(step_dir)
-    script_name = re.search(r"python\s+(\S+\.py)", command)
-    if script_name is None:
+    script = re.search(r"python\s+(\S+\.py)", command)
+    if script is None:
         return [f"{step}: the MLproject command does not run a python script"]
-    script = script_name.group(1)
     try:
-        arguments = script_arguments(step_dir / script, step)
-    except (LookupError, OSError, SyntaxError, ImportError) as err:
-        return [f"{step}: cannot read the arguments of {script}: {err}"]
+        arguments = script_arguments(step_dir / script.group(1), step)
+    except Exception as err:  # importing the step's code failed: say so, as one line
+        return [f"{step}: cannot read the arguments of {script.group(1)}: {err}"]
+    configured = config_kinds(config, section)
+    problems = name_problems(configured, declared, arguments, section, script.group(1))
+    problems += parameter_problems(configured, declared, arguments, command, section, script.group(1))
+    return [f"{step}: {problem}" for problem in problems]
 
+
+def name_problems(
+    configured: dict[str, type],
+    declared: dict[str, dict],
+    arguments: dict[str, argparse.Action],
+    section: str,
+    script: str,
+) -> list[str]:
+    """Parameters one of the three places lacks."""
     problems = [
-        f"{step}: config.yaml {section}.{n} is not an MLproject parameter (main.py passes it as --{n})"
+        f"config.yaml {section}.{n} is not an MLproject parameter (main.py passes it as --{n})"
         for n in configured
         if n not in declared
     ]
     problems += [
-        f"{step}: MLproject parameter {n!r} is not in config.yaml section {section!r}"
+        f"MLproject parameter {n!r} is not in config.yaml section {section!r}"
         for n in declared
         if n not in configured
     ]
+    problems += [
+        f"MLproject parameter {n!r} is not an argument of {script}" for n in declared if n not in arguments
+    ]
+    problems += [
+        f"{script} argument --{n} is not an MLproject parameter" for n in arguments if n not in declared
+    ]
+    return problems
+
+
+def parameter_problems(
+    configured: dict[str, type],
+    declared: dict[str, dict],
+    arguments: dict[str, argparse.Action],
+    command: str,
+    section: str,
+    script: str,
+) -> list[str]:
+    """For each parameter the MLproject and the script share: how it is passed, its type, its default."""
+    problems = []
     passed = dict(re.findall(r"--([\w-]+)\s+\{(\w+)\}", command))
-    for name, spec in declared.items():
-        if name not in arguments:
-            problems.append(f"{step}: MLproject parameter {name!r} is not an argument of {script}")
-            continue
+    for name in (n for n in declared if n in arguments):
+        spec, action = declared[name], arguments[name]
         if passed.get(name) != name:
-            problems.append(f"{step}: the MLproject command does not pass {{{name}}} as --{name}")
+            problems.append(f"the MLproject command does not pass {{{name}}} as --{name}")
         kind = MLPROJECT_KINDS.get(str(spec.get("type", "string")), str(spec.get("type")))
-        script_kind = argument_kind(arguments[name])
+        script_kind = argument_kind(action)
         if kind == "string" and script_kind == "bool":
             kind = "bool"  # MLflow has no bool type: `string` (its spelling) and `bool` both do
         if script_kind is not None and script_kind != kind:
-            problems.append(
-                f"{step}: {name!r} is {spec.get('type')} in MLproject but {script_kind} in {script}"
-            )
+            problems.append(f"{name!r} is {spec.get('type')} in MLproject but {script_kind} in {script}")
         if name in configured and not config_accepts(configured[name], kind):
             problems.append(
-                f"{step}: {name!r} is {spec.get('type')} in MLproject but "
+                f"{name!r} is {spec.get('type')} in MLproject but "
                 f"{configured[name].__name__} in config.yaml {section}"
             )
-        action = arguments[name]
         if "default" in spec and not action.required and not same_default(action, spec["default"]):
             problems.append(
-                f"{step}: default of {name!r} is {spec['default']!r} in MLproject "
-                f"but {action.default!r} in {script}"
+                f"default of {name!r} is {spec['default']!r} in MLproject but {action.default!r} in {script}"
             )
-    problems += [
-        f"{step}: {script} argument --{n} is not an MLproject parameter"
-        for n in arguments
-        if n not in declared
-    ]
     return problems
 
 
