@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sheldon.cache import DIGEST_TAG, KEY_TAG, cache_key, code_digest, find_cached_run, output_digest
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT
-from sheldon.tracking import HEADLINE_TAG, STEP_TAG, configure_tracking
+from sheldon.tracking import HEADLINE_TAG, STEP_TAG, allow_concurrent_runs, configure_tracking
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
 _steps = [
@@ -311,6 +311,7 @@ def run_pipeline(config: DictConfig) -> int:
     os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
     experiment_name = str(config.main.experiment_name)
     experiment = mlflow.set_experiment(experiment_name)
+    allow_concurrent_runs(mlflow.get_tracking_uri())
     mlflow.MlflowClient().set_experiment_tag(
         experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
     )

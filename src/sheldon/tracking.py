@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,6 +33,14 @@ def configure_tracking() -> str:
     os.environ.setdefault("WANDB_DIR", str(REPO_ROOT))
     os.environ.setdefault("WANDB_SILENT", "true")
     return uri
+
+
+def allow_concurrent_runs(uri: str) -> None:
+    """Put a sqlite tracking db in WAL mode (kept in the file), so pipelines running side by side
+    read while another writes instead of failing with "database is locked"."""
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).is_file():
+        with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def wandb_mode() -> str:
