@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test lint contract new-data clean
+.PHONY: setup run test test-slow lint contract new-data clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ run: setup
 
 test: setup
 	pytest
+
+# Tests marked slow (minutes each); CI runs them after `make test`.
+test-slow: setup
+	pytest -m slow
 
 lint: setup
 	ruff check .
