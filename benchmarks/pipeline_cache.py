@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from sheldon.paths import copy_repo
+
 REPO = Path(__file__).resolve().parents[1]
-LOCAL_ONLY = (
-    ".git",
-    ".venv",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    "wandb",
-    "outputs",
-    "__pycache__",
-    ".pytest_cache",
-    ".ruff_cache",
-    "*.egg-info",
-    "raw",
-)
 
 
 def run(root: Path, env: dict[str, str], hydra_options: str) -> tuple[float, str]:
@@ -59,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sheldon-bench-") as tmp:
         root = Path(tmp) / "repo"
-        shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(*LOCAL_ONLY))
+        copy_repo(root, REPO)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "SHELDON_"))}
         env |= {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,28 +16,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from sheldon.paths import copy_repo  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# What a fresh clone has: nothing machine-local is copied into a test repo.
-LOCAL_ONLY = (
-    ".git",
-    ".venv",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    "wandb",
-    "outputs",
-    "checkpoints",
-    "__pycache__",
-    ".pytest_cache",
-    ".ruff_cache",
-    "*.egg-info",
-    "raw",
-    # DVC's machine-local state (.dvc/.gitignore): a fresh clone has no cache or local config
-    "cache",
-    "tmp",
-    "config.local",
-)
 SHRUNK = "train_model.epochs=1 evaluate.min_accuracy=0.5"  # a tiny CPU run
 
 
@@ -57,11 +38,6 @@ def config() -> DictConfig:
     """The real config.yaml, composed by Hydra as main.py sees it."""
     with initialize_config_dir(config_dir=str(REPO), version_base=None):
         return compose(config_name="config")
-
-
-def copy_repo(target: Path) -> Path:
-    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(*LOCAL_ONLY))
-    return target
 
 
 @dataclass
@@ -114,7 +90,7 @@ class Project:
 
 
 def make_project(tmp: Path) -> Project:
-    root = copy_repo(tmp / "repo")
+    root = copy_repo(tmp / "repo", REPO)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "SHELDON_"))}
     env |= {
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
