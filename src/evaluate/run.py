@@ -1,9 +1,11 @@
-"""evaluate: score the trained model on the test split (accuracy, macro-F1, per-class metrics,
-confusion matrix) and fail when accuracy is below evaluate.min_accuracy."""
+"""evaluate: score the trained model on the test split (accuracy, macro-F1, per-class precision and
+recall), draw the confusion matrix, the training run's learning curves and a grid of misclassified
+test images, log a predictions table, and fail when accuracy is below evaluate.min_accuracy."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,18 +19,11 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from sheldon.cli import run_cli
 from sheldon.datasets import load_split
 from sheldon.errors import StepError
-from sheldon.tracking import step_run
+from sheldon.tracking import StepRun, step_run
+from sheldon.training import peak_memory_mb, predict, select_device
 
 STEP = "evaluate"
-
-
-def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        batches = [
-            model(torch.from_numpy(x[i : i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)
-        ]
-    return torch.cat(batches).numpy()
+CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -49,15 +44,8 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            str(count),
-            ha="center",
-            va="center",
-            color="white" if count > matrix.max() / 2 else "black",
-            fontsize=8,
-        )
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
     ax.set(
         xlabel="predicted",
         ylabel="true",
@@ -69,27 +57,106 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return fig
 
 
-def load_model(path: Path) -> torch.nn.Module:
+def misclassified_figure(
+    images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, limit: int
+) -> plt.Figure | None:
+    """A grid of the misclassified test images the model was surest of; None when there are none."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    if len(wrong) == 0 or limit <= 0:
+        return None
+    shown = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    cols = min(len(shown), 8)
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown, strict=False):
+        ax.imshow(images[i].reshape(images.shape[-2:]), cmap="gray")
+        ax.set_title(f"#{i}: {y_true[i]}→{y_pred[i]}\n{confidence[i]:.0%}", fontsize=7)
+    fig.suptitle(f"{len(wrong)} misclassified test images (true→predicted, confidence); surest first")
+    fig.tight_layout()
+    return fig
+
+
+def train_run_of(model_uri: str) -> str | None:
+    """The run that logged the model, when the URI names one (runs:/<run id>/model)."""
+    match = re.match(r"^runs:/([0-9a-f]+)/", model_uri)
+    return match.group(1) if match else None
+
+
+def learning_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch metric history of the training run, read from the tracking store."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    return {
+        key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        for _, keys in CURVES
+        for key in keys
+    }
+
+
+def curves_figure(history: dict[str, list[tuple[int, float]]], run_id: str) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (name, keys) in zip(axes, CURVES, strict=True):
+        for key in keys:
+            if history.get(key):
+                epochs, values = zip(*history[key], strict=True)
+                ax.plot(epochs, values, marker="o", label=key.split("_")[0])
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Learning curves of train_model run {run_id[:8]}")
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(run: StepRun, figure: plt.Figure | None, filename: str) -> None:
+    if figure is not None:
+        run.log_figure(figure, filename)
+        plt.close(figure)
+
+
+def load_model(path: Path, device: torch.device) -> torch.nn.Module:
     """Load an MLflow pytorch model folder (the fetched `model` input)."""
     import mlflow
 
     try:
-        return mlflow.pytorch.load_model(str(path), map_location="cpu")
+        return mlflow.pytorch.load_model(str(path), map_location=device)
     except Exception as err:
         raise StepError(f"cannot load the model in {path}: {err}") from None
 
 
 def main(args: argparse.Namespace) -> None:
     with step_run(STEP, vars(args)) as run:
-        model = load_model(run.fetch_input("model", args.model))
+        device = select_device(args.device)
+        if args.batch_size <= 0:
+            raise StepError(f"evaluate.batch_size must be positive, got {args.batch_size}")
+        model = load_model(run.fetch_input("model", args.model), device)
         x, y = load_split(run.fetch_input("splits", args.splits), "test")
-        y_pred = predict(model, x, args.batch_size)
+        probabilities = predict(model, torch.from_numpy(x).to(device), args.batch_size).cpu().numpy()
+        y_pred, confidence = probabilities.argmax(1), probabilities.max(1)
         num_classes = max(int(y.max()) + 1, args.num_classes)
         metrics = score(y, y_pred, num_classes)
         run.log_metrics(metrics)
-        figure = confusion_figure(y, y_pred, num_classes)
-        run.log_figure(figure, "confusion_matrix.png")
-        plt.close(figure)
+        log_figure(run, confusion_figure(y, y_pred, num_classes), "confusion_matrix.png")
+        log_figure(
+            run, misclassified_figure(x, y, y_pred, confidence, args.misclassified), "misclassified.png"
+        )
+        train_run = train_run_of(args.model)
+        if train_run is not None:
+            log_figure(run, curves_figure(learning_curves(train_run), train_run), "learning_curves.png")
+        else:
+            print(f"no learning curves: {args.model} does not name a training run (runs:/<id>/model)")
+        run.log_table(
+            "predictions",
+            ["index", "label", "prediction", "confidence", "correct"],
+            [
+                [i, int(t), int(p), round(float(c), 4), bool(t == p)]
+                for i, (t, p, c) in enumerate(zip(y, y_pred, confidence, strict=True))
+            ],
+        )
+        run.log_metrics({"peak_memory_mb": peak_memory_mb()})
         accuracy = metrics["test_accuracy"]
         run.headline("test_accuracy", accuracy)
         print(f"test accuracy {accuracy:.4f}, macro-F1 {metrics['test_macro_f1']:.4f}")
@@ -101,11 +168,14 @@ def main(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True, help="MLflow URI of train_model's model")
-    p.add_argument("--splits", required=True, help="MLflow URI of preprocess's splits artifact")
-    p.add_argument("--batch_size", type=int, default=512, help="samples per inference batch")
-    p.add_argument("--num_classes", type=int, default=10, help="classes shown in the metrics")
-    p.add_argument("--min_accuracy", type=float, default=0.0, help="fail below this test accuracy")
+    arg = p.add_argument
+    arg("--model", required=True, help="MLflow URI of train_model's model")
+    arg("--splits", required=True, help="MLflow URI of preprocess's splits artifact")
+    arg("--batch_size", type=int, default=512, help="samples per inference batch")
+    arg("--num_classes", type=int, default=10, help="classes shown in the metrics")
+    arg("--min_accuracy", type=float, default=0.0, help="fail below this test accuracy")
+    arg("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    arg("--misclassified", type=int, default=32, help="misclassified test images shown in the grid")
     return p
 
 
