@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
@@ -58,6 +59,13 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def wandb_reference(uri: str) -> str:
+    """The W&B artifact behind an MLflow `runs:/<run id>/<name>` URI: every artifact a step logs
+    carries its MLflow run id as an alias. Empty for other URIs."""
+    match = re.fullmatch(r"runs:/([0-9a-f]+)/([\w.-]+)/?", uri)
+    return f"{match[2]}:mlflow-{match[1]}" if match else ""
+
+
 class StepRun:
     """The open MLflow and W&B runs of one step."""
 
@@ -65,7 +73,6 @@ class StepRun:
         self.step = step
         self.run_id = mlflow_run.info.run_id
         self.wandb = wandb_run
-        self._inputs: dict[str, str] = {}
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters the run does not already carry (`mlflow run` logs its own)."""
@@ -88,19 +95,18 @@ class StepRun:
         """Download an input artifact (any MLflow artifact URI) and record where it came from."""
         from sheldon.artifacts import fetch
 
-        self._inputs[name] = uri
         mlflow.set_tag(f"sheldon.input.{name}", uri)
-        self.wandb.config.update({f"input.{name}": uri}, allow_val_change=True)
-        if self.wandb.settings.mode == "online":
-            self._use_wandb_artifact(name)
+        reference = wandb_reference(uri)
+        # Offline the reference is recorded in the config (use_artifact raises offline), ready for sync.
+        self.wandb.config.update(
+            {f"input.{name}": uri, f"input.{name}.wandb": reference}, allow_val_change=True
+        )
+        if self.wandb.settings.mode == "online" and reference:
+            try:  # W&B draws the pipeline graph from this
+                self.wandb.use_artifact(reference)
+            except Exception as err:  # e.g. the producer ran without W&B
+                print(f"W&B: cannot link input {reference} ({err})", file=sys.stderr)
         return fetch(uri)
-
-    def _use_wandb_artifact(self, name: str) -> None:
-        # Online only: W&B draws the lineage graph from it (use_artifact raises offline).
-        try:
-            self.wandb.use_artifact(f"{name}:latest")
-        except Exception as err:  # an input logged by a run outside W&B has no artifact there
-            print(f"W&B: no artifact {name!r} to link as input ({err})", file=sys.stderr)
 
     def log_artifact(
         self, local_path: Path, name: str, kind: str, metadata: Mapping[str, Any] | None = None
@@ -118,7 +124,7 @@ class StepRun:
             artifact.add_dir(str(local_path))
         else:
             artifact.add_file(str(local_path))
-        self.wandb.log_artifact(artifact)
+        self.wandb.log_artifact(artifact, aliases=["latest", f"mlflow-{self.run_id}"])
         mlflow.set_tag(DIGEST_TAG + name, digest_path(local_path))  # lets downstream cache keys see content
         return f"runs:/{self.run_id}/{name}"
 
