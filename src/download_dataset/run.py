@@ -81,6 +81,8 @@ def stage(
         data.mkdir(parents=True)
         save_npz(dataset, data / PACKAGED[name])
         digest = sha256_file(data / PACKAGED[name])
+        if sha256 and digest != sha256:
+            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {digest}")
     else:
         if "://" not in source:  # a path on disk: relative to the repo, as config paths are
             source = str(repo_path(source))
@@ -100,8 +102,6 @@ def stage(
         else:
             data.mkdir()
             os.replace(fetched.path, data / name)
-    if sha256 and digest != sha256:  # the packaged data, rebuilt here
-        raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {digest}")
     count_samples(data, fmt, label_column)
     return data, digest
 
