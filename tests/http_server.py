@@ -3,6 +3,7 @@ misbehaves on purpose (5xx, a dropped connection, a stall) where a test asks it 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -80,3 +81,10 @@ def stop(state: Server, httpd: ThreadingHTTPServer) -> None:
     time.sleep(0.05)
     httpd.shutdown()
     httpd.server_close()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

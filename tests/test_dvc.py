@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, copy_repo, load_step, make_project
+from http_server import free_port
 
 from sheldon.datasets import Dataset, load_raw, save_npz
 from sheldon.errors import StepError
@@ -209,12 +210,6 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
 
 
 # --- S3: moto's standalone server on 127.0.0.1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_step
-from http_server import Route, start, stop
+from http_server import Route, free_port, start, stop
 
 from sheldon.datasets import Dataset, load_raw, save_npz
 from sheldon.errors import StepError
@@ -87,9 +86,7 @@ def test_stall_past_the_timeout_fails_with_one_line(server, tmp_path):
 
 
 def test_unreachable_host(tmp_path):
-    with socket.socket() as probe:  # a port that nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(StepError, match=r"connection refused .* \(gave up after 1 attempts\)"):
         fetch(f"http://127.0.0.1:{port}/x", tmp_path / "x", Transfer(timeout=1, retries=0))
 

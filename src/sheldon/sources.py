@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from sheldon.artifacts import sha256_file
 from sheldon.cli import progress
 from sheldon.errors import StepError
 
@@ -84,7 +85,8 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
     while True:
         try:
             digest = _http_attempt(session, url, target, transfer.timeout)
-            return Fetched(target, target.stat().st_size, digest.hexdigest())
+            # A resumed file was hashed only in part while it streamed: hash it whole, once.
+            return Fetched(target, target.stat().st_size, digest or sha256_file(target))
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -100,15 +102,16 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
             time.sleep(transfer.backoff * 2 ** (failures - 1))
 
 
-def _http_attempt(session, url: str, target: Path, timeout: float) -> hashlib._Hash:
-    """One GET (a Range GET when part of the file is already there); returns the file's sha256."""
+def _http_attempt(session, url: str, target: Path, timeout: float) -> str | None:
+    """One GET (a Range GET when part of the file is already there). Returns the file's sha256,
+    hashed while it streamed, or None when the file was resumed (so not hashed whole)."""
     have = target.stat().st_size if target.exists() else 0
     headers = {"Accept-Encoding": "identity"}  # the file's own bytes, so Range offsets match them
     if have:
         headers["Range"] = f"bytes={have}-"
     with session.get(url, stream=True, timeout=(timeout, timeout), headers=headers) as response:
         if response.status_code == 416 and have:  # nothing left past what we have: complete
-            return _hash_file(target)
+            return None
         if response.status_code >= 500:
             raise _Retryable(f"HTTP {response.status_code} {response.reason}")
         if response.status_code >= 400:
@@ -116,8 +119,7 @@ def _http_attempt(session, url: str, target: Path, timeout: float) -> hashlib._H
         resumed = response.status_code == 206
         length = response.headers.get("Content-Length")
         total = (have if resumed else 0) + int(length) if length and length.isdigit() else None
-        # Hash while writing, so a large file is read once; a resumed one rehashes its first part.
-        digest = _hash_file(target) if resumed else hashlib.sha256()
+        digest = hashlib.sha256()  # hashed while written, so a large file is read only once
         with (
             open(target, "ab" if resumed else "wb") as out,
             progress(total, source_name(url), "B") as bar,
@@ -130,7 +132,7 @@ def _http_attempt(session, url: str, target: Path, timeout: float) -> hashlib._H
             got = out.tell()
     if total is not None and got < total:
         raise _Retryable(f"connection closed after {got:,} of {total:,} bytes")
-    return digest
+    return None if resumed else digest.hexdigest()
 
 
 class _HashingWriter:
@@ -166,14 +168,6 @@ class _HashingWriter:
         self._thread.join()
         if self._error is not None and exc[0] is None:
             raise self._error
-
-
-def _hash_file(path: Path) -> hashlib._Hash:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest
 
 
 def _copy_stream(src, target: Path, size: int | None, name: str) -> Fetched:
