@@ -15,10 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from sheldon.errors import StepError
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 DVC_FILE = "data.dvc"
 
@@ -35,7 +39,7 @@ def is_git_repo(root: Path) -> bool:
     return (root / ".git").exists()
 
 
-def open_repo(root: Path):
+def open_repo(root: Path) -> Repo:
     """The DVC repo at `root`; a copy without git (a tarball, a test copy) works without SCM."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -98,7 +102,7 @@ def tracked_path(root: Path) -> str | None:
         raise StepError(f"{DVC_FILE} is malformed: expected outs: [{{path: data/raw, md5: ...}}]") from None
 
 
-def folder_md5(repo, folder: Path) -> str:
+def folder_md5(repo: Repo, folder: Path) -> str:
     """The md5 DVC gives a folder (`<hex>.dir`), computed without touching the cache."""
     from dvc_data.hashfile.build import build
 
@@ -107,12 +111,12 @@ def folder_md5(repo, folder: Path) -> str:
     return obj.hash_info.value
 
 
-def in_cache(repo, md5: str) -> bool:
+def in_cache(repo: Repo, md5: str) -> bool:
     """Whether the DVC cache holds the version `md5` (so replacing it in data/raw loses nothing)."""
     return repo.cache.local.exists(md5)
 
 
-def remote_url(repo) -> str:
+def remote_url(repo: Repo) -> str:
     """The default remote's location, for messages; a StepError when there is none."""
     name = repo.config["core"].get("remote")
     if not name or name not in repo.config["remote"]:
@@ -123,7 +127,7 @@ def remote_url(repo) -> str:
     return os.path.expanduser(url) if "://" not in url else url
 
 
-def check_remote_writable(repo) -> str:
+def check_remote_writable(repo: Repo) -> str:
     """Fail before anything changes when the default remote cannot take a push."""
     url = remote_url(repo)
     try:
@@ -137,7 +141,7 @@ def check_remote_writable(repo) -> str:
     return url
 
 
-def pull(repo, root: Path) -> bool:
+def pull(repo: Repo, root: Path) -> bool:
     """`dvc pull data.dvc`: True when data/raw now holds the pinned version, False when the
     remote lacks it (data/raw untouched). Any other failure is a StepError."""
     from dvc.exceptions import CheckoutError, DvcException
@@ -152,7 +156,7 @@ def pull(repo, root: Path) -> bool:
     return True
 
 
-def commit_and_push(repo, root: Path, pin_path: str) -> str:
+def commit_and_push(repo: Repo, root: Path, pin_path: str) -> str:
     """Record data/raw in data.dvc and the cache (`dvc commit`), push it; returns its md5."""
     from dvc.exceptions import DvcException
 
