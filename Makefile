@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test test-slow lint contract new-data clean
+.PHONY: setup run test test-slow lint contract new-data fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,16 @@ new-data: setup
 	@test -e "$(DATA)" || { echo "usage: make new-data DATA=<file or folder on disk> [FORMAT=...]" >&2; exit 2; }
 	mlflow run . --env-manager local -P steps=download_dataset \
 	  -P hydra_options="data.download_new=true data.source='$$(realpath "$(DATA)")' data.format=$(FORMAT)"
+
+# Fashion-MNIST (70,000 images) from Debian's dataset-fashion-mnist, for
+# data.source=package://debian/fashion-mnist and its slow test (skipped, saying why, without it).
+fashion-mnist:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "dataset-fashion-mnist is installed"; \
+	elif command -v apt-get >/dev/null; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq dataset-fashion-mnist \
+	    || echo "could not install dataset-fashion-mnist: the Fashion-MNIST test will be skipped"; \
+	else echo "no apt-get here: the Fashion-MNIST test will be skipped"; fi
 
 clean:
 	rm -rf mlflow.db mlruns mlartifacts wandb outputs
