@@ -150,10 +150,9 @@ def check_answers(answers: dict[str, Any]) -> list[Parameter]:
     """Raise BadAnswer on the first answer that cannot make a working step."""
     step = str(answers["step_name"]).strip()
     check_name("step_name", step, RESERVED_STEPS, "is a config.yaml section that is not a step", 40)
-    if str(answers["job_type"]) != step:
+    if not re.fullmatch(r"[\w.-]{1,64}", str(answers["job_type"])):
         raise BadAnswer(
-            f"job_type {answers['job_type']!r} must be the step name {step!r}: each step's W&B job type "
-            "is its name, which is how the pipeline finds its runs"
+            f"job_type {answers['job_type']!r} must be letters, digits, '_', '-' or '.': the W&B job type"
         )
     script = str(answers["script_name"])
     stem = script.removesuffix(".py")

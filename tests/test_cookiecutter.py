@@ -156,7 +156,7 @@ def bare_project(tmp_path_factory) -> Project:
         (["step_name=new", "parameters=lr:double=0.1"], "unknown type 'double'; use one of str, int, float"),
         (["step_name=new", "parameters=epochs:int=many"], "default 'many' is not an int"),
         (["step_name=new", "script_name=run.sh"], "script_name 'run.sh' must be a file name like run.py"),
-        (["step_name=new", "job_type=training"], "job_type 'training' must be the step name 'new'"),
+        (["step_name=new", "job_type=a b"], "job_type 'a b' must be letters, digits"),
     ],
     ids=[
         "dash",

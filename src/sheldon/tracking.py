@@ -149,7 +149,7 @@ class StepRun:
 
 
 @contextmanager
-def step_run(step: str, params: Mapping[str, Any]) -> Iterator[StepRun]:
+def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) -> Iterator[StepRun]:
     """Open the step's MLflow run (the one `mlflow run` created, or a new one) and its W&B run;
     on any exception both are marked failed and closed before the exception propagates."""
     import wandb
@@ -163,7 +163,7 @@ def step_run(step: str, params: Mapping[str, Any]) -> Iterator[StepRun]:
         wandb_run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             group=os.environ.get("WANDB_RUN_GROUP") or experiment,
-            job_type=step,
+            job_type=job_type or step,
             name=f"{step}-{active.info.run_id[:8]}",
             config={**params, "mlflow_run_id": active.info.run_id},
             dir=os.environ["WANDB_DIR"],
