@@ -135,6 +135,20 @@ def test_source_that_does_not_match_the_pin_names_both_hashes(tmp_path):
     assert not (tmp_path / "empty-remote" / "files").exists()
 
 
+def test_a_pin_the_remote_lacks_keeps_the_last_good_version_in_data_raw(tmp_path):
+    """A colleague committed data.dvc for a version they never pushed: the pull fails, the source
+    does not rebuild it, and data/raw still holds the version it had (DVC's own pull deletes it)."""
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    v1 = (raw / "d.npz").read_bytes()
+    unpushed = "outs:\n- path: data/raw\n  md5: 0123456789abcdef0123456789abcdef.dir\n  hash: md5\n"
+    (root / "data.dvc").write_text(unpushed)
+    with pytest.raises(StepError, match=r"gives data md5 .*, but data.dvc pins 0123456789abcdef"):
+        download.bring_pinned(str(digits(tmp_path / "other", 20, seed=3)), root, raw)
+    assert (raw / "d.npz").read_bytes() == v1
+
+
 def test_unversioned_data_in_data_raw_is_not_replaced(tmp_path):
     root = clone(tmp_path, remote=tmp_path / "remote")
     raw = digits(root / "data" / "raw", 30, seed=5)  # a user's own, never versioned

@@ -174,9 +174,9 @@ def bring_pinned(
             fetch_version(root, commit, pin, staging / "data")
             with replace_folder(raw_dir, staging / "data"):
                 pass
-        print(f"data/raw now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
+        print(f"{raw_dir} now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
         return Outcome("pulled", pin.md5, label)
-    if pull(repo, root):
+    if pull(repo, root, pin.md5):
         print(f"dvc pull: {raw_dir} now holds the data version {DVC_FILE} pins (md5 {pin.md5})")
         return Outcome("pulled", pin.md5, label)
     # The remote lacks the pinned version (a fresh machine): rebuild it from the source.

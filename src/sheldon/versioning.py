@@ -141,19 +141,34 @@ def check_remote_writable(repo: Repo) -> str:
     return url
 
 
-def pull(repo: Repo, root: Path) -> bool:
-    """`dvc pull data.dvc`: True when data/raw now holds the pinned version, False when the
-    remote lacks it (data/raw untouched). Any other failure is a StepError."""
-    from dvc.exceptions import CheckoutError, DvcException
+def pull(repo: Repo, root: Path, md5: str) -> bool:
+    """`dvc pull data.dvc`, made safe: fetch into the cache first, and check out only once every
+    file of version `md5` is there. False when the remote lacks some (data/raw untouched: DVC's
+    own checkout would have deleted it). Any other failure is a StepError."""
+    from dvc.exceptions import DvcException
 
     url = remote_url(repo)
+    target = str(root / DVC_FILE)
     try:
-        repo.pull(targets=[str(root / DVC_FILE)])
-    except CheckoutError:
-        return False
+        repo.fetch(targets=[target])
+        if not complete_in_cache(repo, md5):
+            return False
+        repo.checkout(targets=[target], force=True)  # data/raw's own data is in the cache too
     except (DvcException, OSError) as err:
         raise StepError(f"cannot pull data from DVC remote {url}: {_first_line(err)}") from None
     return True
+
+
+def complete_in_cache(repo: Repo, md5: str) -> bool:
+    """Whether the cache holds folder version `md5` and every file in it."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    odb = repo.cache.local
+    if not odb.exists(md5):
+        return False
+    tree = Tree.load(odb, HashInfo("md5", md5))
+    return all(odb.exists(info.value) for _, _, info in tree)
 
 
 def commit_and_push(repo: Repo, root: Path, pin_path: str) -> str:
