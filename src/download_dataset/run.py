@@ -218,6 +218,7 @@ def main(args: argparse.Namespace) -> None:
         root, raw_dir = REPO_ROOT, repo_path(args.raw_dir)
         transfer = Transfer(timeout=args.timeout, retries=args.retries)
         if args.download_new:
+            run.not_cacheable("download_new fetches data.source, whose content the cache key cannot see")
             outcome = download_new(
                 args.source, root, raw_dir, transfer, args.sha256, args.format, args.label_column
             )
