@@ -26,7 +26,15 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sheldon.cache import DIGEST_TAG, KEY_TAG, cache_key, code_digest, find_cached_run, output_digest
+from sheldon.cache import (
+    DIGEST_TAG,
+    KEY_TAG,
+    cache_key,
+    code_digest,
+    find_cached_run,
+    finished_runs,
+    output_digest,
+)
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT
 from sheldon.tracking import HEADLINE_TAG, STEP_TAG, allow_concurrent_runs, configure_tracking
@@ -112,13 +120,7 @@ def step_config(config: DictConfig, step: str) -> tuple[dict[str, str], dict[str
 
 
 def latest_finished_run(experiment_id: str, step: str) -> str | None:
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
+    runs = finished_runs(experiment_id, STEP_TAG, step, most=1)
     return runs[0].info.run_id if runs else None
 
 

@@ -101,13 +101,18 @@ def output_digest(run: mlflow.entities.Run, artifact: str) -> str:
     return run.data.tags.get(DIGEST_TAG + artifact.split("/")[0]) or f"run:{run.info.run_id}/{artifact}"
 
 
-def find_cached_run(experiment_id: str, key: str) -> mlflow.entities.Run | None:
-    """The latest FINISHED run with this key; running, failed and killed runs never count."""
-    runs = mlflow.search_runs(
+def finished_runs(experiment_id: str, tag: str, value: str, most: int = 10) -> list[mlflow.entities.Run]:
+    """FINISHED runs of the experiment whose `tag` is `value`, newest first."""
+    return mlflow.search_runs(
         experiment_ids=[experiment_id],
-        filter_string=f"tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=10,
+        max_results=most,
         output_format="list",
     )
+
+
+def find_cached_run(experiment_id: str, key: str) -> mlflow.entities.Run | None:
+    """The latest FINISHED run with this key; running, failed and killed runs never count."""
+    runs = finished_runs(experiment_id, KEY_TAG, key)
     return next((run for run in runs if UNCACHEABLE_TAG not in run.data.tags), None)
