@@ -116,11 +116,12 @@ class Totals:
     """Summed loss, correct predictions and samples, kept on the device until read."""
 
     def __init__(self, device: torch.device) -> None:
-        self.values = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.values = torch.zeros(3, dtype=dtype, device=device)  # loss sum, correct, seen
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         n = len(y)
-        self.values[0] += loss.detach().double() * n
+        self.values[0] += loss.detach().to(self.values.dtype) * n
         self.values[1] += (logits.argmax(1) == y).sum()
         self.values[2] += n
 
