@@ -210,6 +210,16 @@ def save_checkpoint(path: Path, **content: Any) -> None:
         torch.save(content, tmp)
 
 
+def load_checkpoint(folder: Path) -> dict[str, Any]:
+    """Read on the CPU (RNG states must stay there; load_state_dict moves weights to the device)."""
+    check_resume(folder)
+    try:
+        return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    except Exception as err:
+        path = folder / CHECKPOINT
+        raise StepError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
+
+
 def to_tensors(xy: tuple[np.ndarray, np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(xy[0]).to(device), torch.from_numpy(xy[1]).to(device)
 
@@ -241,8 +251,7 @@ def train(
     )
     state = State(history=[])
     if resume:
-        check_resume(checkpoints)
-        saved = torch.load(checkpoints / CHECKPOINT, map_location=device, weights_only=False)
+        saved = load_checkpoint(checkpoints)
         module.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
