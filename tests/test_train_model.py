@@ -163,6 +163,13 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(data, tmp_path
         torch.testing.assert_close(a, b)
 
 
+def test_an_unreadable_checkpoint_is_one_clear_error_and_stays_for_inspection(data, tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"half a checkpoint")
+    with pytest.raises(StepError, match=r"^cannot read checkpoint .*last\.pt: .*; delete it to start over$"):
+        train_model.train(data["train"], data["val"], settings(), checkpoints=tmp_path, resume=True)
+    assert (tmp_path / "last.pt").read_bytes() == b"half a checkpoint"
+
+
 def test_checkpoint_folder_is_keyed_by_configuration():
     base = train_model.checkpoint_dir(step_args())
     assert train_model.checkpoint_dir(step_args(resume=True)) == base
