@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import SHRUNK, make_project
 
@@ -14,8 +16,14 @@ def latest(project, step):
     return project.step_runs(step)[-1]
 
 
+def full_run_steps(project, full_run):
+    """The step runs of the session's full pipeline run (other tests add runs of their own)."""
+    pipeline_id = re.search(r"pipeline run ([0-9a-f]{32})", full_run.stdout)[1]
+    return [r for r in project.step_runs() if r.data.tags.get("mlflow.parentRunId") == pipeline_id]
+
+
 def test_full_pipeline_runs_four_nested_steps(project, full_run):
-    runs = project.step_runs()
+    runs = full_run_steps(project, full_run)
     assert [r.data.tags["sheldon.step"] for r in runs] == STEPS
     assert all(r.info.status == "FINISHED" for r in runs)
     assert [r.info.run_name for r in runs] == STEPS
@@ -28,9 +36,9 @@ def test_full_pipeline_runs_four_nested_steps(project, full_run):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_full_pipeline_logs_artifacts_and_metrics(project, full_run):
+def test_full_pipeline_logs_artifacts_and_metrics(project, full_run, config):
     client = project.client()
-    by_step = {r.data.tags["sheldon.step"]: r for r in project.step_runs()}
+    by_step = {r.data.tags["sheldon.step"]: r for r in full_run_steps(project, full_run)}
     artifacts = {
         step: {a.path for a in client.list_artifacts(run.info.run_id)} for step, run in by_step.items()
     }
@@ -43,7 +51,7 @@ def test_full_pipeline_logs_artifacts_and_metrics(project, full_run):
     assert len(client.get_metric_history(by_step["train_model"].info.run_id, "val_accuracy")) == 1
     metrics = by_step["evaluate"].data.metrics
     assert 0.5 < metrics["test_accuracy"] <= 1 and "test_macro_f1" in metrics and "recall_9" in metrics
-    assert by_step["train_model"].data.params["lr"] == "0.001"
+    assert by_step["train_model"].data.params["lr"] == str(config.train_model.lr)
 
 
 def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run):

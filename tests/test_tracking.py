@@ -15,6 +15,8 @@ def trackers(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("tracking")  # not whichever experiment an earlier test left active
     yield tmp_path
     mlflow.set_tracking_uri(None)
 
