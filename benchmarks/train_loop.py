@@ -23,10 +23,9 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from sheldon.contract import load_module
 from sheldon.datasets import load_packaged
 from sheldon.paths import REPO_ROOT
-from sheldon.training import Batches, autocast, bf16_enabled, predict, select_device, train_epoch
+from sheldon.training import Batches, autocast, bf16_enabled, build_model, predict, select_device, train_epoch
 
 
 def sync(device: torch.device) -> None:
@@ -120,11 +119,9 @@ def main() -> None:
         f"{len(y):,} samples per timing"
     )
 
-    train_model = load_module(REPO_ROOT / "src" / "train_model" / "run.py", "train_model")
-
     def fresh() -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)
-        model = train_model.build_model(train_cfg["model"], tuple(x.shape[1:])).to(device)
+        model = build_model(train_cfg["model"], tuple(x.shape[1:])).to(device)
         optimizer = instantiate(train_cfg["optimizer"], params=model.parameters(), lr=train_cfg["lr"])
         return model, optimizer
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from torch import nn
 
 from sheldon.errors import StepError
@@ -208,3 +210,23 @@ def peak_memory_mb() -> float:
         )
         * scale
     )
+
+
+def build(spec: dict[str, Any] | None, what: str, **kwargs: Any) -> Any:
+    """Instantiate a `_target_` spec from config, naming the config key when it is wrong."""
+    if not isinstance(spec, dict) or "_target_" not in spec:
+        raise StepError(f"train_model.{what} needs a _target_, got {spec!r}")
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as err:
+        reason = str(err).strip().splitlines()[0]
+        raise StepError(f"cannot build train_model.{what} ({spec['_target_']}): {reason}") from None
+
+
+def build_model(spec: dict[str, Any], input_shape: tuple[int, ...]) -> nn.Module:
+    model = build(spec, "model")
+    if not isinstance(model, nn.Module):
+        raise StepError(f"train_model.model ({spec['_target_']}) is not a torch.nn.Module")
+    with torch.no_grad():
+        model(torch.zeros(2, *input_shape))  # materialise lazy layers before the optimizer sees them
+    return model
