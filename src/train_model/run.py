@@ -98,9 +98,10 @@ class World:
 
     def read(self, totals: Totals) -> tuple[float, float, int]:
         """(mean loss, accuracy, samples) over every process's share."""
+        sums = totals.sums()
         if self.distributed:
-            torch.distributed.all_reduce(totals.values)
-        return totals.read()
+            torch.distributed.all_reduce(sums)
+        return totals.read(sums)
 
 
 def max_processes(device: torch.device) -> int:
