@@ -55,4 +55,4 @@ fashion-mnist:
 	else echo "no apt-get here: the Fashion-MNIST test will be skipped"; fi
 
 clean:
-	rm -rf mlflow.db mlruns mlartifacts wandb outputs
+	rm -rf mlflow.db mlruns mlartifacts wandb outputs checkpoints
