@@ -276,9 +276,7 @@ def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_
 )
 def test_fashion_mnist_runs_through_the_whole_pipeline(tmp_path):
     project = make_project(tmp_path)
-    result = project.mlflow_run(
-        hydra_options="data.source=package://debian/fashion-mnist data.download_new=true"
-    )
+    result = project.mlflow_run(hydra_options="+dataset=fashion_mnist")  # one override
     assert result.returncode == 0, result.output[-4000:]
     runs = {r.data.tags["sheldon.step"]: r for r in project.step_runs()}
     assert runs["preprocess"].data.metrics["n_train"] == 49_000
