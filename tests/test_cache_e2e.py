@@ -25,6 +25,13 @@ def pipeline(project, *overrides: str):
     return result, new
 
 
+def start_pipeline(project, overrides: list[str], **popen) -> subprocess.Popen:
+    """`python main.py` in the background, in its own session (so a test can kill its tree)."""
+    return subprocess.Popen(
+        ["python", "main.py", *overrides], cwd=project.root, env=project.env, start_new_session=True, **popen
+    )
+
+
 def ran(new_runs) -> list[str]:
     return [r.data.tags["sheldon.step"] for r in new_runs]
 
@@ -121,14 +128,7 @@ def test_each_kind_of_change_reruns_what_depends_on_it(project, full_run):
 def test_killed_pipeline_leaves_runs_that_are_not_reused(project, full_run):
     pipeline(project)
     overrides = [*SHRUNK.split(), "train_model.seed=99", "train_model.epochs=3"]
-    proc = subprocess.Popen(
-        ["python", "main.py", *overrides],
-        cwd=project.root,
-        env=project.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_pipeline(project, overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     killed = None
     while time.time() < deadline and killed is None:
@@ -156,14 +156,7 @@ def test_two_concurrent_pipelines_both_finish(project, full_run):
     pipeline(project)
     overrides = [*SHRUNK.split(), "train_model.seed=123"]
     procs = [
-        subprocess.Popen(
-            ["python", "main.py", *overrides],
-            cwd=project.root,
-            env=project.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        start_pipeline(project, overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
