@@ -21,7 +21,6 @@ from sheldon.paths import REPO_ROOT, absolute_tracking_uri
 
 STEP_TAG = "sheldon.step"
 HEADLINE_TAG = "sheldon.headline"
-PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_PROJECT = "sheldon"
 
 
