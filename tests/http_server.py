@@ -18,6 +18,7 @@ class Route:
     drop_after: int | None = None  # first full request: send this many bytes, then close
     stall_after: int | None = None  # every request: send this many bytes, then go silent
     status: int = 200
+    ranges: bool = True  # False: ignore Range headers and send the whole body again (some servers do)
 
 
 @dataclass
@@ -49,6 +50,7 @@ def start(routes: dict[str, Route]) -> tuple[Server, ThreadingHTTPServer]:
             header = self.headers.get("Range")
             if header:
                 state.ranges.append(header)
+            if header and route.ranges:
                 start_at = int(header.removeprefix("bytes=").split("-")[0])
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start_at}-{len(body) - 1}/{len(body)}")

@@ -15,6 +15,7 @@ import pytest
 from conftest import load_step
 from http_server import Route, free_port, start, stop
 
+from sheldon.artifacts import FileDigest
 from sheldon.datasets import Dataset, load_raw, save_npz
 from sheldon.errors import StepError
 from sheldon.sources import Transfer, fetch, unpack
@@ -40,6 +41,7 @@ def server():
             "/flaky.bin": Route(BODY, fail_first=2),
             "/down.bin": Route(BODY, fail_first=99),
             "/drop.bin": Route(BODY, drop_after=1024 * 1024),
+            "/drop-norange.bin": Route(BODY, drop_after=1024 * 1024, ranges=False),
             "/stall.bin": Route(BODY, stall_after=4096),
             "/digits.npz": Route(npz_bytes()),
         }
@@ -79,6 +81,20 @@ def test_dropped_connection_resumes_with_a_range_request(server, tmp_path):
     assert server.ranges == [f"bytes={1024 * 1024}-"]  # only the missing part came again
 
 
+def test_a_server_that_ignores_range_sends_it_all_again_and_the_digest_starts_over(server, tmp_path):
+    got = fetch(f"{server.url}/drop-norange.bin", tmp_path / "drop.bin", QUICK)
+    assert server.ranges == [f"bytes={1024 * 1024}-"]  # asked for the rest, got the whole body
+    assert got.path.read_bytes() == BODY and got.size == len(BODY)
+    assert got.sha256 == hashlib.sha256(BODY).hexdigest()
+
+
+def test_a_failed_download_leaves_no_file(server, tmp_path):
+    for path in ("/nope.bin", "/down.bin"):
+        with pytest.raises(StepError):
+            fetch(f"{server.url}{path}", tmp_path / "x", QUICK)
+        assert not (tmp_path / "x").exists()
+
+
 def test_stall_past_the_timeout_fails_with_one_line(server, tmp_path):
     slow = Transfer(timeout=0.5, retries=1, backoff=0.05)
     with pytest.raises(StepError, match=r"stalled \(no data for 0.5 s\) \(gave up after 2 attempts\)"):
@@ -98,6 +114,38 @@ def test_local_path_and_file_uri(tmp_path):
     assert fetch(source.as_uri(), tmp_path / "b").sha256 == hashlib.sha256(BODY[:1000]).hexdigest()
     with pytest.raises(StepError, match="does not exist"):
         fetch(str(tmp_path / "nothing"), tmp_path / "c")
+
+
+# --- the sha256 that trails a transfer through the file
+
+
+def test_trailing_digest_follows_a_growing_file_and_starts_over_when_it_is_truncated(tmp_path):
+    path = tmp_path / "growing.bin"
+    with open(path, "wb") as out:
+        digest = FileDigest(path)
+        out.write(b"stale bytes the server will send again")
+        out.flush()
+        digest.grew(out.tell())
+        out.seek(0)
+        out.truncate()
+        digest.restart()
+        for start in range(0, len(BODY), 500_000):
+            out.write(BODY[start : start + 500_000])
+            out.flush()
+            digest.grew(out.tell())
+    digest.finish(len(BODY))
+    assert digest.hexdigest() == hashlib.sha256(BODY).hexdigest()
+    assert FileDigest.of(path).hexdigest() == hashlib.sha256(BODY).hexdigest()
+
+
+def test_a_cancelled_digest_says_so_instead_of_giving_a_wrong_value(tmp_path):
+    path = tmp_path / "thrown-away.bin"
+    path.write_bytes(BODY[:1000])
+    digest = FileDigest(path)
+    digest.grew(1000)
+    digest.cancel()
+    with pytest.raises(StepError, match="sha256 of thrown-away.bin was cancelled"):
+        digest.hexdigest()
 
 
 # --- the download step's staging: checks happen before anything could land in data/raw

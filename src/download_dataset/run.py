@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mlflow
 
-from sheldon.artifacts import sha256_file
+from sheldon.artifacts import FileDigest, sha256_file
 from sheldon.cli import boolean, optional_str, run_cli
 from sheldon.datasets import (
     FORMAT_FILE,
@@ -30,7 +30,7 @@ from sheldon.datasets import (
 )
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT, repo_path
-from sheldon.sources import DEFAULT_TRANSFER, Transfer, fetch, is_archive, source_name, unpack
+from sheldon.sources import DEFAULT_TRANSFER, Fetched, Transfer, fetch, is_archive, source_name, unpack
 from sheldon.tracking import step_run
 from sheldon.versioning import (
     DVC_FILE,
@@ -70,40 +70,44 @@ def stage(
     sha256: str | None = None,
     fmt: str = "auto",
     label_column: str = "label",
-) -> tuple[Path, str]:
-    """Fetch `source` into `staging` and check it: the sha256 of the fetched file, archives
-    unpacked safely, a dataset in a known format that is not empty. Returns the folder that
-    should become data/raw and the sha256 of what was fetched ("" for a folder)."""
+) -> tuple[Path, FileDigest | None]:
+    """Fetch `source` into `staging` and check it: the sha256 of the fetched file when one is
+    expected, archives unpacked safely, a dataset in a known format that is not empty. Returns the
+    folder that should become data/raw and the digest of what was fetched (None for a folder),
+    which may still be hashing: only an expected sha256 makes the data wait for it."""
     data = staging / "data"
+    (staging / "download").mkdir(parents=True)
     if source.startswith(PACKAGED_SCHEME):
-        name = source.removeprefix(PACKAGED_SCHEME)
-        dataset = load_packaged(name)
-        data.mkdir(parents=True)
-        save_npz(dataset, data / PACKAGED[name])
-        digest = sha256_file(data / PACKAGED[name])
-        if sha256 and digest != sha256:
-            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {digest}")
+        packaged = source.removeprefix(PACKAGED_SCHEME)
+        dataset = load_packaged(packaged)  # first: it names an unknown dataset
+        name = PACKAGED[packaged]
+        path = staging / "download" / name
+        save_npz(dataset, path)
+        fetched = Fetched(path, path.stat().st_size, FileDigest.of(path))
     else:
         if "://" not in source:  # a path on disk: relative to the repo, as config paths are
             source = str(repo_path(source))
         name = source_name(source)
-        (staging / "download").mkdir(parents=True)
         fetched = fetch(source, staging / "download" / name, transfer)
-        digest = fetched.sha256 or ""
-        if sha256 and fetched.sha256 is None:
+    try:
+        if sha256 and fetched.digest is None:
             raise StepError(f"data.sha256 is set but {source} is a folder: a checksum applies to one file")
-        if sha256 and digest != sha256:  # checked before anything is unpacked or lands in data/raw
-            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {digest}")
+        if sha256 and fetched.sha256 != sha256:  # checked before anything is unpacked or lands in data/raw
+            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {fetched.sha256}")
         if is_archive(name):
             unpack(fetched.path, data)
             data = _single_top_folder(data)
-        elif fetched.sha256 is None:
+        elif fetched.digest is None:
             os.replace(fetched.path, data)
         else:
             data.mkdir()
             os.replace(fetched.path, data / name)
-    count_samples(data, fmt, label_column)
-    return data, digest
+        count_samples(data, fmt, label_column)
+    except BaseException:
+        if fetched.digest:
+            fetched.digest.cancel()
+        raise
+    return data, fetched.digest
 
 
 def _single_top_folder(folder: Path) -> Path:
@@ -135,12 +139,12 @@ def download_new(
     with staging_folder(raw_dir) as staging:
         data, digest = stage(source, staging, transfer, sha256, fmt, label_column)
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
-            md5 = commit_and_push(repo, root, pin_path)
+            md5 = commit_and_push(repo, root, pin_path)  # the sha256 finishes meanwhile
     print(f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}")
     print("publish it so colleagues can pull it:")
     print(f"  git add {DVC_FILE} && git commit -m 'Data: {source_name(source)}'")
     print("  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags")
-    return Outcome("downloaded", md5, DVC_FILE, digest)
+    return Outcome("downloaded", md5, DVC_FILE, digest.hexdigest() if digest else "")
 
 
 def bring_pinned(
@@ -195,7 +199,7 @@ def bring_pinned(
         f"DVC remote {remote_url(repo)} lacked data version md5 {pin.md5}: rebuilt it from {source}, "
         "checked it has exactly that md5, and pushed it"
     )
-    return Outcome("bootstrapped", pin.md5, label, digest)
+    return Outcome("bootstrapped", pin.md5, label, digest.hexdigest() if digest else "")
 
 
 def _tracked_path(root: Path, raw_dir: Path) -> str:

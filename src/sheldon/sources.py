@@ -7,26 +7,25 @@ a path the caller chose (a staging folder), never straight where a reader looks.
 
 from __future__ import annotations
 
-import hashlib
-import queue
 import shutil
 import stat
 import tarfile
-import threading
 import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from sheldon.artifacts import sha256_file
+from sheldon.artifacts import FileDigest
 from sheldon.cli import progress
 from sheldon.errors import StepError
 
 # 1 MiB: large enough for full speed, small enough for flat memory; a read that a dropped
 # connection interrupts loses at most this much (the resume asks for it again).
 CHUNK = 1 << 20
-QUEUED = 4  # chunks received but not yet written and hashed: at most QUEUED * CHUNK in memory
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
@@ -42,11 +41,16 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Fetched:
-    """What a fetch produced: a file (with its sha256, hashed while it streamed) or a folder."""
+    """What a fetch produced: a file (with its sha256, hashed behind the transfer) or a folder."""
 
     path: Path
     size: int
-    sha256: str | None  # None for a folder
+    digest: FileDigest | None  # None for a folder
+
+    @property
+    def sha256(self) -> str | None:
+        """The file's sha256, once the background hash has caught up (None for a folder)."""
+        return self.digest.hexdigest() if self.digest else None
 
 
 DEFAULT_TRANSFER = Transfer()
@@ -81,107 +85,91 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
     import requests
 
     session = requests.Session()
-    failures = 0
-    while True:
+    # One open file for every attempt: reopening it with truncation would make ext4 flush the
+    # whole file to disk on close (its guard for rewrite-in-place), costing a second pass.
+    with open(target, "xb") as out:
+        digest = FileDigest(target)
+        failures = 0
         try:
-            digest = _http_attempt(session, url, target, transfer.timeout)
-            # A resumed file was hashed only in part while it streamed: hash it whole, once.
-            return Fetched(target, target.stat().st_size, digest or sha256_file(target))
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,  # body cut short: resume
-            _Retryable,
-        ) as err:
-            failures += 1
-            if failures > transfer.retries:
-                raise StepError(
-                    f"cannot download {url}: {_describe(err, transfer.timeout)} "
-                    f"(gave up after {failures} attempts)"
-                ) from None
-            time.sleep(transfer.backoff * 2 ** (failures - 1))
+            while True:
+                try:
+                    _http_attempt(session, url, out, transfer.timeout, digest)
+                    break
+                except (
+                    requests.ConnectionError,
+                    requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError,  # body cut short: resume
+                    _Retryable,
+                ) as err:
+                    failures += 1
+                    if failures > transfer.retries:
+                        raise StepError(
+                            f"cannot download {url}: {_describe(err, transfer.timeout)} "
+                            f"(gave up after {failures} attempts)"
+                        ) from None
+                    time.sleep(transfer.backoff * 2 ** (failures - 1))
+        except BaseException:
+            _discard(target, digest)
+            raise
+        size = out.tell()
+    digest.finish(size)
+    return Fetched(target, size, digest)
 
 
-def _http_attempt(session, url: str, target: Path, timeout: float) -> str | None:
-    """One GET (a Range GET when part of the file is already there). Returns the file's sha256,
-    hashed while it streamed, or None when the file was resumed (so not hashed whole)."""
-    have = target.stat().st_size if target.exists() else 0
+def _http_attempt(session, url: str, out: BinaryIO, timeout: float, digest: FileDigest) -> None:
+    """One GET into `out`: a Range GET for the rest when part of the file is already there."""
+    have = out.tell()
     headers = {"Accept-Encoding": "identity"}  # the file's own bytes, so Range offsets match them
     if have:
         headers["Range"] = f"bytes={have}-"
     with session.get(url, stream=True, timeout=(timeout, timeout), headers=headers) as response:
         if response.status_code == 416 and have:  # nothing left past what we have: complete
-            return None
+            return
         if response.status_code >= 500:
             raise _Retryable(f"HTTP {response.status_code} {response.reason}")
         if response.status_code >= 400:
             raise StepError(f"cannot download {url}: HTTP {response.status_code} {response.reason}")
         resumed = response.status_code == 206
+        if have and not resumed:  # the server ignored the Range: the whole file comes again
+            out.seek(0)
+            out.truncate()
+            digest.restart()
         length = response.headers.get("Content-Length")
-        total = (have if resumed else 0) + int(length) if length and length.isdigit() else None
-        digest = hashlib.sha256()  # hashed while written, so a large file is read only once
-        with (
-            open(target, "ab" if resumed else "wb") as out,
-            progress(total, source_name(url), "B") as bar,
-        ):
+        total = out.tell() + int(length) if length and length.isdigit() else None
+        with progress(total, source_name(url), "B") as bar:
             bar.update(out.tell())
-            with _HashingWriter(out, digest) as sink:
-                for chunk in response.iter_content(CHUNK):
-                    sink.write(chunk)
-                    bar.update(len(chunk))
-            got = out.tell()
-    if total is not None and got < total:
-        raise _Retryable(f"connection closed after {got:,} of {total:,} bytes")
-    return None if resumed else digest.hexdigest()
+            _write_chunks(response.iter_content(CHUNK), out, digest, bar)
+    if total is not None and out.tell() < total:
+        raise _Retryable(f"connection closed after {out.tell():,} of {total:,} bytes")
 
 
-class _HashingWriter:
-    """Writes chunks to a file and hashes them on a second thread (file writes and hashlib release
-    the GIL), so receiving, writing and hashing overlap; at most QUEUED chunks wait in memory."""
-
-    def __init__(self, out, digest: hashlib._Hash) -> None:
-        self._out, self._digest = out, digest
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-
-    def __enter__(self) -> _HashingWriter:
-        self._thread.start()
-        return self
-
-    def write(self, chunk: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(chunk)
-
-    def _drain(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._out.write(chunk)
-                    self._digest.update(chunk)
-                except BaseException as err:  # re-raised in the receiving thread
-                    self._error = err
-
-    def __exit__(self, *exc) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None and exc[0] is None:
-            raise self._error
+def _write_chunks(chunks: Iterable[bytes], out: BinaryIO, digest: FileDigest, bar) -> None:
+    """Write each chunk through to the file and tell the trailing hash it may read that far."""
+    for chunk in chunks:
+        out.write(chunk)
+        out.flush()
+        digest.grew(out.tell())
+        bar.update(len(chunk))
 
 
-def _copy_stream(src, target: Path, size: int | None, name: str) -> Fetched:
-    """Copy an open binary stream to `target` in chunks, hashing as it goes."""
-    digest = hashlib.sha256()
-    with (
-        open(target, "wb") as dst,
-        progress(size, name, "B") as bar,
-        _HashingWriter(dst, digest) as sink,
-    ):
-        while chunk := src.read(CHUNK):
-            sink.write(chunk)
-            bar.update(len(chunk))
-    return Fetched(target, target.stat().st_size, digest.hexdigest())
+def _discard(target: Path, digest: FileDigest) -> None:
+    """A fetch that failed leaves no file behind, and stops hashing it."""
+    digest.cancel()
+    target.unlink(missing_ok=True)
+
+
+def _copy_stream(src: BinaryIO, target: Path, size: int | None, name: str) -> Fetched:
+    """Copy an open binary stream to `target` in chunks, hashing behind the copy."""
+    with open(target, "wb") as out, progress(size, name, "B") as bar:
+        digest = FileDigest(target)
+        try:
+            _write_chunks(iter(partial(src.read, CHUNK), b""), out, digest, bar)
+        except BaseException:
+            _discard(target, digest)
+            raise
+        copied = out.tell()
+    digest.finish(copied)
+    return Fetched(target, copied, digest)
 
 
 def _describe(err: Exception, timeout: float) -> str:
