@@ -309,6 +309,9 @@ def run_pipeline(config: DictConfig) -> int:
     )
     env_manager = resolve_env_manager(str(config.main.env_manager))
     configure_tracking()
+    # MLflow launches each step through the `mlflow` command: use the one beside this interpreter,
+    # so `.venv/bin/python main.py` works without an activated venv.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     os.environ["WANDB_PROJECT"] = str(config.main.project_name)
     os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
     experiment_name = str(config.main.experiment_name)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
-from conftest import SHRUNK, make_project
+from conftest import BIN, SHRUNK, make_project
 
 pytestmark = pytest.mark.e2e
 
@@ -151,3 +153,12 @@ def test_missing_upstream_says_which_step_to_run_first(tmp_path):
     assert "no finished train_model run" in result.stderr
     assert "-P steps=train_model" in result.stderr
     assert fresh.step_runs() == []
+
+
+def test_main_runs_with_the_venv_python_alone_on_the_command_line(tmp_path):
+    """`.venv/bin/python main.py` without an activated venv: steps still launch through its mlflow."""
+    fresh = make_project(tmp_path)
+    fresh.env["PATH"] = os.pathsep.join(p for p in fresh.env["PATH"].split(os.pathsep) if Path(p) != BIN)
+    result = fresh.run(str(BIN / "python"), "main.py", "main.steps=download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    assert [r.info.status for r in fresh.step_runs("download_dataset")] == ["FINISHED"]

@@ -30,7 +30,8 @@ def _hash_files(paths: Iterable[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def _library_imports(source: Path) -> set[str]:
+@cache  # each step imports mostly the same modules: parse each once per process
+def _library_imports(source: Path) -> frozenset[str]:
     """The sheldon modules a Python file imports (`import sheldon.x`, `from sheldon.x import y`)."""
     modules = set()
     for node in ast.walk(ast.parse(source.read_text(), str(source))):
@@ -39,7 +40,7 @@ def _library_imports(source: Path) -> set[str]:
             modules.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             modules.update(a.name for a in node.names if a.name.startswith("sheldon"))
-    return modules
+    return frozenset(modules)
 
 
 def _module_file(module: str) -> Path | None:
