@@ -8,6 +8,7 @@ python main.py main.steps=evaluate                         # same, without the o
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -407,4 +408,8 @@ if __name__ == "__main__":
         check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
     except StepError as err:
         sys.exit(f"error: {err}")
-    go()
+    try:
+        go()
+    finally:
+        # Exit without a last garbage collection over MLflow's large heap: ~1 s of an all-cached run.
+        gc.freeze()
