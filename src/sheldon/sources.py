@@ -12,7 +12,8 @@ import stat
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -85,35 +86,42 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
     import requests
 
     session = requests.Session()
-    # One open file for every attempt: reopening it with truncation would make ext4 flush the
-    # whole file to disk on close (its guard for rewrite-in-place), costing a second pass.
+    failures = 0
+    with _receive(target) as (out, digest):
+        while True:
+            try:
+                _http_attempt(session, url, out, transfer.timeout, digest)
+                break
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,  # body cut short: resume
+                _Retryable,
+            ) as err:
+                failures += 1
+                if failures > transfer.retries:
+                    raise StepError(
+                        f"cannot download {url}: {_describe(err, transfer.timeout)} "
+                        f"(gave up after {failures} attempts)"
+                    ) from None
+                time.sleep(transfer.backoff * 2 ** (failures - 1))
+    return Fetched(target, target.stat().st_size, digest)
+
+
+@contextmanager
+def _receive(target: Path) -> Iterator[tuple[BinaryIO, FileDigest]]:
+    """A new file at `target` for the block to write, with the sha256 that trails it. The file
+    stays open for every attempt: reopening it with truncation would make ext4 flush it all to
+    disk on close (its guard for rewrite-in-place). If the block fails, no file is left."""
     with open(target, "xb") as out:
         digest = FileDigest(target)
-        failures = 0
         try:
-            while True:
-                try:
-                    _http_attempt(session, url, out, transfer.timeout, digest)
-                    break
-                except (
-                    requests.ConnectionError,
-                    requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError,  # body cut short: resume
-                    _Retryable,
-                ) as err:
-                    failures += 1
-                    if failures > transfer.retries:
-                        raise StepError(
-                            f"cannot download {url}: {_describe(err, transfer.timeout)} "
-                            f"(gave up after {failures} attempts)"
-                        ) from None
-                    time.sleep(transfer.backoff * 2 ** (failures - 1))
+            yield out, digest
         except BaseException:
-            _discard(target, digest)
+            digest.cancel()
+            target.unlink(missing_ok=True)
             raise
-        size = out.tell()
-    digest.finish(size)
-    return Fetched(target, size, digest)
+        digest.finish(out.tell())
 
 
 def _http_attempt(session, url: str, out: BinaryIO, timeout: float, digest: FileDigest) -> None:
@@ -152,24 +160,11 @@ def _write_chunks(chunks: Iterable[bytes], out: BinaryIO, digest: FileDigest, ba
         bar.update(len(chunk))
 
 
-def _discard(target: Path, digest: FileDigest) -> None:
-    """A fetch that failed leaves no file behind, and stops hashing it."""
-    digest.cancel()
-    target.unlink(missing_ok=True)
-
-
 def _copy_stream(src: BinaryIO, target: Path, size: int | None, name: str) -> Fetched:
     """Copy an open binary stream to `target` in chunks, hashing behind the copy."""
-    with open(target, "wb") as out, progress(size, name, "B") as bar:
-        digest = FileDigest(target)
-        try:
-            _write_chunks(iter(partial(src.read, CHUNK), b""), out, digest, bar)
-        except BaseException:
-            _discard(target, digest)
-            raise
-        copied = out.tell()
-    digest.finish(copied)
-    return Fetched(target, copied, digest)
+    with _receive(target) as (out, digest), progress(size, name, "B") as bar:
+        _write_chunks(iter(partial(src.read, CHUNK), b""), out, digest, bar)
+    return Fetched(target, target.stat().st_size, digest)
 
 
 def _describe(err: Exception, timeout: float) -> str:
