@@ -2,9 +2,9 @@
 
 Serves a real NPZ dataset of at least 500 MB on 127.0.0.1, then in turn fetches it with `curl -o`
 and with the download step's own code path (stage: stream to a staging folder, check it is a
-dataset, swap it into a raw-data folder), each in a fresh process. The step's sha256 trails the
-transfer on a low-priority thread: without data.sha256 the data lands when the bytes are in and
-the hash finishes beside DVC's commit and push; with data.sha256 the data waits for the check.
+dataset, swap it into a raw-data folder), each in a fresh process. The step hashes the file on
+an idle-priority thread once it is in: without data.sha256 the data lands as soon as the bytes
+are in and the hash runs beside DVC's commit and push; with data.sha256 it waits for the check.
 
     .venv/bin/python benchmarks/download.py            # 512 MiB, 5 rounds
     .venv/bin/python benchmarks/download.py --mib 2048 --rounds 2
@@ -143,7 +143,7 @@ def main() -> None:
         f"ratio to curl {curl / landed:.2f} (goal >= 0.8)"
     )
     print(
-        f"  its sha256 known after {min(hashed_s):7.2f} s  (hashed behind the transfer at idle priority; "
+        f"  its sha256 known after {min(hashed_s):7.2f} s  (hashed in the background once the bytes are in; "
         "the step reads it after DVC's commit and push)"
     )
     print(

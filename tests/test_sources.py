@@ -116,33 +116,23 @@ def test_local_path_and_file_uri(tmp_path):
         fetch(str(tmp_path / "nothing"), tmp_path / "c")
 
 
-# --- the sha256 that trails a transfer through the file
+# --- the sha256 hashed in the background
 
 
-def test_trailing_digest_follows_a_growing_file_and_starts_over_when_it_is_truncated(tmp_path):
-    path = tmp_path / "growing.bin"
-    with open(path, "wb") as out:
-        digest = FileDigest(path)
-        out.write(b"stale bytes the server will send again")
-        out.flush()
-        digest.grew(out.tell())
-        out.seek(0)
-        out.truncate()
-        digest.restart()
-        for start in range(0, len(BODY), 500_000):
-            out.write(BODY[start : start + 500_000])
-            out.flush()
-            digest.grew(out.tell())
-    digest.finish(len(BODY))
-    assert digest.hexdigest() == hashlib.sha256(BODY).hexdigest()
-    assert FileDigest.of(path).hexdigest() == hashlib.sha256(BODY).hexdigest()
+def test_background_digest_is_the_files_sha256_whenever_it_is_asked_for(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(BODY)
+    expected = hashlib.sha256(BODY).hexdigest()
+    assert FileDigest(path).hexdigest() == expected  # asked at once: the caller finishes it
+    early = FileDigest(path)
+    early._thread.join()  # done in the background first
+    assert early.hexdigest() == expected
 
 
 def test_a_cancelled_digest_says_so_instead_of_giving_a_wrong_value(tmp_path):
     path = tmp_path / "thrown-away.bin"
-    path.write_bytes(BODY[:1000])
+    path.write_bytes(BODY)
     digest = FileDigest(path)
-    digest.grew(1000)
     digest.cancel()
     with pytest.raises(StepError, match="sha256 of thrown-away.bin was cancelled"):
         digest.hexdigest()

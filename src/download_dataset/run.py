@@ -83,7 +83,7 @@ def stage(
         name = PACKAGED[packaged]
         path = staging / "download" / name
         save_npz(dataset, path)
-        fetched = Fetched(path, path.stat().st_size, FileDigest.of(path))
+        fetched = Fetched(path, path.stat().st_size, FileDigest(path))
     else:
         if "://" not in source:  # a path on disk: relative to the repo, as config paths are
             source = str(repo_path(source))
