@@ -239,6 +239,7 @@ def test_bad_input_through_the_step_fails_its_run_and_leaves_checkpoints_alone(t
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # two training processes: ~80 s; CI runs it with `make test-slow`
 def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_path):
     project = make_project(tmp_path)
     result = project.mlflow_run(
