@@ -312,7 +312,9 @@ def run_pipeline(config: DictConfig) -> int:
     configure_tracking()
     # MLflow launches each step through the `mlflow` command: use the one beside this interpreter,
     # so `.venv/bin/python main.py` works without an activated venv.
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+    if here not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([here, path])
     os.environ["WANDB_PROJECT"] = str(config.main.project_name)
     os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
     experiment_name = str(config.main.experiment_name)

@@ -110,7 +110,8 @@ def main() -> None:
         httpd, url = serve(tmp / "served")
         url = f"{url}/big.npz"
         child = [sys.executable, "-c", STEP_CHILD.format(tests=str(REPO / "tests"))]
-        expected = sha256_of(source)
+        with open(source, "rb") as handle:  # not sheldon's helper: importing mlflow here would
+            expected = hashlib.file_digest(handle, "sha256").hexdigest()  # inflate forked RSS
         curl_s, landed_s, hashed_s, verified_s, step_rss = [], [], [], [], []
         try:
             for _ in range(args.rounds):
@@ -162,14 +163,6 @@ def quiet_disk(tmp: Path) -> None:
     (tmp / "curl.npz").unlink(missing_ok=True)
     shutil.rmtree(tmp / "raw", ignore_errors=True)
     os.sync()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -92,8 +92,8 @@ def stage(
     try:
         if sha256 and fetched.digest is None:
             raise StepError(f"data.sha256 is set but {source} is a folder: a checksum applies to one file")
-        if sha256 and fetched.sha256 != sha256:  # checked before anything is unpacked or lands in data/raw
-            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {fetched.sha256}")
+        if sha256 and (got := fetched.sha256) != sha256:  # before anything is unpacked or lands
+            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {got}")
         if is_archive(name):
             unpack(fetched.path, data)
             data = _single_top_folder(data)
