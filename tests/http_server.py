@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 for download tests: serves files with Range support, and
-misbehaves on purpose (5xx, a dropped connection, a stall) where a test asks it to."""
+misbehaves on purpose (5xx, a dropped connection, a stall) where a test asks it to. POST answers
+with a route's status, to imitate an API."""
 
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ def start(routes: dict[str, Route]) -> tuple[Server, ThreadingHTTPServer]:
                 return
             self.wfile.write(part)
 
+        def do_POST(self) -> None:  # an API imitated: the route's status and body, whatever was asked
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            route = state.routes.get(self.path) or Route(b"", status=404)
+            state.hits[self.path] += 1
+            self.send_response(route.status)
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            self.wfile.write(route.body)
+
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -90,3 +100,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def silent_listener() -> socket.socket:
+    """A socket on 127.0.0.1 that takes connections (the kernel does) and never answers; close it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    return listener

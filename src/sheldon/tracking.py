@@ -3,13 +3,18 @@ whatever happens inside; StepRun logs everything to both trackers at once."""
 
 from __future__ import annotations
 
+import base64
+import json
 import netrc
 import os
 import re
 import sqlite3
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +22,13 @@ import mlflow
 
 from sheldon.artifacts import digest_path
 from sheldon.cache import DIGEST_TAG, UNCACHEABLE_TAG
+from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
 
 STEP_TAG = "sheldon.step"
 HEADLINE_TAG = "sheldon.headline"
 DEFAULT_PROJECT = "sheldon"
+WANDB_SETTLED = "SHELDON_WANDB_MODE"  # equals WANDB_MODE when sheldon chose it, not the user
 
 
 def configure_tracking() -> str:
@@ -43,19 +50,67 @@ def allow_concurrent_runs(uri: str) -> None:
             db.execute("PRAGMA journal_mode=WAL")
 
 
-def wandb_mode() -> str:
-    """W&B runs online only with an API key (env or `wandb login`'s netrc); offline otherwise."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1]
-        if netrc.netrc().authenticators(host):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    return "offline"
+def wandb_unusable(base_url: str, key: str, timeout: float = 5.0) -> str:
+    """Why W&B at base_url cannot take runs with this API key ('' when it can): one tiny
+    authenticated GraphQL query, answered within `timeout` seconds in all (name lookup included)."""
+    request = urllib.request.Request(
+        f"{base_url.rstrip('/')}/graphql",
+        data=json.dumps({"query": "{ viewer { id } }"}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode(),
+        },
+    )
+    verdict = [f"is unreachable (no answer in {timeout:g} s)"]
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                verdict[0] = ""
+        except urllib.error.HTTPError as err:
+            rejected = err.code in (401, 403)
+            verdict[0] = f"{'rejected the API key' if rejected else 'is unusable'} (HTTP {err.code})"
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)  # urllib wraps connection errors in URLError
+            if not isinstance(reason, TimeoutError):
+                verdict[0] = f"is unreachable ({getattr(reason, 'strerror', None) or reason})"
+
+    # A socket timeout bounds each wait, not their sum, nor the name lookup: a daemon thread does.
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout)
+    return verdict[0]
+
+
+def settle_wandb_mode() -> str:
+    """Decide W&B's mode once, for this process and the step processes it starts (exported as
+    WANDB_MODE): online with an API key (WANDB_API_KEY or `wandb login`'s netrc) that W&B accepts,
+    offline otherwise, saying so in one line when a key was there. WANDB_MODE set by the user wins;
+    a WANDB_MODE=online that cannot work raises StepError."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode and (mode != "online" or os.environ.get(WANDB_SETTLED) == mode):
+        return mode
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = base_url.split("://")[-1].rstrip("/")
+    key = os.environ.get("WANDB_API_KEY", "")
+    if not key:
+        with suppress(FileNotFoundError, netrc.NetrcParseError):
+            key = (netrc.netrc().authenticators(host) or (None, None, ""))[2] or ""
+    problem = wandb_unusable(base_url, key) if key else ""
+    if problem and mode == "online":
+        raise StepError(
+            f"W&B at {host} {problem} and WANDB_MODE=online: check the key (`wandb login --relogin`) "
+            "and WANDB_BASE_URL, or unset WANDB_MODE to log offline"
+        )
+    if problem:
+        print(
+            f"W&B at {host} {problem}: logging offline instead (upload later with `wandb sync`)",
+            file=sys.stderr,
+        )
+        mode = "offline"
+    mode = mode or ("online" if key else "offline")
+    os.environ["WANDB_MODE"] = os.environ[WANDB_SETTLED] = mode
+    return mode
 
 
 def wandb_reference(uri: str) -> str:
@@ -154,11 +209,11 @@ def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) 
     import wandb
 
     configure_tracking()
+    mode = settle_wandb_mode()
     launched = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` created the run for us
     with mlflow.start_run(run_name=None if launched else step) as active:
         mlflow.set_tag(STEP_TAG, step)
         experiment = mlflow.get_experiment(active.info.experiment_id).name
-        mode = wandb_mode()
         wandb_run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             group=os.environ.get("WANDB_RUN_GROUP") or experiment,
