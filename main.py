@@ -38,7 +38,23 @@ from sheldon.cache import (
 )
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT
-from sheldon.tracking import HEADLINE_TAG, STEP_TAG, allow_concurrent_runs, configure_tracking
+from sheldon.processes import (
+    PIPELINE_ENV,
+    PROCESS_TAG,
+    STOPPED_TAG,
+    Interrupted,
+    is_alive,
+    process_token,
+    raise_on_signals,
+    stop_group,
+)
+from sheldon.tracking import (
+    HEADLINE_TAG,
+    STEP_TAG,
+    allow_concurrent_runs,
+    configure_tracking,
+    settle_wandb_mode,
+)
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
 _steps = [
@@ -174,11 +190,19 @@ def headline_of(run: str | Run) -> str:
     return f"{name}={value:.4f}" if not float(value).is_integer() else f"{name}={int(value)}"
 
 
+def end_run_if_running(run_id: str, status: RunStatus, why: str) -> None:
+    """End a run that its own process left open (killed, or stopped before it could), saying why."""
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, STOPPED_TAG, why)
+        client.set_terminated(run_id, RunStatus.to_string(status))
+
+
 def launch(
     step: str, params: dict[str, str], experiment_id: str, env_manager: str, tags: dict[str, str]
 ) -> StepResult:
-    """Run src/<step> as an MLflow project, nested under the active pipeline run, tagged with its
-    cache key and lineage before it can finish (only FINISHED runs are ever reused)."""
+    """Run src/<step> as an MLflow project, nested under the active pipeline run and tagged with
+    its lineage. On a stop signal the step's whole process group is stopped and its run KILLED."""
     print(f"\n=== {step} ===", flush=True)
     started = time.perf_counter()
     try:
@@ -194,13 +218,19 @@ def launch(
     except MlflowException as err:
         print(f"error: cannot launch {step}: {err.message}", file=sys.stderr)
         return StepResult(step, "failed", time.perf_counter() - started, None)
-    client = mlflow.MlflowClient()
-    for name, value in tags.items():
-        client.set_tag(submitted.run_id, name, value)
-    ok = submitted.wait()
+    try:
+        client = mlflow.MlflowClient()
+        for name, value in tags.items():
+            client.set_tag(submitted.run_id, name, value)
+        ok = submitted.wait()
+    except Interrupted as stop:
+        # `mlflow run` leads the step's own process group: the terminal's Ctrl-C never reaches it.
+        stop_group(submitted.command_proc.pid)
+        end_run_if_running(submitted.run_id, RunStatus.KILLED, f"the pipeline was {stop}")
+        raise
     seconds = time.perf_counter() - started
-    if not ok and client.get_run(submitted.run_id).info.status == "RUNNING":
-        client.set_terminated(submitted.run_id, RunStatus.to_string(RunStatus.FAILED))
+    if not ok:
+        end_run_if_running(submitted.run_id, RunStatus.FAILED, "the step exited with an error")
     return StepResult(
         step, "ran" if ok else "failed", seconds, submitted.run_id, headline_of(submitted.run_id)
     )
@@ -215,17 +245,38 @@ def format_summary(results: list[StepResult]) -> str:
     return "\n".join(lines)
 
 
-def open_pipeline_run(experiment_id: str) -> mlflow.ActiveRun:
-    """The pipeline run: the one `mlflow run .` made when it is in this experiment, else a new one."""
-    outer = os.environ.pop("MLFLOW_RUN_ID", None)
+def open_pipeline_run(experiment_id: str, outer: str | None) -> mlflow.ActiveRun:
+    """The pipeline run: the one `mlflow run .` made (`outer`) when it is in this experiment, else
+    a new one. Both are tagged with this process, so a later pipeline can tell if they were left behind."""
+    client = mlflow.MlflowClient()
     if outer and mlflow.get_run(outer).info.experiment_id == experiment_id:
-        mlflow.MlflowClient().set_tag(outer, "mlflow.runName", "pipeline")
-        return mlflow.start_run(run_id=outer)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
-    if outer:  # `mlflow run .` put its run in another experiment: point it at the real one
-        mlflow.MlflowClient().set_tag(outer, "sheldon.pipeline_run_id", run.info.run_id)
-        mlflow.MlflowClient().set_tag(outer, "mlflow.runName", "pipeline-launcher")
+        client.set_tag(outer, "mlflow.runName", "pipeline")
+        run = mlflow.start_run(run_id=outer)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
+        if outer:  # `mlflow run .` put its run in another experiment: point it at the real one
+            client.set_tag(outer, "sheldon.pipeline_run_id", run.info.run_id)
+            client.set_tag(outer, "mlflow.runName", "pipeline-launcher")
+            client.set_tag(outer, PROCESS_TAG, os.environ[PIPELINE_ENV])
+    mlflow.set_tag(PROCESS_TAG, os.environ[PIPELINE_ENV])
     return run
+
+
+def fail_dead_runs(experiment_ids: list[str]) -> None:
+    """Runs left RUNNING by a process that is gone (a pipeline killed with kill -9, a crashed
+    machine's session on this host) can never finish: mark them FAILED, saying why."""
+    client = mlflow.MlflowClient()
+    dead = [
+        run
+        for run in client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000)
+        if PROCESS_TAG in run.data.tags and is_alive(run.data.tags[PROCESS_TAG]) is False
+    ]
+    for run in dead:
+        why = f"its process ({run.data.tags[PROCESS_TAG]}) ended without closing it: killed or crashed"
+        end_run_if_running(run.info.run_id, RunStatus.FAILED, why)
+    if dead:
+        names = ", ".join(f"{r.info.run_name} {r.info.run_id[:8]}" for r in dead)
+        print(f"marked {len(dead)} run(s) FAILED whose process is gone (never reused): {names}")
 
 
 def forced_steps(spec: str, selected: list[str], steps: dict[str, tuple[dict, dict]]) -> set[str]:
@@ -287,9 +338,17 @@ def run_step(
     if cached is not None:
         result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
     else:
-        tags = {KEY_TAG: key, "sheldon.pipeline_run_id": context.pipeline_run_id, **context.lineage_tags}
+        tags = {
+            "sheldon.pipeline_run_id": context.pipeline_run_id,
+            PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
+            **context.lineage_tags,
+        }
         tags |= {f"sheldon.input_digest.{name}": digest for name, digest in digests.items()}
         result = launch(step, params | uris, context.experiment_id, context.env_manager, tags)
+        if result.status == "ran":
+            # Only now, seen finished by its pipeline, may the run stand in for the step: a run whose
+            # pipeline was killed never gets its key, even if its own process reached the end.
+            mlflow.MlflowClient().set_tag(result.run_id, KEY_TAG, key)
     result.cache_key, result.inputs, result.input_digests = key, uris, digests
     if result.run_id is not None:
         run = cached or mlflow.get_run(result.run_id)
@@ -309,7 +368,9 @@ def run_pipeline(config: DictConfig) -> int:
         set(selected) if not config.main.use_cache else forced_steps(str(config.main.force), selected, steps)
     )
     env_manager = resolve_env_manager(str(config.main.env_manager))
+    os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
     configure_tracking()
+    settle_wandb_mode()  # once for all steps: a rejected key or unreachable W&B means offline, said once
     # MLflow launches each step through the `mlflow` command: use the one beside this interpreter,
     # so `.venv/bin/python main.py` works without an activated venv.
     here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
@@ -323,6 +384,8 @@ def run_pipeline(config: DictConfig) -> int:
     mlflow.MlflowClient().set_experiment_tag(
         experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
     )
+    # The experiment `mlflow run .` put its own run in may differ (Default): look there too.
+    fail_dead_runs(sorted({experiment.experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID", "")} - {""}))
     produced = {
         step: mlflow.get_run(run_id)
         for step, run_id in plan_inputs(config, selected, experiment.experiment_id, experiment_name).items()
@@ -330,18 +393,27 @@ def run_pipeline(config: DictConfig) -> int:
     print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
 
     results: list[StepResult] = []
-    with open_pipeline_run(experiment.experiment_id) as pipeline:
+    outer = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run .` made for this launch
+    with open_pipeline_run(experiment.experiment_id, outer) as pipeline:
         context = PipelineContext(
             experiment.experiment_id, env_manager, pipeline.info.run_id, forced, source_state()
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
-        for step in selected:
-            result = run_step(step, steps[step], produced, context)
-            results.append(result)
-            if result.status == "cached":
-                print(f"\n=== {step}: cached, reusing run {result.run_id} ===")
-            if result.status == "failed":
-                break
+        try:
+            for step in selected:
+                result = run_step(step, steps[step], produced, context)
+                results.append(result)
+                if result.status == "cached":
+                    print(f"\n=== {step}: cached, reusing run {result.run_id} ===")
+                if result.status == "failed":
+                    break
+        except Interrupted as stop:
+            stop.during = selected[len(results)]
+            if outer and outer != pipeline.info.run_id:  # a second Ctrl-C keeps `mlflow run` from ending it
+                end_run_if_running(outer, RunStatus.KILLED, f"{stop} during {stop.during}")
+            mlflow.set_tag(STOPPED_TAG, f"{stop} during {stop.during}")
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
         summary = format_summary(results)
         mlflow.log_text(summary + "\n", "summary.txt")
         mlflow.log_dict(
@@ -369,6 +441,13 @@ def go(config: DictConfig) -> None:
     except StepError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 1
+    except Interrupted as stop:
+        where = f" during {stop.during}: its processes are stopped and its run KILLED" if stop.during else ""
+        print(
+            f"\nerror: {stop}{where}; nothing of it was kept, and the next run reuses the finished steps",
+            file=sys.stderr,
+        )
+        code = stop.exit_code
     if code:
         sys.exit(code)
 
@@ -405,11 +484,14 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    raise_on_signals()
     sys.argv[1:] = hydra_arguments(sys.argv[1:])
     try:
         check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
     except StepError as err:
         sys.exit(f"error: {err}")
+    except Interrupted as stop:
+        sys.exit(stop.exit_code)
     try:
         go()
     finally:

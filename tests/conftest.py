@@ -116,3 +116,25 @@ def full_run(project: Project) -> subprocess.CompletedProcess:
     result = project.mlflow_run(hydra_options=SHRUNK)
     assert result.returncode == 0, result.output[-4000:]
     return result
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The records of an offline W&B run (what `wandb sync` would upload), read from its .wandb
+    file: W&B's 7-byte header, then LevelDB-style log records in 32 KiB blocks, each a protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    records, pos, chunk = [], 7, b""
+    while pos + 7 <= len(data):
+        if (left := 32768 - pos % 32768) < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            records.append(record)
+            chunk = b""
+    return records

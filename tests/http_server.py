@@ -18,6 +18,7 @@ class Route:
     fail_first: int = 0  # answer the first N requests with 503
     drop_after: int | None = None  # first full request: send this many bytes, then close
     stall_after: int | None = None  # every request: send this many bytes, then go silent
+    trickle: int | None = None  # every request: send this many bytes a second (a slow download)
     status: int = 200
     ranges: bool = True  # False: ignore Range headers and send the whole body again (some servers do)
 
@@ -64,6 +65,16 @@ def start(routes: dict[str, Route]) -> tuple[Server, ThreadingHTTPServer]:
                 self.wfile.write(part[: route.stall_after])
                 self.wfile.flush()
                 state.stop.wait(30)  # silent until the test ends
+                return
+            if route.trickle is not None:
+                for offset in range(0, len(part), route.trickle):
+                    if state.stop.wait(1):
+                        return
+                    try:
+                        self.wfile.write(part[offset : offset + route.trickle])
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):  # the client was stopped
+                        return
                 return
             if route.drop_after is not None and not header:
                 self.wfile.write(part[: route.drop_after])

@@ -1,14 +1,11 @@
 """The step cache on the real stack: what re-runs after each kind of change, forced re-runs,
-resume after a failure or a SIGKILL, concurrent pipelines, and the lineage manifest."""
+resume after a failure, concurrent pipelines, and the lineage manifest."""
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
-import psutil
 import pytest
 from conftest import SHRUNK, make_project
 
@@ -122,33 +119,6 @@ def test_each_kind_of_change_reruns_what_depends_on_it(project, full_run):
     assert ran(new) == ["preprocess", "train_model", "evaluate"]
     result, new = pipeline(project, "main.use_cache=false")
     assert ran(new) == STEPS
-
-
-@pytest.mark.slow
-def test_killed_pipeline_leaves_runs_that_are_not_reused(project, full_run):
-    pipeline(project)
-    overrides = [*SHRUNK.split(), "train_model.seed=99", "train_model.epochs=3"]
-    proc = start_pipeline(project, overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    killed = None
-    while time.time() < deadline and killed is None:
-        time.sleep(1)
-        running = [
-            r
-            for r in project.step_runs("train_model")
-            if r.info.status == "RUNNING" and r.data.metrics.get("train_loss") is not None
-        ]
-        if running:
-            killed = running[0]
-    assert killed is not None, "train_model never started"
-    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-        process.send_signal(signal.SIGKILL)
-    proc.wait()
-    result = project.run("python", "main.py", *overrides)
-    assert result.returncode == 0, result.output[-3000:]
-    finished = project.step_runs("train_model")[-1]
-    assert finished.info.run_id != killed.info.run_id and finished.info.status == "FINISHED"
-    assert project.client().get_run(killed.info.run_id).info.status != "FINISHED"
 
 
 @pytest.mark.slow

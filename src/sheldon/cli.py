@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from sheldon.errors import StepError
+from sheldon.processes import Interrupted, die_with_pipeline, raise_on_signals
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off", "none", "null", ""}
@@ -47,11 +48,18 @@ def progress(total: int | None, desc: str, unit: str = "it") -> Any:
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> NoReturn:
-    """Parse arguments, run the step, and turn a StepError into one line on stderr and exit 1."""
+    """Parse arguments, run the step, and turn a StepError into one line on stderr and exit 1.
+    A stop signal, or the death of the pipeline that launched the step, unwinds the step
+    (its runs closed, nothing half-written kept) and exits 128 + the signal's number."""
     args = parser.parse_args()
+    raise_on_signals()
+    die_with_pipeline()
     try:
         main(args)
     except StepError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as stop:
+        print(f"error: {stop}: the step stopped without keeping partial output", file=sys.stderr)
+        sys.exit(stop.exit_code)
     sys.exit(0)

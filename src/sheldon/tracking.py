@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import RunStatus
 
 from sheldon.artifacts import digest_path
 from sheldon.cache import DIGEST_TAG, UNCACHEABLE_TAG
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
+from sheldon.processes import PIPELINE_ENV, PROCESS_TAG, STOPPED_TAG, Interrupted, process_token
 
 STEP_TAG = "sheldon.step"
 HEADLINE_TAG = "sheldon.headline"
@@ -213,6 +215,8 @@ def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) 
     launched = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` created the run for us
     with mlflow.start_run(run_name=None if launched else step) as active:
         mlflow.set_tag(STEP_TAG, step)
+        if PIPELINE_ENV not in os.environ:  # a pipeline tags the runs it launches with its own process
+            mlflow.set_tag(PROCESS_TAG, process_token())
         experiment = mlflow.get_experiment(active.info.experiment_id).name
         wandb_run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
@@ -228,6 +232,11 @@ def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) 
         try:
             run.log_params(params)
             yield run
+        except Interrupted as stop:
+            wandb_run.finish(exit_code=stop.exit_code)
+            mlflow.set_tag(STOPPED_TAG, str(stop))
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
         except BaseException:
             wandb_run.finish(exit_code=1)
             raise
