@@ -17,6 +17,8 @@ from PIL import Image
 from sheldon.datasets import (
     FORMAT_FILE,
     Dataset,
+    Split,
+    check_usable,
     count_samples,
     load_packaged,
     load_raw,
@@ -73,10 +75,32 @@ def test_each_format_reads_back_the_same_data_and_splits(tmp_path, fmt):
         assert np.array_equal(loaded.images[order], original.images[expected])
         assert np.array_equal(loaded.labels[order], original.labels[expected])
     assert count_samples(folder) == 60
-    validate(loaded, CLASSES)
-    splits = preprocess.split(loaded, 0.2, 0.2, seed=0)
+    validate(loaded)
+    check_usable(folder, Split(0.2, 0.2, CLASSES))
+    splits = preprocess.split(loaded, Split(0.2, 0.2, CLASSES), seed=0)
     assert {name: len(y) for name, (_, y) in splits.items()} == {"train": 36, "val": 12, "test": 12}
     assert splits["train"][0].shape[1:] == (1, 8, 8)
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+def test_a_class_too_small_to_split_is_named_reading_only_the_labels(tmp_path, fmt):
+    data = sample(61)
+    data.labels[-1] = CLASSES  # one sample of a fourth class
+    folder = WRITERS[fmt](tmp_path / fmt, data)
+    with pytest.raises(
+        StepError, match=rf"^class {CLASSES} has 1 sample, too few .*add samples of class {CLASSES}$"
+    ):
+        check_usable(folder, Split(0.15, 0.15, 10))
+    with pytest.raises(StepError, match=rf"got class {CLASSES}: set preprocess.num_classes={CLASSES + 1}$"):
+        check_usable(folder, Split(0.15, 0.15, CLASSES))
+
+
+def test_an_image_class_is_named_by_its_folder(tmp_path):
+    data = sample(61)
+    data.labels[-1] = CLASSES
+    folder = write_images(tmp_path / "pets", data, names=["cat", "dog", "eel", "fox"])
+    with pytest.raises(StepError, match=r"^class 3 \(folder fox\) has 1 sample"):
+        check_usable(folder, Split(0.15, 0.15, 10))
 
 
 def test_image_classes_named_by_words_are_numbered_in_sorted_order(tmp_path):

@@ -12,8 +12,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from sheldon.cli import run_cli
-from sheldon.datasets import Dataset, load_raw, save_splits, validate
-from sheldon.errors import StepError
+from sheldon.datasets import Dataset, Split, load_raw, save_splits, validate
 from sheldon.tracking import step_run
 
 STEP = "preprocess"
@@ -24,25 +23,17 @@ def scale(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[:, None, :, :]
 
 
-def split(
-    dataset: Dataset, val_size: float, test_size: float, seed: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stratified split into train/val/test; sizes are fractions of the whole dataset."""
-    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
-        raise StepError(
-            f"val_size and test_size must be fractions in (0, 1) summing below 1, "
-            f"got {val_size} and {test_size}"
-        )
+def split(dataset: Dataset, plan: Split, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Stratified split into train/val/test (sizes are fractions of the whole dataset); `plan`
+    first refuses labels it cannot split so that every class reaches every split."""
+    plan.check(dataset.labels)
     x, y = scale(dataset.images), dataset.labels
-    try:
-        x_rest, x_test, y_rest, y_test = train_test_split(
-            x, y, test_size=test_size, stratify=y, random_state=seed
-        )
-        x_train, x_val, y_train, y_val = train_test_split(
-            x_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest, random_state=seed
-        )
-    except ValueError as err:  # e.g. a class too rare to stratify
-        raise StepError(f"cannot split the dataset: {err}") from None
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=plan.test_size, stratify=y, random_state=seed
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=plan.val_share, stratify=y_rest, random_state=seed
+    )
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
@@ -52,9 +43,10 @@ def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: 
 
 def main(args: argparse.Namespace) -> None:
     with step_run(STEP, vars(args)) as run:
+        plan = Split(args.val_size, args.test_size, args.num_classes)
         dataset = load_raw(run.fetch_input("raw_data", args.raw_data))
-        validate(dataset, args.num_classes)
-        splits = split(dataset, args.val_size, args.test_size, args.seed)
+        validate(dataset)
+        splits = split(dataset, plan, args.seed)
         counts = class_counts(splits, args.num_classes)
         with tempfile.TemporaryDirectory(prefix="sheldon-splits-") as out:
             save_splits(splits, Path(out))

