@@ -8,6 +8,7 @@ python main.py main.steps=evaluate                         # same, without the o
 
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
 import json
@@ -36,7 +37,8 @@ from sheldon.cache import (
     finished_runs,
     output_digest,
 )
-from sheldon.errors import StepError
+from sheldon.cli import fraction
+from sheldon.errors import StepError, shorten
 from sheldon.paths import REPO_ROOT
 from sheldon.processes import (
     PIPELINE_ENV,
@@ -72,6 +74,10 @@ _sections = {"download_dataset": "data"}
 _state_files = {"download_dataset": ["data.dvc"]}
 
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+
+# Settings a step would refuse only once the steps before it have run: checked before anything runs,
+# with the same rule the step's own argument parser applies.
+_checked_early = {"evaluate.min_accuracy": fraction}
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
@@ -108,12 +114,15 @@ def select_steps(spec: str) -> list[str]:
     A unique prefix names a step too, so SEED.md's `steps=download` works."""
     if spec.strip() in ("all", ""):
         return list(_steps)
+    names = [n.strip() for n in spec.split(",")]
+    if "" in names:
+        raise StepError(f"main.steps={shorten(spec)!r} has an empty item: name steps between commas")
     chosen = set()
-    for name in (n.strip() for n in spec.split(",") if n.strip()):
+    for name in names:
         matches = [s for s in _steps if s == name] or [s for s in _steps if s.startswith(name)]
         if len(matches) != 1:
             problem = "ambiguous" if matches else "unknown"
-            raise StepError(f"{problem} step {name!r}; valid steps: {', '.join(_steps)}")
+            raise StepError(f"{problem} step {shorten(name)!r}; valid steps: {', '.join(_steps)}")
         chosen.add(matches[0])
     return [s for s in _steps if s in chosen]
 
@@ -134,6 +143,17 @@ def step_config(config: DictConfig, step: str) -> tuple[dict[str, str], dict[str
         for key, value in values.items()
     }
     return params, inputs
+
+
+def check_settings(config: DictConfig, selected: list[str]) -> None:
+    """Refuse, before any step runs, a setting a selected step would refuse after the others ran."""
+    for setting, parse in _checked_early.items():
+        section, key = setting.split(".", 1)
+        if section in map(section_of, selected):
+            try:
+                parse(OmegaConf.select(config, setting))
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise StepError(f"{setting}: {err}") from None
 
 
 def latest_finished_run(experiment_id: str, step: str) -> str | None:
@@ -364,6 +384,7 @@ def run_step(
 def run_pipeline(config: DictConfig) -> int:
     selected = select_steps(str(config.main.steps))
     steps = {step: step_config(config, step) for step in selected}
+    check_settings(config, selected)
     forced = (
         set(selected) if not config.main.use_cache else forced_steps(str(config.main.force), selected, steps)
     )
@@ -465,6 +486,7 @@ def hydra_arguments(argv: list[str]) -> list[str]:
 def check_overrides(overrides: list[str]) -> None:
     """Compose the config with the overrides before Hydra does, to turn a malformed override or an
     unknown key into one line naming it (Hydra prints several, without the key for a parse error)."""
+    import yaml
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, OverrideParseException
@@ -478,6 +500,14 @@ def check_overrides(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
         try:
             compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
+        except yaml.MarkedYAMLError as err:  # config.yaml itself does not parse
+            mark = err.problem_mark
+            where = (
+                f"{Path(mark.name).name}, line {mark.line + 1}, column {mark.column + 1}"
+                if mark
+                else "config.yaml"
+            )
+            raise StepError(f"{where}: {err.problem or err.context}: fix the YAML there") from None
         except ConfigCompositionException as err:
             cause = f": {str(err.__cause__).splitlines()[0]}" if err.__cause__ else ""
             raise StepError(f"{str(err).splitlines()[0].rstrip('.')}{cause} (see config.yaml)") from None

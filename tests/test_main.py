@@ -99,3 +99,18 @@ def test_summary_table_aligns_columns():
     assert lines[0].split() == ["step", "status", "seconds", "mlflow", "run", "id", "headline"]
     assert lines[2].split() == ["preprocess", "ran", "11.2", "a" * 32, "n_train=3500"]
     assert lines[3].split() == ["evaluate", "failed", "3.0", "-"]
+
+
+def test_a_setting_a_late_step_refuses_is_refused_before_anything_runs(config):
+    bad = config.copy()
+    bad.evaluate.min_accuracy = -0.1
+    with pytest.raises(StepError, match=r"evaluate.min_accuracy: expected a number from 0 to 1, got '-0.1'"):
+        main.check_settings(bad, ["download_dataset", "evaluate"])
+    main.check_settings(bad, ["download_dataset", "preprocess"])  # evaluate does not run: no complaint
+    main.check_settings(config, list(main._steps))
+
+
+@pytest.mark.parametrize("spec", ["download_dataset,,train_model", "preprocess,", ",evaluate"])
+def test_an_empty_item_in_steps_is_refused(spec):
+    with pytest.raises(StepError, match="has an empty item"):
+        main.select_steps(spec)

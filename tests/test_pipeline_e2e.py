@@ -88,15 +88,34 @@ def test_unknown_step_lists_valid_ones_and_runs_nothing(project, full_run):
 
 @pytest.mark.parametrize(
     "override, complaint",
-    [("train_model.no_such_key=1", "no_such_key"), ("train_model.lr=[1,", "train_model.lr")],
-    ids=["unknown-key", "malformed"],
+    [
+        ("train_model.no_such_key=1", "no_such_key"),
+        ("train_model.lr=[1,", "train_model.lr"),
+        (
+            "main.steps=download_dataset,,train_model",
+            "main.steps='download_dataset,,train_model' has an empty item",
+        ),
+        ("evaluate.min_accuracy=1.5", "evaluate.min_accuracy: expected a number from 0 to 1, got '1.5'"),
+    ],
+    ids=["unknown-key", "malformed", "empty-step", "accuracy-above-1"],
 )
 def test_bad_override_stops_before_any_step(project, full_run, override, complaint):
     before = len(project.step_runs())
     result = project.run("python", "main.py", override)
     assert result.returncode != 0
     assert complaint in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert len(project.step_runs()) == before
+
+
+def test_config_that_does_not_parse_is_one_line_with_line_and_column(tmp_path):
+    fresh = make_project(tmp_path)
+    config = fresh.root / "config.yaml"
+    config.write_text(config.read_text().replace("  lr: 0.003", "  lr: [0.003"))
+    result = fresh.run("python", "main.py")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: config.yaml, line ")
+    assert ", column " in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_failing_step_stops_pipeline_and_keeps_earlier_outputs(project, full_run):

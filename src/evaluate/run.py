@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from sheldon.cli import run_cli
+from sheldon.cli import fraction, run_cli
 from sheldon.datasets import load_split
 from sheldon.errors import StepError
 from sheldon.tracking import StepRun, step_run
@@ -173,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     arg("--splits", required=True, help="MLflow URI of preprocess's splits artifact")
     arg("--batch_size", type=int, default=512, help="samples per inference batch")
     arg("--num_classes", type=int, default=10, help="classes shown in the metrics")
-    arg("--min_accuracy", type=float, default=0.0, help="fail below this test accuracy")
+    arg("--min_accuracy", type=fraction, default=0.0, help="fail below this test accuracy (0 to 1)")
     arg("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
     arg("--misclassified", type=int, default=32, help="misclassified test images shown in the grid")
     return p

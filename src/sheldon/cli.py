@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten
 from sheldon.processes import Interrupted, die_with_pipeline, raise_on_signals
 
 _TRUE = {"true", "1", "yes", "y", "on"}
@@ -25,6 +25,17 @@ def boolean(value: str | bool) -> bool:
     if text in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def fraction(value: str | float) -> float:
+    """A number from 0 to 1: an accuracy, a share of the samples."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {shorten(value)!r}")
+    return number
 
 
 def json_value(value: str) -> Any:

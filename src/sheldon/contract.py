@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sheldon.cli import boolean, json_value, optional_str
+from sheldon.cli import boolean, fraction, json_value, optional_str
 from sheldon.paths import REPO_ROOT
 
 # The kind of value each spelling of a type stands for, in each of the three places.
@@ -30,6 +30,7 @@ ARGPARSE_KINDS: dict[Callable | None, str] = {
     optional_str: "string",
     int: "int",
     float: "float",
+    fraction: "float",
     boolean: "bool",
     json_value: "json",
 }
