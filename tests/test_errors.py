@@ -4,10 +4,12 @@ named before a step writes anything."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 from sheldon.errors import SHOWN, StepError, shorten, usable_folder
+from sheldon.paths import REPO_ROOT
 
 
 def test_a_short_value_is_echoed_as_it_is():
@@ -38,8 +40,12 @@ def test_a_folder_that_exists_or_can_be_created_is_usable_and_nothing_is_created
 
 def test_a_file_where_a_folder_belongs_names_the_setting(tmp_path):
     (tmp_path / "ckpt").write_text("")
-    with pytest.raises(StepError, match=rf"^train_model.checkpoint_dir={tmp_path}/ckpt: is a file \("):
+    with pytest.raises(StepError, match=rf"^train_model.checkpoint_dir={tmp_path}/ckpt: is a file; point"):
         usable_folder("train_model.checkpoint_dir", tmp_path / "ckpt")
+    relative = os.path.relpath(tmp_path / "ckpt", REPO_ROOT)  # settings are relative to the repo
+    shown = re.escape(f"train_model.checkpoint_dir={relative}: is a file ({REPO_ROOT / relative})")
+    with pytest.raises(StepError, match=f"^{shown}; point it at a folder$"):
+        usable_folder("train_model.checkpoint_dir", relative)
     with pytest.raises(StepError, match=rf"^data.raw_dir={tmp_path}/ckpt/raw: {tmp_path}/ckpt is a file, so"):
         usable_folder("data.raw_dir", tmp_path / "ckpt" / "raw")
 

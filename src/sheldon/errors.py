@@ -33,7 +33,8 @@ def usable_folder(setting: str, value: str | os.PathLike, replaced: bool = False
     prefix = f"{setting}={shorten(value)}"
     if path.exists() and not path.is_dir():
         kind = "a file" if path.is_file() else "not a folder"
-        raise StepError(f"{prefix}: is {kind} ({shorten(path)}); point it at a folder")
+        where = f" ({shorten(path)})" if str(path) != str(value) else ""
+        raise StepError(f"{prefix}: is {kind}{where}; point it at a folder")
     existing = path
     while not existing.exists():
         existing = existing.parent
