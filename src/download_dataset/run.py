@@ -23,12 +23,14 @@ from sheldon.datasets import (
     FORMATS,
     PACKAGED,
     PACKAGED_SCHEME,
+    Split,
+    check_usable,
     count_samples,
     data_files,
     load_packaged,
     save_npz,
 )
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
 from sheldon.sources import DEFAULT_TRANSFER, Fetched, Transfer, fetch, is_archive, source_name, unpack
 from sheldon.tracking import step_run
@@ -70,11 +72,13 @@ def stage(
     sha256: str | None = None,
     fmt: str = "auto",
     label_column: str = "label",
+    split: Split | None = None,
 ) -> tuple[Path, FileDigest | None]:
     """Fetch `source` into `staging` and check it: the sha256 of the fetched file when one is
-    expected, archives unpacked safely, a dataset in a known format that is not empty. Returns the
-    folder that should become data/raw and the digest of what was fetched (None for a folder),
-    which may still be hashing: only an expected sha256 makes the data wait for it."""
+    expected, archives unpacked safely, a dataset in a known format that is not empty and, given
+    `split`, labels that preprocess can split as configured. Returns the folder that should become
+    data/raw and the digest of what was fetched (None for a folder), which may still be hashing:
+    only an expected sha256 makes the data wait for it."""
     data = staging / "data"
     (staging / "download").mkdir(parents=True)
     if source.startswith(PACKAGED_SCHEME):
@@ -91,9 +95,13 @@ def stage(
         fetched = fetch(source, staging / "download" / name, transfer)
     try:
         if sha256 and fetched.digest is None:
-            raise StepError(f"data.sha256 is set but {source} is a folder: a checksum applies to one file")
+            raise StepError(
+                f"data.sha256 is set but {shorten(source)} is a folder: a checksum applies to one file"
+            )
         if sha256 and (got := fetched.sha256) != sha256:  # before anything is unpacked or lands
-            raise StepError(f"checksum mismatch for {source}: expected sha256 {sha256}, got {got}")
+            raise StepError(
+                f"checksum mismatch for {shorten(source)}: expected sha256 {shorten(sha256)}, got {got}"
+            )
         if is_archive(name):
             unpack(fetched.path, data)
             data = _single_top_folder(data)
@@ -103,6 +111,8 @@ def stage(
             data.mkdir()
             os.replace(fetched.path, data / name)
         count_samples(data, fmt, label_column)
+        if split is not None:
+            check_usable(data, split, fmt, label_column)
     except BaseException:
         if fetched.digest:
             fetched.digest.cancel()
@@ -130,14 +140,16 @@ def download_new(
     sha256: str | None = None,
     fmt: str = "auto",
     label_column: str = "label",
+    split: Split | None = None,
 ) -> Outcome:
     """Download `source` into data/raw and version it with DVC (commit + push); on any failure
-    data/raw, data.dvc and the remote keep the previous version."""
+    data/raw, data.dvc and the remote keep the previous version. `split`: preprocess's settings,
+    which the new data must suit before it replaces anything (None: not checked)."""
     repo = open_repo(root)
     pin_path = _tracked_path(root, raw_dir)
     check_remote_writable(repo)
     with staging_folder(raw_dir) as staging:
-        data, digest = stage(source, staging, transfer, sha256, fmt, label_column)
+        data, digest = stage(source, staging, transfer, sha256, fmt, label_column, split)
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
             md5 = commit_and_push(repo, root, pin_path)  # the sha256 finishes meanwhile
     print(f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}")
@@ -190,7 +202,7 @@ def bring_pinned(
         built = folder_md5(repo, data)
         if built != pin.md5:
             raise StepError(
-                f"{source} gives data md5 {built}, but {DVC_FILE} pins {pin.md5}: "
+                f"{shorten(source)} gives data md5 {built}, but {DVC_FILE} pins {pin.md5}: "
                 f"push the pinned version to the DVC remote, or add this data with data.download_new=true"
             )
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
@@ -203,15 +215,17 @@ def bring_pinned(
 
 
 def _tracked_path(root: Path, raw_dir: Path) -> str:
-    """data/raw relative to the repo, which must be the folder data.dvc tracks."""
+    """data/raw relative to the repo, which must be a folder the step can replace, and the folder
+    data.dvc tracks."""
+    usable_folder("data.raw_dir", raw_dir, replaced=True)
     try:
         relative = raw_dir.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
-        raise StepError(f"data.raw_dir={raw_dir} lies outside the repository {root}") from None
+        raise StepError(f"data.raw_dir={shorten(raw_dir)} lies outside the repository {root}") from None
     tracked = tracked_path(root)
     if tracked not in (None, relative):
         raise StepError(
-            f"data.raw_dir={relative}, but {DVC_FILE} tracks {tracked}: set data.raw_dir={tracked}"
+            f"data.raw_dir={shorten(relative)}, but {DVC_FILE} tracks {tracked}: set data.raw_dir={tracked}"
         )
     return relative
 
@@ -223,8 +237,9 @@ def main(args: argparse.Namespace) -> None:
         transfer = Transfer(timeout=args.timeout, retries=args.retries)
         if args.download_new:
             run.not_cacheable("download_new fetches data.source, whose content the cache key cannot see")
+            split = Split(args.val_size, args.test_size, args.num_classes)
             outcome = download_new(
-                args.source, root, raw_dir, transfer, args.sha256, args.format, args.label_column
+                args.source, root, raw_dir, transfer, args.sha256, args.format, args.label_column, split
             )
         else:
             outcome = bring_pinned(args.source, root, raw_dir, args.version, transfer, args.sha256)
@@ -274,6 +289,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label_column", default="label", help="label column of a CSV dataset")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait to connect or for data")
     p.add_argument("--retries", type=int, default=4, help="retries of a failed download")
+    # preprocess's settings (config.yaml interpolates them): new data must suit them before it is versioned
+    p.add_argument("--val_size", type=float, default=0.15, help="preprocess's fraction for validation")
+    p.add_argument("--test_size", type=float, default=0.15, help="preprocess's fraction for test")
+    p.add_argument("--num_classes", type=int, default=10, help="labels must lie in 0..num_classes-1")
     return p
 
 
