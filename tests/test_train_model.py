@@ -196,7 +196,7 @@ CORES = len(os.sched_getaffinity(0))
         ({"nproc_per_node": 0}, "train_model.nproc_per_node must be 1 or more, got 0"),
         ({"nproc_per_node": 2, "batch_size": 1}, "train_model.batch_size=1 is smaller than nproc_per_node=2"),
         (
-            {"resume": True, "checkpoint_dir": "/nonexistent/ckpt"},
+            {"resume": True, "checkpoint_dir": "nonexistent-ckpt"},
             "train_model.resume=true but there is no checkpoint",
         ),
     ],
@@ -205,6 +205,37 @@ CORES = len(os.sched_getaffinity(0))
 def test_bad_parameters_are_one_clear_error(changes, message):
     with pytest.raises(StepError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         train_model.check(step_args(**changes), WORLD)
+
+
+def test_a_checkpoint_dir_that_cannot_hold_checkpoints_is_one_line_naming_the_setting(tmp_path):
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(
+        StepError, match=rf"^train_model.checkpoint_dir={blocker}: is a file; point it at a folder$"
+    ):
+        train_model.check(step_args(checkpoint_dir=str(blocker)), WORLD)
+    with pytest.raises(
+        StepError, match=rf"^train_model.checkpoint_dir={blocker}/sub: {blocker} is a file, so "
+    ):
+        train_model.check(step_args(checkpoint_dir=str(blocker / "sub")), WORLD)
+
+
+def test_a_checkpoint_dir_that_is_a_file_through_the_real_step_is_one_line(tmp_path):
+    """Where training used to end in a ~40-line traceback when it wrote its first checkpoint."""
+    project = make_project(tmp_path)
+    blocker = project.root / "checkpoints"
+    blocker.write_text("a file, not a folder")
+    project.env["MLFLOW_EXPERIMENT_NAME"] = "sheldon"
+    argv = train_model.as_argv(step_args(checkpoint_dir="checkpoints"))
+    result = project.run(sys.executable, "run.py", *argv, cwd=project.root / "src" / "train_model")
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: train_model.checkpoint_dir=checkpoints: is a file ({blocker}); point it at a folder"
+    ]
+    assert "Traceback" not in result.stderr
+    [run] = project.step_runs("train_model")
+    assert run.info.status == "FAILED"
+    assert blocker.read_text() == "a file, not a folder"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

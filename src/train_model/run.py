@@ -25,7 +25,7 @@ from torch import nn
 from sheldon.artifacts import atomic_path, fetch
 from sheldon.cli import boolean, json_value, progress, run_cli
 from sheldon.datasets import load_split
-from sheldon.errors import StepError
+from sheldon.errors import StepError, usable_folder
 from sheldon.paths import repo_path
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import (
@@ -149,6 +149,7 @@ def check_resume(folder: Path) -> None:
 def check(args: argparse.Namespace, world: World) -> torch.device:
     """Every check on the parameters, before anything is fetched or trained; returns the device."""
     Settings.from_args(args).check()
+    usable_folder("train_model.checkpoint_dir", args.checkpoint_dir)
     device = select_device(args.device, world.local_rank)
     bf16_enabled(args.bf16, device)
     check_processes(args.nproc_per_node, args.batch_size, device)
