@@ -10,11 +10,13 @@ a str whose default is "".
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import keyword
 import logging
 import math
 import re
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,20 @@ def check_name(what: str, name: str, reserved: tuple[str, ...], why_reserved: st
         raise BadAnswer(f"{what} {name!r} {why_reserved}; choose another")
 
 
+def shadowed_module(name: str) -> str | None:
+    """Where the module `name` that a step of that name would shadow comes from (None: no such
+    module). A step folder src/<name> is importable as `<name>` (sheldon's editable install puts
+    src/ on sys.path), so `import <name>` in the steps, sheldon, MLflow, torch, W&B or DVC would
+    hinge on sys.path order; and ruff, whose first-party root src/ is, would file that package's
+    imports as the project's own in every file, failing `make lint`."""
+    if name == "sheldon":
+        return "the pipeline's own library"
+    if name in sys.stdlib_module_names:
+        return "Python's standard library"
+    distributions = importlib.metadata.packages_distributions().get(name)
+    return f"installed by {', '.join(sorted(set(distributions)))}" if distributions else None
+
+
 def parse_parameters(text: str) -> list[Parameter]:
     """`threshold:float=0.5,epochs:int=3,name` -> typed parameters; BadAnswer names a bad one."""
     parameters: list[Parameter] = []
@@ -150,6 +166,10 @@ def check_answers(answers: dict[str, Any]) -> list[Parameter]:
     """Raise BadAnswer on the first answer that cannot make a working step."""
     step = str(answers["step_name"]).strip()
     check_name("step_name", step, RESERVED_STEPS, "is a config.yaml section that is not a step", 40)
+    if source := shadowed_module(step):
+        raise BadAnswer(
+            f"step_name {step!r} would shadow the Python module {step} ({source}); choose another"
+        )
     if not re.fullmatch(r"[\w.-]{1,64}", str(answers["job_type"])):
         raise BadAnswer(
             f"job_type {answers['job_type']!r} must be letters, digits, '_', '-' or '.': the W&B job type"

@@ -157,6 +157,10 @@ def bare_project(tmp_path_factory) -> Project:
         (["step_name=new", "parameters=epochs:int=many"], "default 'many' is not an int"),
         (["step_name=new", "script_name=run.sh"], "script_name 'run.sh' must be a file name like run.py"),
         (["step_name=new", "job_type=a b"], "job_type 'a b' must be letters, digits"),
+        (["step_name=os"], "step_name 'os' would shadow the Python module os (Python's standard library)"),
+        (["step_name=torch"], "step_name 'torch' would shadow the Python module torch (installed by torch)"),
+        (["step_name=wandb"], "step_name 'wandb' would shadow the Python module wandb (installed by wandb)"),
+        (["step_name=sheldon"], "would shadow the Python module sheldon (the pipeline's own library)"),
     ],
     ids=[
         "dash",
@@ -170,6 +174,10 @@ def bare_project(tmp_path_factory) -> Project:
         "default",
         "script",
         "job-type",
+        "shadows-stdlib",
+        "shadows-dependency",
+        "shadows-wandb",
+        "shadows-sheldon",
     ],
 )
 def test_bad_answers_are_refused_before_anything_is_written(bare_project, answers, refusal):
