@@ -172,7 +172,7 @@ def plan_inputs(
             upstream = str(ref).split("/", 1)[0]
             if upstream not in _steps or "/" not in str(ref):
                 raise StepError(
-                    f"{section_of(step)}.inputs.{param} = {ref!r}: expected <step>/<artifact>, "
+                    f"{section_of(step)}.inputs.{param} = {shorten(ref)!r}: expected <step>/<artifact>, "
                     f"with <step> one of {', '.join(_steps)}"
                 )
             if upstream in selected or upstream in found:
@@ -180,7 +180,8 @@ def plan_inputs(
             run_id = latest_finished_run(experiment_id, upstream)
             if run_id is None:
                 raise StepError(
-                    f"{step} needs {ref}, but experiment {experiment!r} has no finished {upstream} run; "
+                    f"{step} needs {shorten(ref)}, but experiment {experiment!r} has no finished "
+                    f"{upstream} run; "
                     f"run it first: mlflow run . --env-manager local -P steps={upstream}"
                 )
             found[upstream] = run_id
@@ -192,7 +193,8 @@ def resolve_env_manager(setting: str) -> str:
     (MLflow does not pass it down): MLflow's own envs live in prefixes named mlflow-<hash>."""
     if setting != "auto":
         if setting not in ENV_MANAGERS:
-            raise StepError(f"main.env_manager={setting!r}: use auto or one of {', '.join(ENV_MANAGERS)}")
+            choices = ", ".join(ENV_MANAGERS)
+            raise StepError(f"main.env_manager={shorten(setting)!r}: use auto or one of {choices}")
         return setting
     prefix = Path(sys.prefix)
     if prefix.name.startswith("mlflow-"):
@@ -496,7 +498,8 @@ def check_overrides(overrides: list[str]) -> None:
         try:
             parser.parse_overrides([override])
         except OverrideParseException as err:
-            raise StepError(f"malformed override {override!r}: {err.message.splitlines()[0]}") from None
+            problem = err.message.splitlines()[0]
+            raise StepError(f"malformed override {shorten(override)!r}: {problem}") from None
     with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
         try:
             compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])

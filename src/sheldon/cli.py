@@ -24,7 +24,7 @@ def boolean(value: str | bool) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {shorten(value)!r}")
 
 
 def fraction(value: str | float) -> float:
@@ -43,7 +43,7 @@ def json_value(value: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected JSON, got {value!r} ({err.msg})") from None
+        raise argparse.ArgumentTypeError(f"expected JSON, got {shorten(value)!r} ({err.msg})") from None
 
 
 def optional_str(value: str) -> str | None:

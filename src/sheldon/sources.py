@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from sheldon.artifacts import FileDigest
 from sheldon.cli import progress
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten
 
 # 512 KiB: on loopback it streams faster and steadier than 1 MiB (median 0.33 s against 0.52 s for
 # 542 MB, benchmarks/download.py's setting); memory stays flat, and a read that a dropped connection
@@ -234,7 +234,7 @@ def unpack(archive: Path, dest: Path) -> Path:
 def _safe_target(dest: Path, entry: str, archive: str) -> Path:
     parts = PurePosixPath(entry.replace("\\", "/")).parts
     if entry.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
-        raise StepError(f"{archive} is unsafe: entry {entry!r} would land outside the target folder")
+        raise StepError(f"{archive} is unsafe: entry {shorten(entry)!r} would land outside the target folder")
     return dest.joinpath(*parts)
 
 
@@ -243,7 +243,7 @@ def _unzip(archive: Path, dest: Path) -> None:
         for info in zf.infolist():
             target = _safe_target(dest, info.filename, archive.name)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise StepError(f"{archive.name} is unsafe: entry {info.filename!r} is a link")
+                raise StepError(f"{archive.name} is unsafe: entry {shorten(info.filename)!r} is a link")
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
@@ -264,4 +264,4 @@ def _untar(archive: Path, dest: Path) -> None:
                     shutil.copyfileobj(src, dst, CHUNK)
             else:
                 kind = "a link" if member.issym() or member.islnk() else "not a regular file"
-                raise StepError(f"{archive.name} is unsafe: entry {member.name!r} is {kind}")
+                raise StepError(f"{archive.name} is unsafe: entry {shorten(member.name)!r} is {kind}")

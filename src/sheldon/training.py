@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 BF16_SETTINGS = ("auto", "true", "false")
@@ -33,7 +33,7 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto`: CUDA, then Apple MPS, then CPU. A device that is asked for but absent is an error
     (training silently on the CPU instead would take hours and look like a hang)."""
     if name not in DEVICES:
-        raise StepError(f"device={name!r}: use one of {', '.join(DEVICES)}")
+        raise StepError(f"device={shorten(name)!r}: use one of {', '.join(DEVICES)}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -47,7 +47,7 @@ def bf16_enabled(setting: str, device: torch.device) -> bool:
     """bf16 autocast: `auto` turns it on for GPUs that support it; `true`/`false` force it."""
     setting = str(setting).strip().lower()
     if setting not in BF16_SETTINGS:
-        raise StepError(f"bf16={setting!r}: use one of {', '.join(BF16_SETTINGS)}")
+        raise StepError(f"bf16={shorten(setting)!r}: use one of {', '.join(BF16_SETTINGS)}")
     if setting == "auto":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     return setting == "true"
@@ -231,7 +231,7 @@ def peak_memory_mb() -> float:
 def build(spec: dict[str, Any] | None, what: str, **kwargs: Any) -> Any:
     """Instantiate a `_target_` spec from config, naming the config key when it is wrong."""
     if not isinstance(spec, dict) or "_target_" not in spec:
-        raise StepError(f"train_model.{what} needs a _target_, got {spec!r}")
+        raise StepError(f"train_model.{what} needs a _target_, got {shorten(spec)!r}")
     try:
         return instantiate(spec, **kwargs)
     except InstantiationException as err:

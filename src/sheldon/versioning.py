@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -59,7 +59,7 @@ def _first_line(err: BaseException) -> str:
 def resolve_commit(root: Path, version: str) -> str:
     """The commit a `data.version` (tag, branch or commit) names, or a StepError saying it names none."""
     if not is_git_repo(root):
-        raise StepError(f"data.version={version!r} needs a git checkout; {root} is not one")
+        raise StepError(f"data.version={shorten(version)!r} needs a git checkout; {root} is not one")
     found = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"{version}^{{commit}}"],
         cwd=root,
@@ -67,7 +67,9 @@ def resolve_commit(root: Path, version: str) -> str:
         text=True,
     )
     if found.returncode != 0:
-        raise StepError(f"data.version={version!r} names no commit or tag of this repository (see `git tag`)")
+        raise StepError(
+            f"data.version={shorten(version)!r} names no commit or tag of this repository (see `git tag`)"
+        )
     return found.stdout.strip()
 
 
@@ -79,7 +81,7 @@ def read_pin(root: Path, version: str | None = None) -> Pin:
             ["git", "show", f"{commit}:{DVC_FILE}"], cwd=root, capture_output=True, text=True
         )
         if shown.returncode != 0:
-            raise StepError(f"data.version={version!r} ({commit[:10]}) has no {DVC_FILE}")
+            raise StepError(f"data.version={shorten(version)!r} ({commit[:10]}) has no {DVC_FILE}")
         text, where = shown.stdout, f"{DVC_FILE} at {version}"
     else:
         if not (root / DVC_FILE).is_file():
