@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The tracking store is checked first (sheldon/store.py, ~0.1 s): an unreachable server or a broken
+# mlflow.db stops here with one line instead of minutes of MLflow's retries and a traceback.
+# MLflow retries a request 7 times over ~4 min (tuned for rate-limited hosted servers): a server
+# that goes away mid-run fails within ~20 s instead.
+run: export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
+run: export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
 run: setup
+	@python -m sheldon.store
 	mlflow run . --env-manager local
 
 test: setup
