@@ -29,6 +29,7 @@ from sheldon.processes import PIPELINE_ENV, PROCESS_TAG, STOPPED_TAG, Interrupte
 
 STEP_TAG = "sheldon.step"
 HEADLINE_TAG = "sheldon.headline"
+ERROR_TAG = "sheldon.error"  # the one-line StepError a step failed with (a setting or input to fix)
 DEFAULT_PROJECT = "sheldon"
 WANDB_SETTLED = "SHELDON_WANDB_MODE"  # equals WANDB_MODE when sheldon chose it, not the user
 
@@ -232,6 +233,10 @@ def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) 
         try:
             run.log_params(params)
             yield run
+        except StepError as err:
+            mlflow.set_tag(ERROR_TAG, str(err)[:5000])
+            wandb_run.finish(exit_code=1)
+            raise
         except Interrupted as stop:
             wandb_run.finish(exit_code=stop.exit_code)
             mlflow.set_tag(STOPPED_TAG, str(stop))
