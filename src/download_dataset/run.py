@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 
@@ -36,11 +37,12 @@ from sheldon.sources import DEFAULT_TRANSFER, Fetched, Transfer, fetch, is_archi
 from sheldon.tracking import step_run
 from sheldon.versioning import (
     DVC_FILE,
+    cache_dir,
     check_remote_writable,
     commit_and_push,
     fetch_version,
     folder_md5,
-    in_cache,
+    folder_tree,
     open_repo,
     pull,
     read_pin,
@@ -49,7 +51,11 @@ from sheldon.versioning import (
     resolve_commit,
     staging_folder,
     tracked_path,
+    unkept,
 )
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 STEP = "download_dataset"
 
@@ -58,7 +64,7 @@ STEP = "download_dataset"
 class Outcome:
     """What the step did, as logged to MLflow and W&B."""
 
-    action: str  # up-to-date, pulled, bootstrapped, downloaded
+    action: str  # up-to-date, pulled, bootstrapped, downloaded, unchanged
     dvc_md5: str
     version: str
     sha256: str = ""  # of the downloaded file, or of the dataset file when there is one
@@ -148,8 +154,18 @@ def download_new(
     repo = open_repo(root)
     pin_path = _tracked_path(root, raw_dir)
     check_remote_writable(repo)
+    pinned = read_pin(root).md5 if (root / DVC_FILE).is_file() else None
     with staging_folder(raw_dir) as staging:
         data, digest = stage(source, staging, transfer, sha256, fmt, label_column, split)
+        md5 = folder_md5(repo, data)
+        if md5 == pinned:
+            print(f"data unchanged: already version {md5} ({DVC_FILE}); nothing committed or pushed")
+            if _check_replaceable(repo, raw_dir, md5) != md5:
+                with replace_folder(raw_dir, data):
+                    pass
+                print(f"{raw_dir} holds it again")
+            return Outcome("unchanged", md5, DVC_FILE, digest.hexdigest() if digest else "")
+        _check_replaceable(repo, raw_dir, md5)
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
             md5 = commit_and_push(repo, root, pin_path)  # the sha256 finishes meanwhile
     print(f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}")
@@ -157,6 +173,22 @@ def download_new(
     print(f"  git add {DVC_FILE} && git commit -m 'Data: {source_name(source)}'")
     print("  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags")
     return Outcome("downloaded", md5, DVC_FILE, digest.hexdigest() if digest else "")
+
+
+def _check_replaceable(repo: Repo, raw_dir: Path, new_md5: str) -> str | None:
+    """data/raw's md5 (None when it does not exist), once it is certain that replacing it with
+    version `new_md5` loses nothing: DVC keeps every file of it in its cache or on the remote."""
+    if not raw_dir.is_dir():
+        return None
+    tree = folder_tree(repo, raw_dir)
+    current = tree.hash_info.value
+    if current != new_md5 and unkept(repo, tree):
+        raise StepError(
+            f"{raw_dir} holds data that no DVC version records (md5 {current}, in neither the DVC cache "
+            f"{cache_dir(repo)} nor the DVC remote {remote_url(repo)}), and bringing it to md5 {new_md5} "
+            f"would lose it: version it first (data.download_new=true data.source={raw_dir}) or move it away"
+        )
+    return current
 
 
 def bring_pinned(
@@ -175,19 +207,12 @@ def bring_pinned(
     commit = resolve_commit(root, version) if version else None
     pin = read_pin(root, version)
     label = version or DVC_FILE
-    current = folder_md5(repo, raw_dir) if raw_dir.is_dir() else None
-    if current == pin.md5:
+    if _check_replaceable(repo, raw_dir, pin.md5) == pin.md5:
         print(f"{raw_dir} already holds the data version {label} pins (md5 {pin.md5})")
         return Outcome("up-to-date", pin.md5, label)
-    if current and not in_cache(repo, current):
-        raise StepError(
-            f"{raw_dir} holds data that no DVC version records (md5 {current}), and bringing it to "
-            f"md5 {pin.md5} would lose it: version it first (data.download_new=true data.source={raw_dir}) "
-            "or move it away"
-        )
     if commit:
         with staging_folder(raw_dir) as staging:
-            fetch_version(root, commit, pin, staging / "data")
+            fetch_version(repo, root, commit, pin, staging / "data")
             with replace_folder(raw_dir, staging / "data"):
                 pass
         print(f"{raw_dir} now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")

@@ -7,6 +7,7 @@ data/raw and data.dvc keep the last good version and a reader never sees a parti
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from sheldon.errors import StepError, shorten
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
+    from dvc_data.hashfile.tree import Tree
 
 DVC_FILE = "data.dvc"
 
@@ -104,18 +106,38 @@ def tracked_path(root: Path) -> str | None:
         raise StepError(f"{DVC_FILE} is malformed: expected outs: [{{path: data/raw, md5: ...}}]") from None
 
 
-def folder_md5(repo: Repo, folder: Path) -> str:
-    """The md5 DVC gives a folder (`<hex>.dir`), computed without touching the cache."""
+def folder_tree(repo: Repo, folder: Path) -> Tree:
+    """The listing DVC gives a folder, with its md5 (`<hex>.dir`), computed without touching the cache."""
     from dvc_data.hashfile.build import build
 
     odb = repo.cache.local
-    _, _, obj = build(odb, str(folder), odb.fs, "md5", dry_run=True)
-    return obj.hash_info.value
+    _, _, tree = build(odb, str(folder), odb.fs, "md5", dry_run=True)
+    return tree
 
 
-def in_cache(repo: Repo, md5: str) -> bool:
-    """Whether the DVC cache holds the version `md5` (so replacing it in data/raw loses nothing)."""
-    return repo.cache.local.exists(md5)
+def folder_md5(repo: Repo, folder: Path) -> str:
+    return folder_tree(repo, folder).hash_info.value
+
+
+def cache_dir(repo: Repo) -> str:
+    return str(repo.cache.local_cache_dir)
+
+
+def unkept(repo: Repo, tree: Tree) -> list[str]:
+    """The objects of `tree` (its listing and its files) that neither the DVC cache nor the
+    default remote holds: replacing the folder loses exactly these. The remote is asked only
+    about what the cache lacks, so this is free for data that went through DVC here."""
+    odb = repo.cache.local
+    oids = [tree.hash_info.value, *(info.value for _, _, info in tree)]
+    missing = [oid for oid in oids if not odb.exists(oid)]
+    if not missing:
+        return []
+    url = remote_url(repo)
+    try:
+        on_remote = set(repo.cloud.get_remote_odb().list_oids_exists(missing))
+    except Exception as err:  # each store fails its own way; all mean the copy cannot be confirmed
+        raise StepError(f"cannot check what DVC remote {url} holds: {_first_line(err)}") from None
+    return [oid for oid in missing if oid not in on_remote]
 
 
 def remote_url(repo: Repo) -> str:
@@ -149,16 +171,37 @@ def pull(repo: Repo, root: Path, md5: str) -> bool:
     own checkout would have deleted it). Any other failure is a StepError."""
     from dvc.exceptions import DvcException
 
-    url = remote_url(repo)
     target = str(root / DVC_FILE)
+    if not fetch(repo, root, md5):
+        return False
     try:
-        repo.fetch(targets=[target])
-        if not complete_in_cache(repo, md5):
-            return False
-        repo.checkout(targets=[target], force=True)  # data/raw's own data is in the cache too
+        repo.checkout(targets=[target], force=True)  # data/raw's own data is kept by DVC too
+    except (DvcException, OSError) as err:
+        raise StepError(f"cannot check out {DVC_FILE} from the DVC cache: {_first_line(err)}") from None
+    return True
+
+
+def fetch(repo: Repo, root: Path, md5: str, commit: str | None = None) -> bool:
+    """Bring version `md5`, which data.dvc pins (at `commit`, if given), into the DVC cache from
+    the default remote; nothing to do when the cache holds it. True once every file is there."""
+    from dvc.exceptions import DvcException
+
+    if complete_in_cache(repo, md5):
+        return True
+    url = remote_url(repo)
+    dvc_log = logging.getLogger("dvc_data")
+    level = dvc_log.level
+    dvc_log.setLevel(logging.ERROR)  # its warning of missing objects: the caller says it in one line
+    try:
+        if commit:  # a path in the commit's tree, not the working tree's
+            repo.fetch(targets=[DVC_FILE], revs=[commit], workspace=False)
+        else:
+            repo.fetch(targets=[str(root / DVC_FILE)])
     except (DvcException, OSError) as err:
         raise StepError(f"cannot pull data from DVC remote {url}: {_first_line(err)}") from None
-    return True
+    finally:
+        dvc_log.setLevel(level)
+    return complete_in_cache(repo, md5)
 
 
 def complete_in_cache(repo: Repo, md5: str) -> bool:
@@ -192,19 +235,20 @@ def commit_and_push(repo: Repo, root: Path, pin_path: str) -> str:
     return read_pin(root).md5
 
 
-def fetch_version(root: Path, commit: str, pin: Pin, target: Path) -> None:
-    """Download the data that data.dvc pins at `commit` into `target` (dvc.api's filesystem,
-    from the cache or the remote)."""
-    from dvc.api import DVCFileSystem
+def fetch_version(repo: Repo, root: Path, commit: str, pin: Pin, target: Path) -> None:
+    """Write the data that data.dvc pins at `commit` into `target`, through the DVC cache (so
+    coming back to it later needs no remote)."""
+    from dvc_data.hashfile.checkout import checkout
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
 
-    try:
-        fs = DVCFileSystem(str(root), rev=commit)
-        fs.get(pin.path, str(target), recursive=True)
-    except Exception as err:  # missing objects and remote failures alike: this version is unreachable
+    if not fetch(repo, root, pin.md5, commit):
         raise StepError(
-            f"cannot get data version {commit[:10]} (md5 {pin.md5}) from the DVC remote: {_first_line(err)}; "
+            f"DVC remote {remote_url(repo)} lacks data version {commit[:10]} (md5 {pin.md5}): "
             "push it from a machine that has it: git checkout <version> && dvc pull && dvc push"
-        ) from None
+        )
+    odb = repo.cache.local
+    checkout(str(target), odb.fs, Tree.load(odb, HashInfo("md5", pin.md5)), odb)
 
 
 @contextmanager
