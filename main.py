@@ -18,28 +18,31 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import hydra
 import mlflow
+import psutil
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sheldon.artifacts import digest_path
 from sheldon.cache import (
     DIGEST_TAG,
     KEY_TAG,
     cache_key,
     code_digest,
     find_cached_run,
-    finished_runs,
     output_digest,
 )
 from sheldon.cli import fraction
 from sheldon.errors import StepError, shorten
-from sheldon.paths import REPO_ROOT
+from sheldon.paths import REPO_ROOT, repo_path
 from sheldon.processes import (
     PIPELINE_ENV,
     PROCESS_TAG,
@@ -49,8 +52,11 @@ from sheldon.processes import (
     process_token,
     raise_on_signals,
     stop_group,
+    when_gone,
 )
+from sheldon.store import check_tracking_store
 from sheldon.tracking import (
+    ERROR_TAG,
     HEADLINE_TAG,
     STEP_TAG,
     allow_concurrent_runs,
@@ -73,12 +79,21 @@ _sections = {"download_dataset": "data"}
 # Repo files outside src/<step> that a step's outputs depend on: hashed into its cache key.
 _state_files = {"download_dataset": ["data.dvc"]}
 
+# Steps that also leave their output in the working tree: (the parameter naming that folder, the
+# artifact logged from it). A cached run is reused only while the folder still holds that artifact.
+_workspace = {"download_dataset": ("raw_dir", "raw_data")}
+
+# The override that makes a crashed step continue where it stopped, in the resume command.
+_resume_overrides = {"train_model": "train_model.resume=true"}
+
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 
 # Settings a step would refuse only once the steps before it have run: checked before anything runs,
 # with the same rule the step's own argument parser applies.
 _checked_early = {"evaluate.min_accuracy": fraction}
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+_DELETE_RUN = "import mlflow, sys; mlflow.MlflowClient().delete_run(sys.argv[1])"
+CACHED, PINNED = "cached, same config", "pinned by hand"  # where an input's run came from
 
 
 @dataclass
@@ -103,6 +118,7 @@ class PipelineContext:
     pipeline_run_id: str
     forced: set[str]  # steps that run even when a cached run exists
     lineage_tags: dict[str, str]  # git and data state, tagged on every step run
+    origins: dict[str, str]  # step -> where its run came from (CACHED, PINNED, ran in this pipeline)
 
 
 def section_of(step: str) -> str:
@@ -156,36 +172,100 @@ def check_settings(config: DictConfig, selected: list[str]) -> None:
                 raise StepError(f"{setting}: {err}") from None
 
 
-def latest_finished_run(experiment_id: str, step: str) -> str | None:
-    runs = finished_runs(experiment_id, STEP_TAG, step, most=1)
-    return runs[0].info.run_id if runs else None
+def parse_ref(step: str, param: str, ref: object) -> tuple[str, str]:
+    """An input reference, `<upstream step>/<artifact>`, as (step, artifact)."""
+    upstream, _, artifact = str(ref).partition("/")
+    if upstream not in _steps or not artifact:
+        raise StepError(
+            f"{section_of(step)}.inputs.{param} = {shorten(ref)!r}: expected <step>/<artifact>, "
+            f"with <step> one of {', '.join(_steps)}"
+        )
+    return upstream, artifact
 
 
-def plan_inputs(
-    config: DictConfig, selected: list[str], experiment_id: str, experiment: str
-) -> dict[str, str]:
-    """Run ids of the upstream steps that are not selected: their latest finished runs.
-    Fails before anything runs when one has never finished in this experiment."""
-    found: dict[str, str] = {}
-    for step in selected:
+def parse_pins(spec: str, selected: list[str]) -> dict[str, str]:
+    """`main.pin`: `<step>:<run id>[,...]`, runs chosen by hand for steps that do not run now."""
+    pins = {}
+    for item in (i.strip() for i in spec.split(",") if i.strip()):
+        step, _, run_id = item.partition(":")
+        if step not in _steps or not run_id.strip():
+            raise StepError(
+                f"main.pin={shorten(spec)!r}: expected <step>:<run id>, <step> one of {', '.join(_steps)}"
+            )
+        if step in selected:
+            raise StepError(
+                f"main.pin names a run for {step}, which this pipeline runs: pin only steps it does not run"
+            )
+        pins[step] = run_id.strip()
+    return pins
+
+
+def pinned_run(step: str, run_id: str) -> Run:
+    """The run a user pinned for `step`: it must exist, be a run of that step, and have finished."""
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException:
+        raise StepError(
+            f"main.pin {step}:{shorten(run_id)}: no such run in {mlflow.get_tracking_uri()}"
+        ) from None
+    if run.data.tags.get(STEP_TAG) != step:
+        kind = run.data.tags.get(STEP_TAG) or run.info.run_name
+        raise StepError(f"main.pin {step}:{shorten(run_id)}: that is a run of {kind}, not of {step}")
+    if run.info.status != "FINISHED":
+        raise StepError(f"main.pin {step}:{shorten(run_id)}: that run is {run.info.status}, not FINISHED")
+    return run
+
+
+def step_key(
+    step: str, config: tuple[dict[str, str], dict[str, str]], produced: dict[str, Run]
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """A step's cache key under this configuration, with the URIs and digests of its inputs."""
+    params, inputs = config
+    uris, digests = {}, {}
+    for param, ref in inputs.items():
+        upstream, artifact = parse_ref(step, param, ref)
+        uris[param] = f"runs:/{produced[upstream].info.run_id}/{artifact}"
+        digests[param] = output_digest(produced[upstream], artifact)
+    key = cache_key(step, code_digest(REPO_ROOT / "src" / step), params, digests, outside_state(step))
+    return key, uris, digests
+
+
+def resolve_upstream(
+    config: DictConfig, selected: list[str], pins: dict[str, str], experiment_id: str, env_manager: str
+) -> tuple[dict[str, Run], dict[str, str]]:
+    """The runs that stand in for the steps the selected ones need but do not run now, in pipeline
+    order: the run pinned by hand (main.pin), else the finished run that the current configuration
+    would produce (the same cache key), never merely the latest one. Fails before anything runs
+    when no run matches, naming the command that makes one."""
+    needed_by: dict[str, str] = {}
+    todo = list(selected)
+    while todo:
+        step = todo.pop()
         for param, ref in step_config(config, step)[1].items():
-            upstream = str(ref).split("/", 1)[0]
-            if upstream not in _steps or "/" not in str(ref):
-                raise StepError(
-                    f"{section_of(step)}.inputs.{param} = {shorten(ref)!r}: expected <step>/<artifact>, "
-                    f"with <step> one of {', '.join(_steps)}"
-                )
-            if upstream in selected or upstream in found:
-                continue
-            run_id = latest_finished_run(experiment_id, upstream)
-            if run_id is None:
-                raise StepError(
-                    f"{step} needs {shorten(ref)}, but experiment {experiment!r} has no finished "
-                    f"{upstream} run; "
-                    f"run it first: mlflow run . --env-manager local -P steps={upstream}"
-                )
-            found[upstream] = run_id
-    return found
+            upstream = parse_ref(step, param, ref)[0]
+            if upstream not in selected and upstream not in needed_by:
+                needed_by[upstream] = step
+                if upstream not in pins:  # a pinned run stands as it is: its own inputs do not matter
+                    todo.append(upstream)
+    if unused := set(pins) - set(needed_by):
+        raise StepError(f"main.pin names {', '.join(sorted(unused))}, whose output no selected step takes")
+    produced: dict[str, Run] = {}
+    origins: dict[str, str] = {}
+    for step in (s for s in _steps if s in needed_by):
+        if step in pins:
+            produced[step], origins[step] = pinned_run(step, pins[step]), PINNED
+            continue
+        key = step_key(step, step_config(config, step), produced)[0]
+        run = find_cached_run(experiment_id, key)
+        if run is None:
+            produce = [s for s in _steps[_steps.index(step) :] if s in selected or s in needed_by]
+            raise StepError(
+                f"{needed_by[step]} needs the output of {step}, but no finished {step} run matches this "
+                f"configuration (its code, parameters and inputs); make one along with the rest: "
+                f"{resume_command(produce, env_manager)}  (or name a run: main.pin={step}:<run id>)"
+            )
+        produced[step], origins[step] = run, CACHED
+    return produced, origins
 
 
 def resolve_env_manager(setting: str) -> str:
@@ -221,11 +301,18 @@ def end_run_if_running(run_id: str, status: RunStatus, why: str) -> None:
 
 
 def launch(
-    step: str, params: dict[str, str], experiment_id: str, env_manager: str, tags: dict[str, str]
+    step: str,
+    params: dict[str, str],
+    experiment_id: str,
+    env_manager: str,
+    tags: dict[str, str],
+    sources: dict[str, str],
 ) -> StepResult:
     """Run src/<step> as an MLflow project, nested under the active pipeline run and tagged with
     its lineage. On a stop signal the step's whole process group is stopped and its run KILLED."""
     print(f"\n=== {step} ===", flush=True)
+    for param, source in sources.items():
+        print(f"  {param} <- {source}", flush=True)
     started = time.perf_counter()
     try:
         submitted = mlflow.projects.run(
@@ -267,19 +354,34 @@ def format_summary(results: list[StepResult]) -> str:
     return "\n".join(lines)
 
 
-def open_pipeline_run(experiment_id: str, outer: str | None) -> mlflow.ActiveRun:
-    """The pipeline run: the one `mlflow run .` made (`outer`) when it is in this experiment, else
-    a new one. Both are tagged with this process, so a later pipeline can tell if they were left behind."""
-    client = mlflow.MlflowClient()
-    if outer and mlflow.get_run(outer).info.experiment_id == experiment_id:
-        client.set_tag(outer, "mlflow.runName", "pipeline")
-        run = mlflow.start_run(run_id=outer)
+def claim_launcher_run(experiment_id: str | None) -> str | None:
+    """`mlflow run .` opens a run before main.py starts, in its own experiment (Default unless told).
+    In the pipeline's experiment it becomes the pipeline run; elsewhere it is deleted, so that
+    launches leave nothing in Default, failed ones included. Deleted only once that `mlflow run`
+    has exited: its last act is to set the run's status, which fails on a deleted run."""
+    launcher = os.environ.pop("MLFLOW_RUN_ID", None)
+    if not launcher or mlflow.get_run(launcher).info.experiment_id == experiment_id:
+        return launcher
+    cli = next((p for p in psutil.Process().parents() if _is_mlflow_run(p.cmdline())), None)
+    if cli is None:
+        mlflow.MlflowClient().delete_run(launcher)
+    else:
+        when_gone(cli.pid, [sys.executable, "-c", _DELETE_RUN, launcher])
+    return None
+
+
+def _is_mlflow_run(argv: list[str]) -> bool:
+    return any(Path(word).name == "mlflow" and then == "run" for word, then in pairwise(argv))
+
+
+def open_pipeline_run(experiment_id: str, launcher: str | None) -> mlflow.ActiveRun:
+    """The pipeline run (the launcher's run when it is in this experiment), tagged with this
+    process so that a later pipeline can tell whether it was left behind."""
+    if launcher:
+        mlflow.MlflowClient().set_tag(launcher, "mlflow.runName", "pipeline")
+        run = mlflow.start_run(run_id=launcher)
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
-        if outer:  # `mlflow run .` put its run in another experiment: point it at the real one
-            client.set_tag(outer, "sheldon.pipeline_run_id", run.info.run_id)
-            client.set_tag(outer, "mlflow.runName", "pipeline-launcher")
-            client.set_tag(outer, PROCESS_TAG, os.environ[PIPELINE_ENV])
     mlflow.set_tag(PROCESS_TAG, os.environ[PIPELINE_ENV])
     return run
 
@@ -333,13 +435,29 @@ def source_state() -> dict[str, str]:
     return tags
 
 
-def resume_command(selected: list[str], env_manager: str) -> str:
-    """The command that re-runs this pipeline; the cache makes it start at the failed step."""
+def resume_command(selected: list[str], env_manager: str, extra: str | None = None) -> str:
+    """The command that re-runs this pipeline with the user's overrides (and `extra`, which
+    replaces the user's value of the same setting); the cache makes it start at the failed step."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("main.steps=")]
+    replaced = ["main.steps="] + ([extra.split("=")[0] + "="] if extra else [])
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(tuple(replaced))]
+    overrides += [extra] if extra else []
     command = f"mlflow run . --env-manager {env_manager} -P steps={','.join(selected)}"
     return command + (f" -P hydra_options={shlex.quote(' '.join(overrides))}" if overrides else "")
+
+
+def workspace_changed(step: str, params: dict[str, str], run: Run) -> str:
+    """Why a step's folder in the working tree no longer holds what `run` logged from it ('' if it does)."""
+    if step not in _workspace:
+        return ""
+    param, artifact = _workspace[step]
+    folder = repo_path(params[param])
+    if not folder.is_dir():
+        return f"{folder} is missing"
+    if digest_path(folder) != run.data.tags.get(DIGEST_TAG + artifact):
+        return f"{folder} holds other data than its run {run.info.run_id[:8]} logged"
+    return ""
 
 
 def run_step(
@@ -350,15 +468,19 @@ def run_step(
 ) -> StepResult:
     """Reuse a finished run with the same cache key, or launch the step."""
     params, inputs = config
-    uris, digests = {}, {}
-    for param, ref in inputs.items():
-        upstream, artifact = str(ref).split("/", 1)
-        uris[param] = f"runs:/{produced[upstream].info.run_id}/{artifact}"
-        digests[param] = output_digest(produced[upstream], artifact)
-    key = cache_key(step, code_digest(REPO_ROOT / "src" / step), params, digests, outside_state(step))
+    key, uris, digests = step_key(step, config, produced)
     cached = None if step in context.forced else find_cached_run(context.experiment_id, key)
+    if cached is not None and (changed := workspace_changed(step, params, cached)):
+        print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
+        cached = None
+    sources = {
+        param: f"{parse_ref(step, param, ref)[0]} run {uris[param].split('/')[1][:8]} "
+        f"({context.origins[parse_ref(step, param, ref)[0]]})"
+        for param, ref in inputs.items()
+    }
     if cached is not None:
         result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
+        print(f"\n=== {step}: cached, reusing run {result.run_id} ===")
     else:
         tags = {
             "sheldon.pipeline_run_id": context.pipeline_run_id,
@@ -366,11 +488,16 @@ def run_step(
             **context.lineage_tags,
         }
         tags |= {f"sheldon.input_digest.{name}": digest for name, digest in digests.items()}
-        result = launch(step, params | uris, context.experiment_id, context.env_manager, tags)
+        tags |= {f"sheldon.input_source.{name}": source for name, source in sources.items()}
+        result = launch(step, params | uris, context.experiment_id, context.env_manager, tags, sources)
         if result.status == "ran":
             # Only now, seen finished by its pipeline, may the run stand in for the step: a run whose
             # pipeline was killed never gets its key, even if its own process reached the end.
             mlflow.MlflowClient().set_tag(result.run_id, KEY_TAG, key)
+    if cached is not None:
+        for param, source in sources.items():
+            print(f"  {param} <- {source}")
+    context.origins[step] = CACHED if cached is not None else "ran in this pipeline"
     result.cache_key, result.inputs, result.input_digests = key, uris, digests
     if result.run_id is not None:
         run = cached or mlflow.get_run(result.run_id)
@@ -383,16 +510,35 @@ def run_step(
     return result
 
 
+def failure_hint(failed: StepResult, selected: list[str], env_manager: str) -> str:
+    """What to do after a step failed. A bad setting or input (the step's one-line error, kept as
+    its run's ERROR_TAG) needs fixing first: the same command would fail again. After a crash, the
+    command that resumes, continuing the step where it stopped if it can."""
+    run = mlflow.get_run(failed.run_id) if failed.run_id else None
+    error = run.data.tags.get(ERROR_TAG, "") if run else ""
+    if error:
+        return (
+            f"error: step {failed.step} failed: {error}\nChange what it names (config.yaml, or "
+            "-P hydra_options=...), then run the pipeline again: the steps that finished are reused."
+        )
+    resume = resume_command(selected, env_manager, _resume_overrides.get(failed.step))
+    return (
+        f"error: step {failed.step} failed; later steps did not run. "
+        f"Fix it, then resume (finished steps are reused):\n  {resume}"
+    )
+
+
 def run_pipeline(config: DictConfig) -> int:
     selected = select_steps(str(config.main.steps))
     steps = {step: step_config(config, step) for step in selected}
     check_settings(config, selected)
+    pins = parse_pins(str(config.main.pin), selected)
     forced = (
         set(selected) if not config.main.use_cache else forced_steps(str(config.main.force), selected, steps)
     )
     env_manager = resolve_env_manager(str(config.main.env_manager))
     os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
-    configure_tracking()
+    check_tracking_store(configure_tracking())
     settle_wandb_mode()  # once for all steps: a rejected key or unreachable W&B means offline, said once
     # MLflow launches each step through the `mlflow` command: use the one beside this interpreter,
     # so `.venv/bin/python main.py` works without an activated venv.
@@ -407,54 +553,56 @@ def run_pipeline(config: DictConfig) -> int:
     mlflow.MlflowClient().set_experiment_tag(
         experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
     )
-    # The experiment `mlflow run .` put its own run in may differ (Default): look there too.
-    fail_dead_runs(sorted({experiment.experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID", "")} - {""}))
-    produced = {
-        step: mlflow.get_run(run_id)
-        for step, run_id in plan_inputs(config, selected, experiment.experiment_id, experiment_name).items()
-    }
+    fail_dead_runs([experiment.experiment_id])
+    produced, origins = resolve_upstream(config, selected, pins, experiment.experiment_id, env_manager)
+    upstream = [
+        StepResult(
+            step, "pinned" if origins[step] == PINNED else "cached", 0.0, run.info.run_id, headline_of(run)
+        )
+        for step, run in produced.items()
+    ]
     print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
 
     results: list[StepResult] = []
-    outer = os.environ.pop("MLFLOW_RUN_ID", None)  # the run `mlflow run .` made for this launch
-    with open_pipeline_run(experiment.experiment_id, outer) as pipeline:
+    with open_pipeline_run(
+        experiment.experiment_id, claim_launcher_run(experiment.experiment_id)
+    ) as pipeline:
         context = PipelineContext(
-            experiment.experiment_id, env_manager, pipeline.info.run_id, forced, source_state()
+            experiment.experiment_id, env_manager, pipeline.info.run_id, forced, source_state(), origins
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+        mlflow.set_tags({f"sheldon.pinned.{step}": run_id for step, run_id in pins.items()})
         try:
             for step in selected:
                 result = run_step(step, steps[step], produced, context)
                 results.append(result)
-                if result.status == "cached":
-                    print(f"\n=== {step}: cached, reusing run {result.run_id} ===")
                 if result.status == "failed":
                     break
         except Interrupted as stop:
             stop.during = selected[len(results)]
-            if outer and outer != pipeline.info.run_id:  # a second Ctrl-C keeps `mlflow run` from ending it
-                end_run_if_running(outer, RunStatus.KILLED, f"{stop} during {stop.during}")
             mlflow.set_tag(STOPPED_TAG, f"{stop} during {stop.during}")
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
-        summary = format_summary(results)
+        summary = format_summary(upstream + results)
         mlflow.log_text(summary + "\n", "summary.txt")
         mlflow.log_dict(
-            {"pipeline_run_id": pipeline.info.run_id, "steps": [asdict(r) for r in results]}, "lineage.json"
+            {"pipeline_run_id": pipeline.info.run_id, "steps": [asdict(r) for r in upstream + results]},
+            "lineage.json",
         )
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
         failed = [r for r in results if r.status == "failed"]
         if failed:
             mlflow.set_tag("sheldon.failed_step", failed[0].step)
-            resume = resume_command(selected, env_manager)
-            print(
-                f"error: step {failed[0].step} failed; later steps did not run. "
-                f"Fix it, then resume (finished steps are reused):\n  {resume}",
-                file=sys.stderr,
-            )
+            print(failure_hint(failed[0], selected, env_manager), file=sys.stderr)
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             return 1
     return 0
+
+
+def discard_launcher_run() -> None:
+    """A launch that fails before its pipeline run opens leaves no stray run behind."""
+    with suppress(MlflowException):  # the store itself is what failed: the error said so
+        claim_launcher_run(None)
 
 
 @hydra.main(config_path=".", config_name="config", version_base=None)
@@ -463,6 +611,7 @@ def go(config: DictConfig) -> None:
         code = run_pipeline(config)
     except StepError as err:
         print(f"error: {err}", file=sys.stderr)
+        discard_launcher_run()
         code = 1
     except Interrupted as stop:
         where = f" during {stop.during}: its processes are stopped and its run KILLED" if stop.during else ""
@@ -478,10 +627,10 @@ def go(config: DictConfig) -> None:
 def hydra_arguments(argv: list[str]) -> list[str]:
     """Make the command line Hydra's: `-P hydra_options="a=1 b='x y'"` arrives as one argument,
     so split it on the spaces outside quotes (keeping the quotes for Hydra's parser), and quote
-    a step list, which Hydra would otherwise read as a sweep (`main.steps=a,b`)."""
+    a list of steps (or of pins), which Hydra would otherwise read as a sweep (`main.steps=a,b`)."""
     token = re.compile(r"""(?:[^\s'"]|'[^']*'|"[^"]*")+""")
     parts = [part for arg in argv for part in token.findall(arg)]
-    steps = re.compile(r"^(main\.steps)=([\w,]+,[\w,]*)$")
+    steps = re.compile(r"^(main\.(?:steps|force|pin))=([\w:,]+,[\w:,]*)$")
     return [steps.sub(r"\1='\2'", part) for part in parts]
 
 
@@ -522,7 +671,9 @@ if __name__ == "__main__":
     try:
         check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
     except StepError as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        discard_launcher_run()
+        sys.exit(1)
     except Interrupted as stop:
         sys.exit(stop.exit_code)
     try:

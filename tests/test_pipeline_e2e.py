@@ -65,7 +65,7 @@ def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run
 
 
 def test_subset_takes_inputs_from_earlier_runs(project, full_run):
-    preprocess = latest(project, "preprocess")
+    preprocess = full_run_steps(project, full_run)[1]
     before = len(project.step_runs())
     result = project.mlflow_run("steps=train_model,evaluate", hydra_options=f"{SHRUNK} train_model.lr=0.002")
     assert result.returncode == 0, result.output[-3000:]
@@ -169,8 +169,9 @@ def test_missing_upstream_says_which_step_to_run_first(tmp_path):
     fresh = make_project(tmp_path)
     result = fresh.run("python", "main.py", "main.steps=evaluate")
     assert result.returncode != 0
-    assert "no finished train_model run" in result.stderr
-    assert "-P steps=train_model" in result.stderr
+    assert "no finished download_dataset run matches this configuration" in result.stderr
+    assert "-P steps=download_dataset,preprocess,train_model,evaluate" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert fresh.step_runs() == []
 
 

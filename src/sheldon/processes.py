@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -116,3 +117,17 @@ def die_with_pipeline(poll: float = 0.5, grace: float = 5.0) -> None:
         os.killpg(group, signal.SIGKILL)
 
     threading.Thread(target=watch, name="sheldon-pipeline-watch", daemon=True).start()
+
+
+def when_gone(pid: int, command: list[str]) -> None:
+    """Run `command` in the background, in a session of its own, once process `pid` has exited
+    (it need not be our child: its exit is polled)."""
+    wait = "import psutil, subprocess, sys\ntry:\n    psutil.Process(int(sys.argv[1])).wait()\n"
+    wait += "except psutil.NoSuchProcess:\n    pass\nsubprocess.run(sys.argv[2:])"
+    subprocess.Popen(
+        [sys.executable, "-c", wait, str(pid), *command],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -1,0 +1,152 @@
+"""Inputs come from the configuration, not from whatever ran last; runs pinned by hand say so;
+failure hints say what fixes the failure; launches leave nothing in the Default experiment."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+
+import pytest
+from conftest import SHRUNK
+
+pytestmark = pytest.mark.e2e
+
+
+def pipeline_steps(project, output: str) -> dict[str, object]:
+    """The step runs of the pipeline run an output names, by step."""
+    pipeline_id = re.search(r"pipeline run ([0-9a-f]{32})", output)[1]
+    return {
+        r.data.tags["sheldon.step"]: r
+        for r in project.step_runs()
+        if r.data.tags.get("mlflow.parentRunId") == pipeline_id
+    }
+
+
+@pytest.fixture(scope="module")
+def configured(project, full_run):
+    """The full run's step runs, and a preprocess run made by hand with another seed after it."""
+    runs = {
+        r.data.tags["sheldon.step"]: r
+        for r in project.step_runs()
+        if r.data.tags.get("mlflow.parentRunId")
+        == re.search(r"pipeline run ([0-9a-f]{32})", full_run.stdout)[1]
+    }
+    result = project.run(
+        "mlflow",
+        "run",
+        "src/preprocess",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "sheldon",
+        "-P",
+        f"raw_data=runs:/{runs['download_dataset'].info.run_id}/raw_data",
+        "-P",
+        "seed=7",
+    )
+    assert result.returncode == 0, result.output[-3000:]
+    by_hand = project.step_runs("preprocess")[-1]
+    assert by_hand.data.params["seed"] == "7"
+    return runs, by_hand
+
+
+def test_a_subset_takes_the_upstream_run_of_its_configuration_not_the_latest(project, configured):
+    runs, by_hand = configured
+    result = project.run("python", "main.py", "main.steps=train_model", *SHRUNK.split())
+    assert result.returncode == 0, result.output[-3000:]
+    preprocess = runs["preprocess"].info.run_id
+    assert f"splits <- preprocess run {preprocess[:8]} (cached, same config)" in result.stdout
+    assert by_hand.info.run_id[:8] not in result.stdout
+    assert re.search(rf"^preprocess\s+cached\s+0.0\s+{preprocess}", result.stdout, re.M)
+
+
+def test_an_upstream_that_this_configuration_never_produced_stops_before_anything_runs(project, configured):
+    before = len(project.step_runs())
+    result = project.run("python", "main.py", "main.steps=evaluate", *SHRUNK.split(), "train_model.epochs=3")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert (
+        "evaluate needs the output of train_model, but no finished train_model run matches" in result.stderr
+    )
+    assert "mlflow run . --env-manager local -P steps=train_model,evaluate -P hydra_options=" in result.stderr
+    assert "train_model.epochs=3'" in result.stderr  # the user's overrides are kept
+    assert "main.pin=train_model:<run id>" in result.stderr
+    assert len(project.step_runs()) == before
+
+
+def test_a_run_pinned_by_hand_is_used_and_said_to_be(project, configured):
+    _, by_hand = configured
+    result = project.run(
+        "python",
+        "main.py",
+        "main.steps=train_model",
+        *SHRUNK.split(),
+        f"main.pin=preprocess:{by_hand.info.run_id}",
+    )
+    assert result.returncode == 0, result.output[-3000:]
+    assert f"splits <- preprocess run {by_hand.info.run_id[:8]} (pinned by hand)" in result.stdout
+    assert re.search(rf"^preprocess\s+pinned\s+0.0\s+{by_hand.info.run_id}", result.stdout, re.M)
+    train = pipeline_steps(project, result.stdout)["train_model"]
+    assert train.data.params["splits"] == f"runs:/{by_hand.info.run_id}/splits"
+    assert train.data.tags["sheldon.input_source.splits"].endswith("(pinned by hand)")
+
+
+@pytest.mark.parametrize(
+    ("pin", "complaint"),
+    [
+        ("preprocess:0123456789abcdef0123456789abcdef", "no such run"),
+        ("preprocess:{train}", "that is a run of train_model, not of preprocess"),
+        ("train_model:{train}", "main.pin names a run for train_model, which this pipeline runs"),
+        ("preprocess", "expected <step>:<run id>"),
+    ],
+    ids=["no-such-run", "other-step", "selected-step", "malformed"],
+)
+def test_a_bad_pin_is_one_line_and_runs_nothing(project, configured, pin, complaint):
+    runs, _ = configured
+    before = len(project.step_runs())
+    pin = pin.format(train=runs["train_model"].info.run_id)
+    result = project.run("python", "main.py", "main.steps=train_model", *SHRUNK.split(), f"main.pin={pin}")
+    assert result.returncode == 1
+    assert complaint in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert len(project.step_runs()) == before
+
+
+def test_a_crash_is_resumed_and_a_bad_setting_is_named(project, configured):
+    crashed = project.run("python", "main.py", "main.steps=train_model", *SHRUNK.split(), "train_model.lr=-1")
+    assert crashed.returncode == 1
+    assert "step train_model failed; later steps did not run" in crashed.stderr
+    assert "train_model.lr=-1 train_model.resume=true" in crashed.stderr
+    refused = project.run(
+        "python", "main.py", "main.steps=train_model", *SHRUNK.split(), "train_model.device=tpu"
+    )
+    assert refused.returncode == 1
+    assert "error: step train_model failed: device='tpu': use one of" in refused.stderr
+    assert "Change what it names" in refused.stderr and "mlflow run" not in refused.stderr.split("failed:")[1]
+
+
+def test_a_cached_download_brings_data_raw_back(project, configured):
+    raw = project.root / "data" / "raw"
+    saved = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    shutil.rmtree(raw)
+    result = project.run("python", "main.py", "main.steps=download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    assert (
+        "download_dataset: cached, but" in result.stdout and "is missing: running it again" in result.stdout
+    )
+    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == saved
+    again = project.run("python", "main.py", "main.steps=download_dataset")
+    assert re.search(r"^download_dataset\s+cached", again.stdout, re.M), again.output[-3000:]
+
+
+def default_experiment_runs(project) -> list:
+    return project.client().search_runs(["0"])
+
+
+def test_mlflow_run_leaves_nothing_in_the_default_experiment(project, full_run):
+    failed = project.mlflow_run("steps=bogus")
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    deadline = time.time() + 30  # the launcher's run is deleted once `mlflow run` has exited
+    while default_experiment_runs(project) and time.time() < deadline:
+        time.sleep(0.5)
+    assert default_experiment_runs(project) == []
