@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The stamp is named for the dependency lists' content: a checkout that only touches pyproject.toml
+# reinstalls nothing, an edited pin reinstalls.
+DEPS := $(shell sed -n '/^dependencies = \[/,/^]/p;/^dev = \[/,/^]/p' pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
@@ -10,11 +13,12 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 setup: $(STAMP)
 
-# Reinstalls only when pyproject.toml changes. torch==2.13.0 takes the local CPU wheel.
-$(STAMP): pyproject.toml
+# torch==2.13.0 takes the local CPU wheel.
+$(STAMP):
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 # The tracking store is checked first (sheldon/store.py, ~0.1 s): an unreachable server or a broken

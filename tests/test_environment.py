@@ -3,6 +3,12 @@ builds what `make` builds."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import time
+
 import pytest
 import tomllib
 import yaml
@@ -42,3 +48,27 @@ def test_every_step_has_a_conda_env():
     for step in REPO.glob("src/*/MLproject"):
         assert yaml.safe_load(step.read_text())["conda_env"] == "conda.yml"
         assert (step.parent / "conda.yml").is_file()
+
+
+def test_make_reinstalls_when_a_dependency_list_changes_not_when_pyproject_is_touched(tmp_path):
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+
+    def installs() -> bool:
+        dry_run = subprocess.run(["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True)
+        return "pip install" in dry_run.stdout
+
+    assert installs()  # a new clone
+    stamp = re.search(
+        r"touch (\S+)",
+        subprocess.run(["make", "-n", "setup"], cwd=tmp_path, capture_output=True, text=True).stdout,
+    )[1]
+    (tmp_path / stamp).parent.mkdir()
+    (tmp_path / stamp).touch()
+    assert not installs()
+    later = time.time() + 60
+    os.utime(tmp_path / "pyproject.toml", (later, later))  # a checkout rewrote it
+    assert not installs()
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"ruff==0.17.6"', '"ruff==0.17.5"'))
+    assert installs()
