@@ -66,4 +66,4 @@ fashion-mnist:
 	else echo "no apt-get here: the Fashion-MNIST test will be skipped"; fi
 
 clean:
-	rm -rf mlflow.db mlruns mlartifacts wandb outputs checkpoints
+	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts wandb outputs checkpoints

@@ -518,7 +518,7 @@ def failure_hint(failed: StepResult, selected: list[str], env_manager: str) -> s
     error = run.data.tags.get(ERROR_TAG, "") if run else ""
     if error:
         return (
-            f"error: step {failed.step} failed: {error}\nChange what it names (config.yaml, or "
+            f"error: step {failed.step} failed: {error}\nFix what it says (a setting: in config.yaml or "
             "-P hydra_options=...), then run the pipeline again: the steps that finished are reused."
         )
     resume = resume_command(selected, env_manager, _resume_overrides.get(failed.step))

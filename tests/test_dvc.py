@@ -370,12 +370,14 @@ def test_download_new_of_a_class_too_small_to_split_is_one_line_and_changes_noth
         "python", "main.py", "main.steps=download_dataset", "data.download_new=true", f"data.source={source}"
     )
     assert result.returncode != 0
-    refusals = [line for line in result.output.splitlines() if "class 3 has 1 sample" in line]
-    assert refusals == [
-        "error: class 3 has 1 sample, too few for preprocess's stratified split: with "
+    refusal = (
+        "class 3 has 1 sample, too few for preprocess's stratified split: with "
         "preprocess.val_size=0.15 and preprocess.test_size=0.15, a class of these 61 samples needs 8 so that "
         "train, val and test each get one whatever the seed; add samples of class 3"
-    ], result.output[-3000:]
+    )
+    refusals = [line for line in result.output.splitlines() if "class 3 has 1 sample" in line]
+    # the step's own line, then the pipeline's last word, after its summary table
+    assert refusals == [f"error: {refusal}", f"error: step download_dataset failed: {refusal}"], result.output[-3000:]
     assert "Traceback" not in result.output
     assert snapshot(root, tmp_path / "remote") == before
 

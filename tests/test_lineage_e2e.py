@@ -122,7 +122,7 @@ def test_a_crash_is_resumed_and_a_bad_setting_is_named(project, configured):
     )
     assert refused.returncode == 1
     assert "error: step train_model failed: device='tpu': use one of" in refused.stderr
-    assert "Change what it names" in refused.stderr and "mlflow run" not in refused.stderr.split("failed:")[1]
+    assert "Fix what it says" in refused.stderr and "mlflow run" not in refused.stderr.split("failed:")[1]
 
 
 def test_a_cached_download_brings_data_raw_back(project, configured):
