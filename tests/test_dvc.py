@@ -377,7 +377,9 @@ def test_download_new_of_a_class_too_small_to_split_is_one_line_and_changes_noth
     )
     refusals = [line for line in result.output.splitlines() if "class 3 has 1 sample" in line]
     # the step's own line, then the pipeline's last word, after its summary table
-    assert refusals == [f"error: {refusal}", f"error: step download_dataset failed: {refusal}"], result.output[-3000:]
+    assert refusals == [f"error: {refusal}", f"error: step download_dataset failed: {refusal}"], (
+        result.output[-3000:]
+    )
     assert "Traceback" not in result.output
     assert snapshot(root, tmp_path / "remote") == before
 
