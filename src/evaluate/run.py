@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from sheldon.cli import fraction, run_cli
+from sheldon.cli import fraction, progress, run_cli, stages
 from sheldon.datasets import load_split
 from sheldon.errors import StepError
 from sheldon.tracking import StepRun, step_run
@@ -134,28 +134,35 @@ def main(args: argparse.Namespace) -> None:
             raise StepError(f"evaluate.batch_size must be positive, got {args.batch_size}")
         model = load_model(run.fetch_input("model", args.model), device)
         x, y = load_split(run.fetch_input("splits", args.splits), "test")
-        probabilities = predict(model, torch.from_numpy(x).to(device), args.batch_size).cpu().numpy()
+        with progress(len(x), "predicting", "image") as bar:
+            probabilities = predict(model, torch.from_numpy(x).to(device), args.batch_size, bar=bar)
+        probabilities = probabilities.cpu().numpy()
         y_pred, confidence = probabilities.argmax(1), probabilities.max(1)
         num_classes = max(int(y.max()) + 1, args.num_classes)
         metrics = score(y, y_pred, num_classes)
         run.log_metrics(metrics)
-        log_figure(run, confusion_figure(y, y_pred, num_classes), "confusion_matrix.png")
-        log_figure(
-            run, misclassified_figure(x, y, y_pred, confidence, args.misclassified), "misclassified.png"
-        )
         train_run = train_run_of(args.model)
-        if train_run is not None:
-            log_figure(run, curves_figure(learning_curves(train_run), train_run), "learning_curves.png")
-        else:
+        with stages(4, "logging results") as begin:
+            begin("confusion matrix")
+            log_figure(run, confusion_figure(y, y_pred, num_classes), "confusion_matrix.png")
+            begin("misclassified images")
+            log_figure(
+                run, misclassified_figure(x, y, y_pred, confidence, args.misclassified), "misclassified.png"
+            )
+            begin("learning curves")
+            if train_run is not None:
+                log_figure(run, curves_figure(learning_curves(train_run), train_run), "learning_curves.png")
+            begin("predictions table")
+            run.log_table(
+                "predictions",
+                ["index", "label", "prediction", "confidence", "correct"],
+                [
+                    [i, int(t), int(p), round(float(c), 4), bool(t == p)]
+                    for i, (t, p, c) in enumerate(zip(y, y_pred, confidence, strict=True))
+                ],
+            )
+        if train_run is None:
             print(f"no learning curves: {args.model} does not name a training run (runs:/<id>/model)")
-        run.log_table(
-            "predictions",
-            ["index", "label", "prediction", "confidence", "correct"],
-            [
-                [i, int(t), int(p), round(float(c), 4), bool(t == p)]
-                for i, (t, p, c) in enumerate(zip(y, y_pred, confidence, strict=True))
-            ],
-        )
         run.log_metrics({"peak_memory_mb": peak_memory_mb()})
         accuracy = metrics["test_accuracy"]
         run.headline("test_accuracy", accuracy)

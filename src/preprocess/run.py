@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from sheldon.cli import run_cli
+from sheldon.cli import run_cli, stages
 from sheldon.datasets import Dataset, Split, load_raw, save_splits, validate
 from sheldon.tracking import step_run
 
@@ -27,14 +27,14 @@ def split(dataset: Dataset, plan: Split, seed: int) -> dict[str, tuple[np.ndarra
     """Stratified split into train/val/test (sizes are fractions of the whole dataset); `plan`
     first refuses labels it cannot split so that every class reaches every split."""
     plan.check(dataset.labels)
-    x, y = scale(dataset.images), dataset.labels
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=plan.test_size, stratify=y, random_state=seed
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=plan.val_share, stratify=y_rest, random_state=seed
-    )
-    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    y = dataset.labels
+    # Split sample indices, then scale each split: the same samples in the same order as splitting
+    # the scaled array, without two extra copies of it in float32 (~0.4 GB for Fashion-MNIST).
+    rest, test = train_test_split(np.arange(len(y)), test_size=plan.test_size, stratify=y, random_state=seed)
+    train, val = train_test_split(rest, test_size=plan.val_share, stratify=y[rest], random_state=seed)
+    return {
+        name: (scale(dataset.images[i]), y[i]) for name, i in (("train", train), ("val", val), ("test", test))
+    }
 
 
 def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int) -> dict:
@@ -44,14 +44,18 @@ def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: 
 def main(args: argparse.Namespace) -> None:
     with step_run(STEP, vars(args)) as run:
         plan = Split(args.val_size, args.test_size, args.num_classes)
-        dataset = load_raw(run.fetch_input("raw_data", args.raw_data))
-        validate(dataset)
-        splits = split(dataset, plan, args.seed)
-        counts = class_counts(splits, args.num_classes)
-        with tempfile.TemporaryDirectory(prefix="sheldon-splits-") as out:
-            save_splits(splits, Path(out))
-            (Path(out) / "class_counts.json").write_text(json.dumps(counts, indent=2))
-            run.log_artifact(Path(out), "splits", "dataset", metadata={"class_counts": counts})
+        with stages(3, STEP) as begin:
+            begin("reading raw_data")
+            dataset = load_raw(run.fetch_input("raw_data", args.raw_data))
+            validate(dataset)
+            begin("splitting")
+            splits = split(dataset, plan, args.seed)
+            counts = class_counts(splits, args.num_classes)
+            begin("logging splits")
+            with tempfile.TemporaryDirectory(prefix="sheldon-splits-") as out:
+                save_splits(splits, Path(out))
+                (Path(out) / "class_counts.json").write_text(json.dumps(counts, indent=2))
+                run.log_artifact(Path(out), "splits", "dataset", metadata={"class_counts": counts})
         run.log_metrics({f"n_{name}": len(y) for name, (_, y) in splits.items()})
         run.headline("n_train", len(splits["train"][1]))
         print("split sizes: " + ", ".join(f"{n}={len(y)}" for n, (_, y) in splits.items()))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from sheldon.errors import StepError, shorten
@@ -56,6 +57,24 @@ def progress(total: int | None, desc: str, unit: str = "it") -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, mininterval=0.1 if sys.stderr.isatty() else 10)
+
+
+@contextmanager
+def stages(total: int, desc: str) -> Iterator[Callable[[str], None]]:
+    """A progress bar over a step's `total` stages: each call of the function it yields ends the
+    stage under way and names the next one in the bar. Left where it stopped on an error."""
+    with progress(total, desc, "stage") as bar:
+        begun: list[str] = []
+
+        def begin(name: str) -> None:
+            if begun:
+                bar.update()
+            begun.append(name)
+            bar.set_postfix_str(name)
+
+        yield begin
+        if begun:
+            bar.update()
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> NoReturn:

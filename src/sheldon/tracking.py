@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -40,6 +41,8 @@ def configure_tracking() -> str:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # costs ~0.8 s a run offline
+    # One bar per fetched input, of files copied in milliseconds: noise in a step's output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("WANDB_DIR", str(REPO_ROOT))
     os.environ.setdefault("WANDB_SILENT", "true")
     return uri
@@ -191,11 +194,15 @@ class StepRun:
         mlflow.set_tag(UNCACHEABLE_TAG, reason)
 
     def log_figure(self, figure: Any, filename: str) -> None:
-        """Log a matplotlib figure as a PNG in MLflow and as an image in W&B."""
+        """Log a matplotlib figure as a PNG in MLflow and as an image in W&B, rendered once."""
         import wandb
 
-        mlflow.log_figure(figure, filename)
-        self.wandb.log({Path(filename).stem: wandb.Image(figure)})
+        folder = Path(filename).parent.as_posix()
+        with tempfile.TemporaryDirectory(prefix="sheldon-figure-") as tmp:
+            png = Path(tmp) / Path(filename).name
+            figure.savefig(png)
+            mlflow.log_artifact(str(png), artifact_path=None if folder == "." else folder)
+            self.wandb.log({png.stem: wandb.Image(str(png))})
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Log a table: JSON in MLflow, a W&B Table in W&B."""

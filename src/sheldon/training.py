@@ -205,11 +205,17 @@ def evaluate_batches(
     return totals
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """Class probabilities (N, classes) as float32 on the device of `x`."""
+def predict(
+    model: nn.Module, x: torch.Tensor, batch_size: int, bf16: bool = False, bar: Any | None = None
+) -> torch.Tensor:
+    """Class probabilities (N, classes) as float32 on the device of `x`; `bar` (tqdm) counts samples."""
     model.eval()
+    logits = []
     with torch.inference_mode(), autocast(x.device, bf16):
-        logits = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+        for start in range(0, len(x), batch_size):
+            logits.append(model(x[start : start + batch_size]).float())
+            if bar is not None:
+                bar.update(len(logits[-1]))  # a shape: no wait on the device
     return torch.cat(logits).softmax(1)
 
 

@@ -9,6 +9,7 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from sheldon.training import (
     shard,
     train_epoch,
 )
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 STEP = "train_model"
 CHECKPOINT = "last.pt"
@@ -350,7 +354,21 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         torch.distributed.destroy_process_group()
 
 
-def log_model(model: nn.Module, example: np.ndarray) -> None:
+@contextmanager
+def without_message(logger: str, prefix: str) -> Iterator[None]:
+    """Silence one known message of a library's logger (and only it) while the block runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logging.getLogger(logger).addFilter(keep)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(keep)
+
+
+def log_model(model: nn.Module, example: np.ndarray) -> ModelInfo:
     """Log with signature and input example. Pickled (not pt2-exported) so evaluate and later
     training get a plain nn.Module; requirements pinned rather than inferred, which is slow."""
     import mlflow
@@ -359,14 +377,17 @@ def log_model(model: nn.Module, example: np.ndarray) -> None:
     model = model.cpu()
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, logits),
-        input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        serialization_format="pickle",
-    )
+    # Pickle is this step's choice, made above: MLflow's caution about it, repeated on every run,
+    # would say nothing new. Its other warnings still show.
+    with without_message("mlflow.pytorch", "Saving pytorch model by Pickle"):
+        return mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, logits),
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            serialization_format="pickle",
+        )
 
 
 def fit_and_log(args: argparse.Namespace, world: World, run: StepRun | None) -> None:
