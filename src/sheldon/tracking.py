@@ -22,7 +22,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import RunStatus
 
-from sheldon.artifacts import digest_path
+from sheldon.artifacts import digest_path, fetch
 from sheldon.cache import DIGEST_TAG, UNCACHEABLE_TAG
 from sheldon.errors import StepError
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
@@ -153,8 +153,6 @@ class StepRun:
 
     def fetch_input(self, name: str, uri: str) -> Path:
         """Download an input artifact (any MLflow artifact URI) and record where it came from."""
-        from sheldon.artifacts import fetch
-
         mlflow.set_tag(f"sheldon.input.{name}", uri)
         reference = wandb_reference(uri)
         # Offline the reference is recorded in the config (use_artifact raises offline), ready for sync.
@@ -172,21 +170,34 @@ class StepRun:
         self, local_path: Path, name: str, kind: str, metadata: Mapping[str, Any] | None = None
     ) -> str:
         """Log a file or folder as artifact `name` in MLflow and W&B; returns its MLflow URI."""
-        import wandb
-
         local_path = Path(local_path)
         if local_path.is_dir():
             mlflow.log_artifacts(str(local_path), artifact_path=name)
         else:
             mlflow.log_artifact(str(local_path), artifact_path=name)
+        self._log_wandb_artifact(local_path, name, kind, metadata)
+        return f"runs:/{self.run_id}/{name}"
+
+    def log_logged_model(self, model_uri: str, name: str) -> None:
+        """Give W&B, as a `model` artifact named `name`, the MLflow 3 logged model at `model_uri`
+        (`models:/<id>`: it lives beside the run's artifacts, not among them), so that W&B holds
+        the same outputs as MLflow and `<name>:mlflow-<run id>` resolves there."""
+        self._log_wandb_artifact(fetch(model_uri), name, "model", {"mlflow_model_uri": model_uri})
+
+    def _log_wandb_artifact(
+        self, local_path: Path, name: str, kind: str, metadata: Mapping[str, Any] | None
+    ) -> None:
+        """The W&B side of an output MLflow holds: an artifact whose alias names this MLflow run,
+        and the output's content digest as a tag (downstream cache keys see content)."""
+        import wandb
+
         artifact = wandb.Artifact(name, type=kind, metadata=dict(metadata or {}))
         if local_path.is_dir():
             artifact.add_dir(str(local_path))
         else:
             artifact.add_file(str(local_path))
         self.wandb.log_artifact(artifact, aliases=["latest", f"mlflow-{self.run_id}"])
-        mlflow.set_tag(DIGEST_TAG + name, digest_path(local_path))  # lets downstream cache keys see content
-        return f"runs:/{self.run_id}/{name}"
+        mlflow.set_tag(DIGEST_TAG + name, digest_path(local_path))
 
     def not_cacheable(self, reason: str) -> None:
         """Mark this run as never to be reused by the step cache (its output depends on more

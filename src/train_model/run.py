@@ -1,7 +1,8 @@
 """train_model: build the model, optimizer and LR schedule named in config (Hydra `_target_`),
 train on the `splits` artifact with early stopping and a checkpoint every epoch, and log the best
-epoch's model with mlflow.pytorch. nproc_per_node > 1 re-launches this script under torchrun
-(DistributedDataParallel: gloo on CPU, nccl on GPU); only rank 0 logs to MLflow and W&B."""
+epoch's model with mlflow.pytorch (an MLflow 3 logged model) and in W&B as a `model` artifact.
+nproc_per_node > 1 re-launches this script under torchrun (DistributedDataParallel: gloo on CPU,
+nccl on GPU); only rank 0 logs to MLflow and W&B."""
 
 from __future__ import annotations
 
@@ -414,7 +415,8 @@ def fit_and_log(args: argparse.Namespace, world: World, run: StepRun | None) -> 
         )
     if run is None:
         return
-    log_model(model, train_xy[0][:4])
+    logged = log_model(model, train_xy[0][:4])
+    run.log_logged_model(logged.model_uri, "model")
     best = max(h["val_accuracy"] for h in history)
     best_epoch = 1 + [h["val_accuracy"] for h in history].index(best)
     run.log_metrics(
