@@ -176,8 +176,8 @@ def main(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     arg = p.add_argument
-    arg("--model", required=True, help="MLflow URI of train_model's model")
-    arg("--splits", required=True, help="MLflow URI of preprocess's splits artifact")
+    arg("--model", default="", help="MLflow URI of train_model's model (required)")
+    arg("--splits", default="", help="MLflow URI of preprocess's splits artifact (required)")
     arg("--batch_size", type=int, default=512, help="samples per inference batch")
     arg("--num_classes", type=int, default=10, help="classes shown in the metrics")
     arg("--min_accuracy", type=fraction, default=0.0, help="fail below this test accuracy (0 to 1)")

@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--raw_data", required=True, help="MLflow URI of the raw_data artifact")
+    p.add_argument("--raw_data", default="", help="MLflow URI of the raw_data artifact (required)")
     p.add_argument("--val_size", type=float, default=0.15, help="fraction of samples for validation")
     p.add_argument("--test_size", type=float, default=0.15, help="fraction of samples for test")
     p.add_argument("--num_classes", type=int, default=10, help="labels must lie in 0..num_classes-1")

@@ -4,6 +4,7 @@ whatever happens inside; StepRun logs everything to both trackers at once."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import netrc
 import os
@@ -16,22 +17,35 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil
+import yaml
 from mlflow.entities import RunStatus
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from sheldon.artifacts import digest_path, fetch
 from sheldon.cache import DIGEST_TAG, UNCACHEABLE_TAG
-from sheldon.errors import StepError
+from sheldon.errors import StepError, shorten
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
-from sheldon.processes import PIPELINE_ENV, PROCESS_TAG, STOPPED_TAG, Interrupted, process_token
+from sheldon.processes import (
+    PIPELINE_ENV,
+    PROCESS_TAG,
+    STOPPED_TAG,
+    Interrupted,
+    process_token,
+    when_gone,
+)
 
 STEP_TAG = "sheldon.step"
 HEADLINE_TAG = "sheldon.headline"
 ERROR_TAG = "sheldon.error"  # the one-line StepError a step failed with (a setting or input to fix)
 DEFAULT_PROJECT = "sheldon"
+_DELETE_RUN = "import mlflow, sys; mlflow.MlflowClient().delete_run(sys.argv[1])"
 WANDB_SETTLED = "SHELDON_WANDB_MODE"  # equals WANDB_MODE when sheldon chose it, not the user
 
 
@@ -124,6 +138,103 @@ def wandb_reference(uri: str) -> str:
     carries its MLflow run id as an alias. Empty for other URIs."""
     match = re.fullmatch(r"runs:/([0-9a-f]+)/([\w.-]+)/?", uri)
     return f"{match[2]}:mlflow-{match[1]}" if match else ""
+
+
+@functools.cache
+def configured(section: str) -> dict[str, Any]:
+    """A section of the repo's config.yaml as written (no Hydra: a step on its own needs only a
+    few plain values of it, such as main.experiment_name and its own inputs)."""
+    path = REPO_ROOT / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise StepError(f"cannot read {path}: {shorten(err)}") from None
+    return config.get(section) or {}
+
+
+def missing_inputs(step: str, params: Mapping[str, Any]) -> str:
+    """What to give a step started without the URI of an input that config.yaml declares for it
+    (`<step>.inputs`), as one line; '' when none is missing."""
+    declared = configured(step).get("inputs") or {}
+    missing = {n: str(source) for n, source in declared.items() if n in params and not params[n]}
+    if not missing:
+        return ""
+    flag = "-P {}=" if os.environ.get("MLFLOW_RUN_ID") else "--{} "  # `mlflow run`, or run.py itself
+    uris = " ".join(
+        flag.format(name) + f"runs:/<{source.split('/')[0]} run id>/{source.split('/')[-1]}"
+        for name, source in missing.items()
+    )
+    return (
+        f"{step} needs {' and '.join(missing)}: {uris} (run ids are in the MLflow UI and a "
+        f"pipeline's summary), or let the pipeline find {'it' if len(missing) == 1 else 'them'}: "
+        f"mlflow run . --env-manager local -P steps={step}"
+    )
+
+
+def standalone_experiment(launch: mlflow.entities.Run | None) -> str | None:
+    """The experiment id a step launched on its own moves to: config.yaml's main.experiment_name
+    when its run would land in Default (`mlflow run src/<step>` without --experiment-name, or run.py
+    itself). None when a pipeline launched it or the user chose the experiment (--experiment-name,
+    MLFLOW_EXPERIMENT_NAME, MLFLOW_EXPERIMENT_ID: `mlflow run` turns the first into the last)."""
+    if PIPELINE_ENV in os.environ or os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return None
+    current = (
+        launch.info.experiment_id
+        if launch
+        else os.environ.get("MLFLOW_EXPERIMENT_ID") or DEFAULT_EXPERIMENT_ID
+    )
+    if current != DEFAULT_EXPERIMENT_ID:
+        return None
+    name = str(configured("main").get("experiment_name") or "")
+    if not name:
+        raise StepError(f"{REPO_ROOT / 'config.yaml'} sets no main.experiment_name")
+    experiment = mlflow.set_experiment(name)
+    return experiment.experiment_id if experiment.experiment_id != current else None
+
+
+def open_step_run(step: str, params: Mapping[str, Any]) -> mlflow.ActiveRun:
+    """The step's MLflow run, named after the step: the run `mlflow run` created for it, or, for a
+    step launched on its own into Default, a new run in the configured experiment that takes the
+    launch run's tags (source, git commit) and parameters. A run cannot move between experiments,
+    so the launch run is then deleted: Default keeps nothing. A missing input stops the step
+    before any run is opened."""
+    client = mlflow.MlflowClient()
+    launch_id = os.environ.get("MLFLOW_RUN_ID")
+    launch = client.get_run(launch_id) if launch_id else None
+    experiment_id = standalone_experiment(launch)
+    if problem := missing_inputs(step, params):
+        if launch and experiment_id:
+            delete_launcher_run(launch.info.run_id)
+        raise StepError(problem)
+    if experiment_id is None:
+        return mlflow.start_run(run_name=step)  # names the launch run too
+    os.environ.pop("MLFLOW_RUN_ID", None)  # or start_run would resume the launch run
+    tags = {k: v for k, v in launch.data.tags.items() if k != MLFLOW_RUN_NAME} if launch else {}
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=step, tags=tags)
+    if launch:
+        mlflow.log_params(launch.data.params)
+        delete_launcher_run(launch.info.run_id)
+        name = mlflow.get_experiment(experiment_id).name
+        print(
+            f"{step}: run {active.info.run_id} in experiment {name!r} (config.yaml "
+            f"main.experiment_name); `mlflow run`'s own run {launch_id} in Default goes when it exits"
+        )
+    return active
+
+
+def delete_launcher_run(run_id: str) -> None:
+    """Delete the run `mlflow run` opened for this launch, once that `mlflow run` has exited: its
+    last act is to set the run's status, and on a deleted run that raises (a traceback). Without
+    such a process above this one, at once."""
+    cli = next((p for p in psutil.Process().parents() if _is_mlflow_run(p.cmdline())), None)
+    if cli is None:
+        mlflow.MlflowClient().delete_run(run_id)
+    else:
+        when_gone(cli.pid, [sys.executable, "-c", _DELETE_RUN, run_id])
+
+
+def _is_mlflow_run(argv: list[str]) -> bool:
+    return any(Path(word).name == "mlflow" and then == "run" for word, then in pairwise(argv))
 
 
 class StepRun:
@@ -231,14 +342,13 @@ def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) 
 
     configure_tracking()
     mode = settle_wandb_mode()
-    launched = bool(os.environ.get("MLFLOW_RUN_ID"))  # `mlflow run` created the run for us
-    with mlflow.start_run(run_name=None if launched else step) as active:
+    with open_step_run(step, params) as active:
         mlflow.set_tag(STEP_TAG, step)
         if PIPELINE_ENV not in os.environ:  # a pipeline tags the runs it launches with its own process
             mlflow.set_tag(PROCESS_TAG, process_token())
         experiment = mlflow.get_experiment(active.info.experiment_id).name
         wandb_run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            project=os.environ.get("WANDB_PROJECT") or configured("main").get("project_name"),
             group=os.environ.get("WANDB_RUN_GROUP") or experiment,
             job_type=job_type or step,
             name=f"{step}-{active.info.run_id[:8]}",

@@ -29,7 +29,7 @@ from sheldon.cli import boolean, json_value, progress, run_cli
 from sheldon.datasets import load_split
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import repo_path
-from sheldon.tracking import StepRun, step_run
+from sheldon.tracking import StepRun, missing_inputs, step_run
 from sheldon.training import (
     Batches,
     Totals,
@@ -153,6 +153,8 @@ def check_resume(folder: Path) -> None:
 
 def check(args: argparse.Namespace, world: World) -> torch.device:
     """Every check on the parameters, before anything is fetched or trained; returns the device."""
+    if problem := missing_inputs(STEP, vars(args)):
+        raise StepError(problem)
     Settings.from_args(args).check()
     usable_folder("train_model.checkpoint_dir", args.checkpoint_dir)
     device = select_device(args.device, world.local_rank)
@@ -478,7 +480,7 @@ def optional_json(value: str) -> Any:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     arg = p.add_argument
-    arg("--splits", required=True, help="MLflow URI of preprocess's splits artifact")
+    arg("--splits", default="", help="MLflow URI of preprocess's splits artifact (required)")
     arg("--epochs", type=int, default=8, help="most passes over the training split")
     arg("--batch_size", type=int, default=64, help="samples per optimizer step, over all processes")
     arg("--lr", type=float, default=3e-3, help="learning rate given to the optimizer")

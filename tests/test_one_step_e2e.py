@@ -1,0 +1,122 @@
+"""A step launched on its own with `mlflow run src/<step>`, as the README shows: its run is named
+after the step and lands in config.yaml's experiment (Default keeps nothing), a missing input is
+one line, the output is quiet, and W&B holds the trained model under the alias evaluate refers to."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Project, make_project, wandb_records
+
+pytestmark = pytest.mark.e2e
+
+
+def mlflow_step(project: Project, step: str, *args: str):
+    result = project.run("mlflow", "run", f"src/{step}", "--env-manager", "local", *args)
+    assert "Traceback" not in result.output, result.output[-3000:]
+    return result
+
+
+def only_run(project: Project, step: str):
+    [run] = project.step_runs(step)
+    return run
+
+
+def default_experiment_is_empty(project: Project) -> bool:
+    """Whether Default holds no run, once `mlflow run` has exited and its own run is deleted."""
+    deadline = time.time() + 30
+    while project.client().search_runs(["0"]) and time.time() < deadline:
+        time.sleep(0.5)
+    return project.client().search_runs(["0"]) == []
+
+
+def wandb_run_of(project: Project, step: str) -> list:
+    """The records of the latest offline W&B run of a step."""
+    for run_dir in reversed(project.wandb_runs()):
+        records = wandb_records(run_dir)
+        if any(r.HasField("run") and r.run.job_type == step for r in records):
+            return records
+    raise AssertionError(f"no W&B run of {step}")
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory) -> Project:
+    project = make_project(tmp_path_factory.mktemp("one-step"))
+    result = mlflow_step(project, "download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    return project
+
+
+@pytest.fixture(scope="module")
+def preprocessed(standalone):
+    """The README's one-step example, as written: preprocess with another seed."""
+    raw_data = f"runs:/{only_run(standalone, 'download_dataset').info.run_id}/raw_data"
+    result = mlflow_step(standalone, "preprocess", "-P", f"raw_data={raw_data}", "-P", "seed=7")
+    assert result.returncode == 0, result.output[-3000:]
+    return result
+
+
+def test_a_missing_input_is_one_line_naming_it_and_how_to_get_one(standalone):
+    before = len(standalone.step_runs("preprocess"))
+    result = mlflow_step(standalone, "preprocess")
+    assert result.returncode != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: preprocess needs raw_data: -P raw_data=runs:/<download_dataset run id>/raw_data "
+        "(run ids are in the MLflow UI and a pipeline's summary), or let the pipeline find it: "
+        "mlflow run . --env-manager local -P steps=preprocess"
+    ]
+    assert len(standalone.step_runs("preprocess")) == before  # refused before any run was opened
+    assert default_experiment_is_empty(standalone)
+
+
+def test_the_readme_example_runs_in_the_configured_experiment_named_after_the_step(standalone, preprocessed):
+    result = preprocessed
+    run = only_run(standalone, "preprocess")  # standalone.step_runs() reads experiment `sheldon`
+    assert run.info.run_name == "preprocess" and run.info.status == "FINISHED"
+    raw_data = f"runs:/{only_run(standalone, 'download_dataset').info.run_id}/raw_data"
+    assert run.data.params["seed"] == "7" and run.data.params["raw_data"] == raw_data
+    assert run.data.tags["mlflow.source.type"] == "PROJECT"  # the launch run's tags came along
+    assert f"preprocess: run {run.info.run_id} in experiment 'sheldon'" in result.stdout
+    assert "preprocess: 100%" in result.stderr  # its progress
+    assert "Downloading artifacts" not in result.output
+    assert default_experiment_is_empty(standalone)
+
+
+def test_an_experiment_the_user_names_is_kept(standalone):
+    raw_data = f"runs:/{only_run(standalone, 'download_dataset').info.run_id}/raw_data"
+    result = mlflow_step(standalone, "preprocess", "--experiment-name", "mine", "-P", f"raw_data={raw_data}")
+    assert result.returncode == 0, result.output[-3000:]
+    [run] = standalone.runs("mine")
+    assert run.info.run_name == "preprocess" and run.info.status == "FINISHED"
+    assert f"run with ID '{run.info.run_id}'" in result.output  # the run `mlflow run` opened
+
+
+def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed):
+    splits = f"runs:/{only_run(standalone, 'preprocess').info.run_id}/splits"
+    trained = mlflow_step(standalone, "train_model", "-P", f"splits={splits}", "-P", "epochs=1")
+    assert trained.returncode == 0, trained.output[-3000:]
+    assert "Pickle" not in trained.output
+    train_id = only_run(standalone, "train_model").info.run_id
+    [model] = [r.artifact for r in wandb_run_of(standalone, "train_model") if r.HasField("artifact")]
+    assert (model.name, model.type) == ("model", "model")
+    assert f"mlflow-{train_id}" in model.aliases
+    assert any(Path(f.path).name == "MLmodel" for f in model.manifest.contents)
+
+    model_uri = f"runs:/{train_id}/model"
+    evaluated = mlflow_step(
+        standalone, "evaluate", "-P", f"model={model_uri}", "-P", f"splits={splits}", "-P", "min_accuracy=0.5"
+    )
+    assert evaluated.returncode == 0, evaluated.output[-3000:]
+    assert "predicting: 100%" in evaluated.stderr and "logging results: 100%" in evaluated.stderr
+    assert "Downloading artifacts" not in evaluated.output
+    config = {
+        u.key: u.value_json
+        for r in wandb_run_of(standalone, "evaluate")
+        if r.HasField("config")
+        for u in r.config.update
+    }
+    assert config["input.model.wandb"] == f'"model:mlflow-{train_id}"'  # resolves to the artifact above
+    assert default_experiment_is_empty(standalone)
