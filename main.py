@@ -20,12 +20,10 @@ import sys
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 import hydra
 import mlflow
-import psutil
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
@@ -52,7 +50,6 @@ from sheldon.processes import (
     process_token,
     raise_on_signals,
     stop_group,
-    when_gone,
 )
 from sheldon.store import check_tracking_store
 from sheldon.tracking import (
@@ -61,6 +58,7 @@ from sheldon.tracking import (
     STEP_TAG,
     allow_concurrent_runs,
     configure_tracking,
+    delete_launcher_run,
     settle_wandb_mode,
 )
 
@@ -92,7 +90,6 @@ ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 # with the same rule the step's own argument parser applies.
 _checked_early = {"evaluate.min_accuracy": fraction}
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-_DELETE_RUN = "import mlflow, sys; mlflow.MlflowClient().delete_run(sys.argv[1])"
 CACHED, PINNED = "cached, same config", "pinned by hand"  # where an input's run came from
 
 
@@ -362,16 +359,8 @@ def claim_launcher_run(experiment_id: str | None) -> str | None:
     launcher = os.environ.pop("MLFLOW_RUN_ID", None)
     if not launcher or mlflow.get_run(launcher).info.experiment_id == experiment_id:
         return launcher
-    cli = next((p for p in psutil.Process().parents() if _is_mlflow_run(p.cmdline())), None)
-    if cli is None:
-        mlflow.MlflowClient().delete_run(launcher)
-    else:
-        when_gone(cli.pid, [sys.executable, "-c", _DELETE_RUN, launcher])
+    delete_launcher_run(launcher)
     return None
-
-
-def _is_mlflow_run(argv: list[str]) -> bool:
-    return any(Path(word).name == "mlflow" and then == "run" for word, then in pairwise(argv))
 
 
 def open_pipeline_run(experiment_id: str, launcher: str | None) -> mlflow.ActiveRun:
