@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from sheldon.artifacts import fetch
 from sheldon.datasets import FASHION_MNIST_DIR, load_packaged, load_split
 from sheldon.errors import StepError
-from sheldon.training import predict
+from sheldon.training import TrainingSettings, World, load_checkpoint, predict, train
 
 train_model = load_step("train_model")
 TIMING = ("samples_per_s", "epoch_seconds")  # the only metrics allowed to differ between equal runs
@@ -55,11 +55,11 @@ def section(*overrides: str) -> dict:
     return values
 
 
-def settings(*overrides: str, **changes) -> train_model.Settings:
-    """The real config's Settings, shrunk: CPU, 2 epochs unless changed."""
-    names = {f.name for f in dataclasses.fields(train_model.Settings)}
+def settings(*overrides: str, **changes) -> TrainingSettings:
+    """The real config's TrainingSettings, shrunk: CPU, 2 epochs unless changed."""
+    names = {f.name for f in dataclasses.fields(TrainingSettings)}
     values = {k: v for k, v in section(*overrides).items() if k in names}
-    return train_model.Settings(**(values | {"device": "cpu", "epochs": 2} | changes))
+    return TrainingSettings(**(values | {"device": "cpu", "epochs": 2} | changes))
 
 
 def step_args(**changes):
@@ -78,8 +78,8 @@ def without_timing(history: list[dict]) -> list[dict]:
 
 
 def test_model_is_switched_by_one_override(data):
-    cnn, history = train_model.train(data["train"], data["val"], settings(epochs=1))
-    mlp, _ = train_model.train(
+    cnn, history = train(data["train"], data["val"], settings(epochs=1))
+    mlp, _ = train(
         data["train"], data["val"], settings("train_model.model._target_=sheldon.models.MLP", epochs=1)
     )
     assert type(cnn).__name__ == "SmallCNN" and type(mlp).__name__ == "MLP"
@@ -87,8 +87,8 @@ def test_model_is_switched_by_one_override(data):
 
 
 def test_same_config_gives_the_same_metrics_and_weights(data):
-    first, history_1 = train_model.train(data["train"], data["val"], settings())
-    second, history_2 = train_model.train(data["train"], data["val"], settings())
+    first, history_1 = train(data["train"], data["val"], settings())
+    second, history_2 = train(data["train"], data["val"], settings())
     assert without_timing(history_1) == without_timing(history_2)
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -96,7 +96,7 @@ def test_same_config_gives_the_same_metrics_and_weights(data):
 
 def test_every_epoch_logs_loss_accuracy_lr_throughput_and_time(data):
     logged = []
-    _, history = train_model.train(
+    _, history = train(
         data["train"], data["val"], settings(epochs=2), on_epoch=lambda e, m: logged.append((e, m))
     )
     assert [e for e, _ in logged] == [1, 2]
@@ -117,14 +117,14 @@ def test_every_epoch_logs_loss_accuracy_lr_throughput_and_time(data):
 def test_early_stopping_ends_after_patience_epochs_without_progress(data):
     # An lr this small leaves the weights as they are: validation accuracy never improves.
     frozen = {"_target_": "torch.optim.SGD"}
-    _, history = train_model.train(
+    _, history = train(
         data["train"], data["val"], settings(epochs=10, patience=2, lr=1e-12, optimizer=frozen)
     )
     assert len(history) == 3
 
 
 def test_the_returned_weights_are_the_best_epochs(data):
-    model, history = train_model.train(data["train"], data["val"], settings(epochs=3, patience=0, lr=0.02))
+    model, history = train(data["train"], data["val"], settings(epochs=3, patience=0, lr=0.02))
     assert accuracy(model, data["val"]) == pytest.approx(max(h["val_accuracy"] for h in history))
 
 
@@ -134,26 +134,24 @@ class Interrupted(Exception):
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(data, tmp_path):
     config = settings(epochs=3)
-    whole, history = train_model.train(data["train"], data["val"], config, checkpoints=tmp_path / "a")
+    whole, history = train(data["train"], data["val"], config, checkpoints=tmp_path / "a")
 
     def crash_after_epoch_2(epoch, metrics):
         if epoch == 2:
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_model.train(
-            data["train"], data["val"], config, checkpoints=tmp_path / "b", on_epoch=crash_after_epoch_2
-        )
+        train(data["train"], data["val"], config, checkpoints=tmp_path / "b", on_epoch=crash_after_epoch_2)
     saved = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert saved["state"]["epoch"] == 2  # written every epoch, before the crash
 
     replayed = []
-    resumed, resumed_history = train_model.train(
+    resumed, resumed_history = train(
         data["train"],
         data["val"],
         config,
         checkpoints=tmp_path / "b",
-        resume=True,
+        resume_from=load_checkpoint(tmp_path / "b"),
         on_epoch=lambda e, m: replayed.append(e),
     )
     assert replayed == [1, 2, 3]  # a resumed run logs the whole curve
@@ -163,10 +161,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(data, tmp_path
         torch.testing.assert_close(a, b)
 
 
-def test_an_unreadable_checkpoint_is_one_clear_error_and_stays_for_inspection(data, tmp_path):
+def test_an_unreadable_checkpoint_is_one_clear_error_and_stays_for_inspection(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"half a checkpoint")
     with pytest.raises(StepError, match=r"^cannot read checkpoint .*last\.pt: .*; delete it to start over$"):
-        train_model.train(data["train"], data["val"], settings(), checkpoints=tmp_path, resume=True)
+        load_checkpoint(tmp_path)
     assert (tmp_path / "last.pt").read_bytes() == b"half a checkpoint"
 
 
@@ -178,7 +176,7 @@ def test_checkpoint_folder_is_keyed_by_configuration():
     assert base.parent == REPO / "checkpoints"
 
 
-WORLD = train_model.World()
+WORLD = World()
 CORES = len(os.sched_getaffinity(0))
 
 
@@ -247,7 +245,7 @@ def test_cuda_where_there_is_none_is_an_error():
 @pytest.mark.parametrize("key", ["model", "optimizer", "scheduler"])
 def test_unknown_target_names_the_key(data, key):
     with pytest.raises(StepError, match=rf"^cannot build train_model\.{key} \(torch\.nn\.Nope\): "):
-        train_model.train(data["train"], data["val"], settings(**{key: {"_target_": "torch.nn.Nope"}}))
+        train(data["train"], data["val"], settings(**{key: {"_target_": "torch.nn.Nope"}}))
 
 
 def test_bad_input_through_the_step_fails_its_run_and_leaves_checkpoints_alone(tmp_path):
@@ -292,7 +290,7 @@ def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_
         ddp_model = mlflow.pytorch.load_model(f"runs:/{train.info.run_id}/model")
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
-    single, _ = train_model.train(
+    single, _ = train(
         load_split(folder, "train"), load_split(folder, "val"), settings("train_model.epochs=2")
     )
     test = load_split(folder, "test")
