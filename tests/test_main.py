@@ -1,8 +1,8 @@
-"""main.py's own logic, called directly: step selection, overrides, parameters, summary."""
+"""main.py's declarations and the engine's own logic, called directly: step selection, overrides,
+parameters, summary."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -10,11 +10,14 @@ import pytest
 from conftest import REPO
 
 from sheldon.errors import StepError
+from sheldon.lineage import StepResult, format_summary
+from sheldon.overrides import check_overrides, hydra_arguments
+from sheldon.pipeline import resolve_env_manager
 
-spec = importlib.util.spec_from_file_location("sheldon_main", REPO / "main.py")
-main = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = main
-spec.loader.exec_module(main)
+sys.path.insert(0, str(REPO))  # main.py is imported as a module, as a step list's reader should
+import main  # noqa: E402
+
+STEPS = main.STEPS
 
 
 def test_steps_are_declared_in_pipeline_order():
@@ -31,17 +34,17 @@ def test_steps_are_declared_in_pipeline_order():
     ],
 )
 def test_select_steps(spec, expected):
-    assert main.select_steps(spec) == expected
+    assert STEPS.select(spec) == expected
 
 
 def test_unknown_step_names_the_valid_ones():
     with pytest.raises(StepError, match="unknown step 'trian'; valid steps: download_dataset, preprocess"):
-        main.select_steps("preprocess,trian")
+        STEPS.select("preprocess,trian")
 
 
 def test_hydra_arguments_split_options_and_quote_step_lists():
     argv = ["main.steps=preprocess,train_model", "train_model.lr=0.01 main.experiment_name='my exp'", ""]
-    assert main.hydra_arguments(argv) == [
+    assert hydra_arguments(argv) == [
         "main.steps='preprocess,train_model'",
         "train_model.lr=0.01",
         "main.experiment_name='my exp'",
@@ -49,7 +52,7 @@ def test_hydra_arguments_split_options_and_quote_step_lists():
 
 
 def test_step_config_passes_scalars_and_target_specs(config):
-    params, inputs = main.step_config(config, "train_model")
+    params, inputs = STEPS.settings(config, "train_model")
     assert inputs == {"splits": "preprocess/splits"}
     assert params["lr"] == str(config.train_model.lr)
     model = json.loads(params["model"])
@@ -58,44 +61,44 @@ def test_step_config_passes_scalars_and_target_specs(config):
 
 
 def test_download_step_reads_the_data_section(config):
-    params, inputs = main.step_config(config, "download_dataset")
+    params, inputs = STEPS.settings(config, "download_dataset")
     assert params["source"] == config.data.source and inputs == {}
 
 
 def test_every_step_has_a_project_and_a_config_section(config):
     for step in main._steps:
         assert (REPO / "src" / step / "MLproject").is_file()
-        assert main.section_of(step) in config
+        assert STEPS.section(step) in config
 
 
 def test_overrides_are_checked_before_anything_runs():
-    main.check_overrides(["train_model.lr=0.01", "main.steps='evaluate'"])
+    check_overrides(["train_model.lr=0.01", "main.steps='evaluate'"])
     with pytest.raises(StepError, match="malformed override 'train_model.lr=='"):
-        main.check_overrides(["train_model.lr=="])
+        check_overrides(["train_model.lr=="])
     with pytest.raises(StepError, match="train_model.typo"):
-        main.check_overrides(["train_model.typo=3"])
+        check_overrides(["train_model.typo=3"])
 
 
 def test_env_manager_follows_the_root_run(monkeypatch, tmp_path):
-    assert main.resolve_env_manager("conda") == "conda"
+    assert resolve_env_manager("conda") == "conda"
     with pytest.raises(StepError, match="main.env_manager='pip'"):
-        main.resolve_env_manager("pip")
+        resolve_env_manager("pip")
     conda_env = tmp_path / "mlflow-0123abcd"
     (conda_env / "conda-meta").mkdir(parents=True)
     monkeypatch.setattr(sys, "prefix", str(conda_env))
-    assert main.resolve_env_manager("auto") == "conda"
+    assert resolve_env_manager("auto") == "conda"
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "mlflow-venv"))
-    assert main.resolve_env_manager("auto") == "virtualenv"
+    assert resolve_env_manager("auto") == "virtualenv"
     monkeypatch.setattr(sys, "prefix", str(REPO / ".venv"))
-    assert main.resolve_env_manager("auto") == "local"
+    assert resolve_env_manager("auto") == "local"
 
 
 def test_summary_table_aligns_columns():
     results = [
-        main.StepResult("preprocess", "ran", 11.23, "a" * 32, "n_train=3500"),
-        main.StepResult("evaluate", "failed", 3.0, None),
+        StepResult("preprocess", "ran", 11.23, "a" * 32, "n_train=3500"),
+        StepResult("evaluate", "failed", 3.0, None),
     ]
-    lines = main.format_summary(results).splitlines()
+    lines = format_summary(results).splitlines()
     assert lines[0].split() == ["step", "status", "seconds", "mlflow", "run", "id", "headline"]
     assert lines[2].split() == ["preprocess", "ran", "11.2", "a" * 32, "n_train=3500"]
     assert lines[3].split() == ["evaluate", "failed", "3.0", "-"]
@@ -105,12 +108,12 @@ def test_a_setting_a_late_step_refuses_is_refused_before_anything_runs(config):
     bad = config.copy()
     bad.evaluate.min_accuracy = -0.1
     with pytest.raises(StepError, match=r"evaluate.min_accuracy: expected a number from 0 to 1, got '-0.1'"):
-        main.check_settings(bad, ["download_dataset", "evaluate"])
-    main.check_settings(bad, ["download_dataset", "preprocess"])  # evaluate does not run: no complaint
-    main.check_settings(config, list(main._steps))
+        STEPS.check_early(bad, ["download_dataset", "evaluate"])
+    STEPS.check_early(bad, ["download_dataset", "preprocess"])  # evaluate does not run: no complaint
+    STEPS.check_early(config, list(main._steps))
 
 
 @pytest.mark.parametrize("spec", ["download_dataset,,train_model", "preprocess,", ",evaluate"])
 def test_an_empty_item_in_steps_is_refused(spec):
     with pytest.raises(StepError, match="has an empty item"):
-        main.select_steps(spec)
+        STEPS.select(spec)

@@ -69,52 +69,47 @@ def is_alive(token: str) -> bool | None:
         return False
 
 
-def stop_group(pgid: int, grace: float = 5.0) -> None:
-    """SIGTERM a process group, then SIGKILL what is left of it after `grace` seconds."""
+def stop_step(pid: int, grace: float = 5.0) -> None:
+    """Stop a launched step and all it started: SIGTERM to its process group (a step launched by a
+    pipeline leads one: die_with_pipeline) or, in the moment before it made one, to it alone, so it
+    unwinds and closes its runs; SIGKILL to whatever of its process tree is left after `grace` s."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
+        step = psutil.Process(pid)
+        tree = [step, *step.children(recursive=True)]
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            step.terminate()
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.1)
-    with suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # Zombies (exited, not yet reaped by their parent) still count for killpg: look closer.
-    for process in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
+    _, left = psutil.wait_procs(tree, timeout=grace)
+    for process in left:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def die_with_pipeline(poll: float = 0.5, grace: float = 5.0) -> None:
     """In a step launched by a pipeline: when that pipeline's process is gone (kill -9 included),
-    stop this step's whole process group (the step, `mlflow run`, torchrun's workers): SIGTERM
-    first, so the step unwinds and closes its runs, SIGKILL after `grace` seconds."""
+    stop this step's process group (the step and torchrun's workers): SIGTERM first, so the step
+    unwinds and closes its runs, SIGKILL after `grace` seconds."""
     token = os.environ.get(PIPELINE_ENV)
     if not token or is_alive(token) is not True:
         return  # not launched by a live pipeline on this host: nothing to watch
+    if os.getppid() == int(token.rsplit("/", 2)[1]):  # the step itself, not one of torchrun's workers
+        # A group of its own: the pipeline stops the step's whole tree with one signal, and the
+        # terminal's Ctrl-C reaches the step only through the pipeline, which then stops it in order.
+        with suppress(OSError):
+            os.setpgid(0, 0)
 
     def watch() -> None:
         while is_alive(token):
             time.sleep(poll)
         print(f"error: the pipeline that launched this step ({token}) is gone: stopping", file=sys.stderr)
-        group = os.getpgid(0)
-        os.killpg(group, signal.SIGTERM)
+        leader = os.getpgid(0) == os.getpid()
+        stop = (lambda sig: os.killpg(0, sig)) if leader else (lambda sig: os.kill(os.getpid(), sig))
+        stop(signal.SIGTERM)
         time.sleep(grace)
-        os.killpg(group, signal.SIGKILL)
+        stop(signal.SIGKILL)
 
     threading.Thread(target=watch, name="sheldon-pipeline-watch", daemon=True).start()
 

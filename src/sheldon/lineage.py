@@ -1,0 +1,72 @@
+"""What a pipeline run reports: each step's result, the summary table, the lineage manifest and the
+lineage tags every step run of the pipeline carries."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field
+
+import mlflow
+from mlflow.entities import Run
+
+from sheldon.paths import REPO_ROOT
+from sheldon.tracking import HEADLINE_TAG
+
+# Where a step's run came from, as printed beside each input and tagged on the runs that read it.
+RAN, CACHED, PINNED = "ran in this pipeline", "cached, same config", "pinned by hand"
+
+
+@dataclass
+class StepResult:
+    step: str
+    status: str  # ran, cached, pinned (an upstream run chosen by hand), failed
+    seconds: float
+    run_id: str | None
+    headline: str = ""
+    cache_key: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # parameter -> artifact URI
+    input_digests: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # artifact -> content digest
+
+
+def headline_of(run: str | Run) -> str:
+    """The metric a step named as its headline, formatted for the summary."""
+    data = (mlflow.get_run(run) if isinstance(run, str) else run).data
+    name = data.tags.get(HEADLINE_TAG)
+    if name is None or name not in data.metrics:
+        return ""
+    value = data.metrics[name]
+    return f"{name}={value:.4f}" if not float(value).is_integer() else f"{name}={int(value)}"
+
+
+def format_summary(results: list[StepResult]) -> str:
+    rows = [("step", "status", "seconds", "mlflow run id", "headline")]
+    rows += [(r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", r.headline) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def log_lineage(pipeline_run_id: str, results: list[StepResult]) -> str:
+    """Log the summary table and the lineage manifest to the active pipeline run; returns the table."""
+    summary = format_summary(results)
+    mlflow.log_text(summary + "\n", "summary.txt")
+    manifest = {"pipeline_run_id": pipeline_run_id, "steps": [asdict(r) for r in results]}
+    mlflow.log_dict(manifest, "lineage.json")
+    return summary
+
+
+def source_state() -> dict[str, str]:
+    """Lineage tags shared by every step run of a pipeline: is the git tree dirty, which data."""
+    tags = {}
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if status.returncode == 0:
+        tags["sheldon.git_dirty"] = str(bool(status.stdout.strip())).lower()
+    dvc_file = REPO_ROOT / "data.dvc"
+    if dvc_file.is_file():
+        md5 = re.search(r"md5:\s*([0-9a-f]{32})", dvc_file.read_text())
+        if md5:
+            tags["sheldon.data_md5"] = md5.group(1)
+    return tags

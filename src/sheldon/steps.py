@@ -1,0 +1,118 @@
+"""The steps as the engine sees them: their order (main.py's `_steps`), where each one's settings
+live in config.yaml, what each reads from the others, and the few facts a step adds beyond its
+MLproject. Selection of the steps a run asks for is parsed here too."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sheldon.errors import StepError, shorten
+from sheldon.paths import REPO_ROOT
+
+StepConfig = tuple[dict[str, str], dict[str, str]]  # (MLflow parameters, inputs)
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What the engine must know of a step beyond its MLproject; every field is optional."""
+
+    section: str = ""  # its config.yaml section, when not named after the step
+    state_files: tuple[str, ...] = ()  # repo files outside src/<step> its outputs depend on
+    # (the parameter naming a folder the step fills in the working tree, the artifact logged from it):
+    # a cached run is reused only while that folder still holds that artifact
+    workspace: tuple[str, str] | None = None
+    resume: str = ""  # the override that makes a crashed run continue where it stopped
+    # settings the step would refuse only once the steps before it ran: parsed before anything runs
+    early_checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The pipeline's steps in order, each an MLflow project in src/<step>."""
+
+    order: tuple[str, ...]
+    facts: Mapping[str, StepFacts] = field(default_factory=dict)
+
+    def fact(self, step: str) -> StepFacts:
+        return self.facts.get(step, StepFacts())
+
+    def section(self, step: str) -> str:
+        return self.fact(step).section or step
+
+    def select(self, spec: str) -> list[str]:
+        """Parse `main.steps` (comma-separated names, or `all`) into pipeline order.
+        A unique prefix names a step too, so `steps=download` works."""
+        if spec.strip() in ("all", ""):
+            return list(self.order)
+        names = [n.strip() for n in spec.split(",")]
+        if "" in names:
+            raise StepError(f"main.steps={shorten(spec)!r} has an empty item: name steps between commas")
+        chosen = set()
+        for name in names:
+            matches = [s for s in self.order if s == name] or [s for s in self.order if s.startswith(name)]
+            if len(matches) != 1:
+                problem = "ambiguous" if matches else "unknown"
+                raise StepError(f"{problem} step {shorten(name)!r}; valid steps: {', '.join(self.order)}")
+            chosen.add(matches[0])
+        return [s for s in self.order if s in chosen]
+
+    def settings(self, config: DictConfig, step: str) -> StepConfig:
+        """A step's MLflow parameters (scalars as text, `_target_` subtrees as JSON) and its
+        inputs ({parameter: "<upstream step>/<artifact>"}), all interpolations resolved."""
+        section = self.section(step)
+        if section not in config:
+            raise StepError(f"config.yaml has no section {section!r} for step {step}")
+        try:
+            values = OmegaConf.to_container(config[section], resolve=True)
+        except OmegaConfBaseException as err:
+            raise StepError(f"config.yaml section {section!r}: {err}".splitlines()[0]) from None
+        inputs = values.pop("inputs", None) or {}
+        params = {
+            key: json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)
+            for key, value in values.items()
+        }
+        return params, inputs
+
+    def upstream(self, step: str, param: str, ref: object) -> tuple[str, str]:
+        """An input reference, `<upstream step>/<artifact>`, as (step, artifact)."""
+        upstream, _, artifact = str(ref).partition("/")
+        if upstream not in self.order or not artifact:
+            raise StepError(
+                f"{self.section(step)}.inputs.{param} = {shorten(ref)!r}: expected <step>/<artifact>, "
+                f"with <step> one of {', '.join(self.order)}"
+            )
+        return upstream, artifact
+
+    def check_early(self, config: DictConfig, selected: list[str]) -> None:
+        """Refuse, before any step runs, a setting a selected step would refuse after the others ran."""
+        for step in selected:
+            for key, parse in self.fact(step).early_checks.items():
+                setting = f"{self.section(step)}.{key}"
+                try:
+                    parse(OmegaConf.select(config, setting))
+                except (argparse.ArgumentTypeError, ValueError) as err:
+                    raise StepError(f"{setting}: {err}") from None
+
+    def forced(self, spec: str, selected: list[str], configs: Mapping[str, StepConfig]) -> set[str]:
+        """`main.force`: the named steps and every selected step downstream of them."""
+        forced = set(self.select(spec)) & set(selected) if spec.strip() else set()
+        for step in selected:
+            if any(str(ref).split("/", 1)[0] in forced for ref in configs[step][1].values()):
+                forced.add(step)
+        return forced
+
+    def state_digests(self, step: str) -> dict[str, str]:
+        """Digests of the repo files, outside src/<step>, whose content the step's outputs depend on."""
+        return {
+            name: hashlib.sha256((REPO_ROOT / name).read_bytes()).hexdigest()
+            for name in self.fact(step).state_files
+            if (REPO_ROOT / name).is_file()
+        }
