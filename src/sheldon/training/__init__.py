@@ -11,31 +11,16 @@
     loop          epochs, early stopping, the best epoch's weights
 
 Imports inside the package name the module (sheldon.training.x), never a relative path: the step
-cache follows those imports to hash the code a step depends on."""
+cache follows those imports to hash the code a step depends on. Below: what the steps, tests and
+benchmarks use; the rest is reached through its module."""
 
-from sheldon.training.batches import Batches, shard, to_tensors
-from sheldon.training.build import build, build_model, build_training
-from sheldon.training.checkpoints import (
-    CHECKPOINT,
-    TrainingState,
-    checkpoint_folder,
-    load_checkpoint,
-    restore,
-    save_checkpoint,
-)
+from sheldon.training.batches import Batches, shard
+from sheldon.training.build import build_model
+from sheldon.training.checkpoints import CHECKPOINT, checkpoint_folder, load_checkpoint
 from sheldon.training.device import Placement, autocast, bf16_enabled, peak_memory_mb, select_device
-from sheldon.training.distributed import (
-    World,
-    check_processes,
-    gather_objects,
-    launch,
-    max_processes,
-    parallel,
-    process_group,
-)
+from sheldon.training.distributed import World, check_processes, launch, process_group
 from sheldon.training.loop import train
-from sheldon.training.passes import Totals, evaluate_batches, predict, train_epoch
-from sheldon.training.rng import rng_state, seed_everything, set_rng_state
+from sheldon.training.passes import predict, train_epoch
 from sheldon.training.settings import TrainingSettings
 
 __all__ = [
@@ -43,33 +28,19 @@ __all__ = [
     "Batches",
     "Placement",
     "TrainingSettings",
-    "Totals",
-    "TrainingState",
     "World",
     "autocast",
     "bf16_enabled",
-    "build",
     "build_model",
-    "build_training",
     "check_processes",
     "checkpoint_folder",
-    "evaluate_batches",
-    "gather_objects",
     "launch",
     "load_checkpoint",
-    "max_processes",
-    "parallel",
     "peak_memory_mb",
     "predict",
     "process_group",
-    "restore",
-    "rng_state",
-    "save_checkpoint",
-    "seed_everything",
     "select_device",
-    "set_rng_state",
     "shard",
-    "to_tensors",
     "train",
     "train_epoch",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,6 @@ from sheldon.training.distributed import World, gather_objects
 from sheldon.training.rng import rng_state, set_rng_state
 
 CHECKPOINT = "last.pt"
-
-
-@dataclass
-class TrainingState:
-    """Where training stands: what a checkpoint holds beyond weights and RNG states."""
-
-    epoch: int = 0
-    best_accuracy: float = -1.0
-    best_epoch: int = 0
-    since_best: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def checkpoint_folder(root: Path, params: Mapping[str, Any]) -> Path:
@@ -58,14 +46,14 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     world: World,
-) -> tuple[TrainingState, dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Put a loaded checkpoint back in place; returns where training stood and the best weights."""
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"][world.rank])
-    return TrainingState(**saved["state"]), saved["best_weights"]
+    return saved["state"], saved["best_weights"]
 
 
 def save_checkpoint(
@@ -76,7 +64,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     best_weights: dict[str, Any],
-    state: TrainingState,
+    state: Mapping[str, Any],
     settings: Mapping[str, Any],
 ) -> None:
     """Written by rank 0, atomically: a crash while saving leaves the previous epoch's intact."""
@@ -92,7 +80,7 @@ def save_checkpoint(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "best_weights": best_weights,
-                "state": asdict(state),
+                "state": dict(state),
                 "rng": rngs,
                 "settings": dict(settings),
             },

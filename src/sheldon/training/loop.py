@@ -7,7 +7,7 @@ import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,36 @@ from torch import nn
 from sheldon.cli import progress
 from sheldon.training.batches import Batches, shard, to_tensors
 from sheldon.training.build import build_training
-from sheldon.training.checkpoints import TrainingState, restore, save_checkpoint
+from sheldon.training.checkpoints import restore, save_checkpoint
 from sheldon.training.device import Placement
 from sheldon.training.distributed import World, parallel
-from sheldon.training.passes import evaluate_batches, train_epoch
+from sheldon.training.passes import Totals, evaluate_batches, train_epoch
 from sheldon.training.rng import seed_everything
 from sheldon.training.settings import TrainingSettings
+
+
+@dataclass
+class TrainingState:
+    """Where training stands: what a checkpoint holds beyond weights and RNG states."""
+
+    epoch: int = 0
+    best_accuracy: float = -1.0
+    best_epoch: int = 0
+    since_best: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, metrics: dict[str, float]) -> bool:
+        """Count a finished epoch; True when its validation accuracy is the best so far."""
+        self.epoch += 1
+        self.history.append(metrics)
+        if metrics["val_accuracy"] > self.best_accuracy:
+            self.best_accuracy, self.best_epoch, self.since_best = metrics["val_accuracy"], self.epoch, 0
+            return True
+        self.since_best += 1
+        return False
+
+    def stopped_early(self, patience: int) -> bool:
+        return patience > 0 and self.since_best >= patience
 
 
 def train(
@@ -50,9 +74,10 @@ def train(
     if resume_from is None:
         state, best_weights = TrainingState(), copy.deepcopy(module.state_dict())
     else:
-        state, best_weights = restore(resume_from, module, optimizer, scheduler, world)
-        for epoch, metrics in enumerate(state.history, 1):  # the new run shows the whole curve
-            if on_epoch is not None:
+        saved_state, best_weights = restore(resume_from, module, optimizer, scheduler, world)
+        state = TrainingState(**saved_state)
+        if on_epoch is not None:  # the new run shows the whole curve
+            for epoch, metrics in enumerate(state.history, 1):
                 on_epoch(epoch, metrics)
     model = parallel(module, device, world)
     batches = Batches(
@@ -60,10 +85,7 @@ def train(
     )
     val = Batches(*shard(*to_tensors(val_xy, device), world.rank, world.size), max(settings.batch_size, 256))
 
-    def stopped_early() -> bool:
-        return settings.patience > 0 and state.since_best >= settings.patience
-
-    while state.epoch < settings.epochs and not stopped_early():
+    while state.epoch < settings.epochs and not state.stopped_early(settings.patience):
         epoch = state.epoch + 1
         batches.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -73,32 +95,13 @@ def train(
                 model, batches, optimizer, bf16=placement.bf16, grad_clip=settings.grad_clip, bar=bar
             )
             train_seconds = time.perf_counter() - started
-            train_loss, train_acc, seen = world.read(trained)
-            val_loss, val_acc, _ = world.read(evaluate_batches(module, val, bf16=placement.bf16))
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{train_loss:.4f}",
-                    val_acc=f"{val_acc:.3f}",
-                    samples_s=f"{seen / train_seconds:.0f}",
-                )
+            validated = evaluate_batches(module, val, bf16=placement.bf16)
+            metrics = epoch_metrics(world, trained, validated, lr, train_seconds, bar)
         if scheduler is not None:
             scheduler.step()
-        metrics = {
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": lr,
-            "samples_per_s": seen / train_seconds,
-            "epoch_seconds": time.perf_counter() - started,
-        }
-        state.epoch = epoch
-        state.history.append(metrics)
-        if val_acc > state.best_accuracy:
-            state.best_accuracy, state.best_epoch, state.since_best = val_acc, epoch, 0
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        if state.add(metrics):
             best_weights = copy.deepcopy(module.state_dict())
-        else:
-            state.since_best += 1
         if checkpoints is not None:
             save_checkpoint(
                 checkpoints,
@@ -107,15 +110,36 @@ def train(
                 optimizer=optimizer,
                 scheduler=scheduler,
                 best_weights=best_weights,
-                state=state,
+                state=asdict(state),
                 settings=asdict(settings),
             )
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    if stopped_early():
+    if state.stopped_early(settings.patience):
         print(f"early stop after epoch {state.epoch}: val_accuracy not better for {settings.patience} epochs")
     module.load_state_dict(best_weights)
     return module.eval(), state.history
+
+
+def epoch_metrics(
+    world: World, trained: Totals, validated: Totals, lr: float, train_seconds: float, bar: Any | None
+) -> dict[str, float]:
+    """An epoch's losses and accuracies over every process, its lr and its training throughput;
+    the bar shows them once the epoch is done."""
+    train_loss, train_acc, seen = world.read(trained)
+    val_loss, val_acc, _ = world.read(validated)
+    if bar is not None:
+        bar.set_postfix(
+            loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.3f}", samples_s=f"{seen / train_seconds:.0f}"
+        )
+    return {
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": lr,
+        "samples_per_s": seen / train_seconds,
+    }
 
 
 @contextmanager
