@@ -277,17 +277,17 @@ def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_
     )
     assert result.returncode == 0, result.output[-4000:]
 
-    [train] = project.step_runs("train_model")
-    assert train.data.params["nproc_per_node"] == "2"
-    history = project.client().get_metric_history(train.info.run_id, "val_accuracy")
+    [ddp_run] = project.step_runs("train_model")
+    assert ddp_run.data.params["nproc_per_node"] == "2"
+    history = project.client().get_metric_history(ddp_run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]  # rank 0 alone logs: one value per epoch
     assert len(project.wandb_runs()) == 3  # one W&B run per step: rank 1 opened none
 
     # The same configuration in one process, on the same splits, reaches the same test accuracy.
     os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
     try:
-        folder = fetch(train.data.params["splits"])
-        ddp_model = mlflow.pytorch.load_model(f"runs:/{train.info.run_id}/model")
+        folder = fetch(ddp_run.data.params["splits"])
+        ddp_model = mlflow.pytorch.load_model(f"runs:/{ddp_run.info.run_id}/model")
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     single, _ = train(
