@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -138,3 +139,9 @@ def wandb_records(run_dir: Path) -> list:
             records.append(record)
             chunk = b""
     return records
+
+
+def said(stderr: str) -> list[str]:
+    """What a command said to its user on stderr: its lines without MLflow's INFO log records."""
+    logged = re.compile(r"\d{4}/\d\d/\d\d [\d:]+ INFO ")
+    return [line for line in stderr.strip().splitlines() if not logged.match(line)]
