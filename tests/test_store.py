@@ -159,7 +159,7 @@ def test_make_run_stops_before_mlflow_with_one_line(tmp_path):
     began = time.monotonic()
     # -o: take the venv as set up (the copy has none; this test's interpreter is the venv's).
     result = subprocess.run(
-        ["make", "--no-print-directory", "-o", ".venv/.installed", "run"],
+        ["make", "--no-print-directory", "-o", "setup", "run"],
         cwd=root, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert time.monotonic() - began < FAST_S
