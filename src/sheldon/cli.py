@@ -52,6 +52,11 @@ def optional_str(value: str) -> str | None:
     return None if value.strip().lower() in {"", "none", "null"} else value
 
 
+def optional_json(value: str) -> Any:
+    """A structured parameter that may be unset ('' or null: Hydra's None)."""
+    return None if optional_str(value) is None else json_value(value)
+
+
 def progress(total: int | None, desc: str, unit: str = "it") -> Any:
     """A tqdm bar that redraws live on a terminal and only every 10 s in a log file."""
     from tqdm import tqdm

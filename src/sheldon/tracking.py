@@ -15,7 +15,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from itertools import pairwise
 from pathlib import Path
@@ -40,6 +40,7 @@ from sheldon.processes import (
     process_token,
     when_gone,
 )
+from sheldon.settings import StepSettings
 
 STEP_TAG = "sheldon.step"
 HEADLINE_TAG = "sheldon.headline"
@@ -152,18 +153,24 @@ def configured(section: str) -> dict[str, Any]:
     return config.get(section) or {}
 
 
-def missing_inputs(step: str, params: Mapping[str, Any]) -> str:
-    """What to give a step started without the URI of an input that config.yaml declares for it
-    (`<step>.inputs`), as one line; '' when none is missing."""
-    declared = configured(step).get("inputs") or {}
-    missing = {n: str(source) for n, source in declared.items() if n in params and not params[n]}
+def missing_inputs(step: str, params: Mapping[str, Any], inputs: Iterable[str] = ()) -> str:
+    """What to give a step started without the URI of an input, one its settings declare
+    (`inputs`) or config.yaml does (`<step>.inputs`, which also names the upstream artifact), as
+    one line; '' when none is missing."""
+    sources = configured(step).get("inputs") or {}
+    declared = dict.fromkeys([*inputs, *sources])
+    missing = [name for name in declared if name in params and not params[name]]
     if not missing:
         return ""
     flag = "-P {}=" if os.environ.get("MLFLOW_RUN_ID") else "--{} "  # `mlflow run`, or run.py itself
-    uris = " ".join(
-        flag.format(name) + f"runs:/<{source.split('/')[0]} run id>/{source.split('/')[-1]}"
-        for name, source in missing.items()
-    )
+
+    def example(name: str) -> str:
+        if name not in sources:
+            return "runs:/<run id>/<artifact>"
+        parts = str(sources[name]).split("/")
+        return f"runs:/<{parts[0]} run id>/{parts[-1]}"
+
+    uris = " ".join(flag.format(name) + example(name) for name in missing)
     return (
         f"{step} needs {' and '.join(missing)}: {uris} (run ids are in the MLflow UI and a "
         f"pipeline's summary), or let the pipeline find {'it' if len(missing) == 1 else 'them'}: "
@@ -192,7 +199,7 @@ def standalone_experiment(launch: mlflow.entities.Run | None) -> str | None:
     return experiment.experiment_id if experiment.experiment_id != current else None
 
 
-def open_step_run(step: str, params: Mapping[str, Any]) -> mlflow.ActiveRun:
+def open_step_run(step: str, params: Mapping[str, Any], inputs: Iterable[str] = ()) -> mlflow.ActiveRun:
     """The step's MLflow run, named after the step: the run `mlflow run` created for it, or, for a
     step launched on its own into Default, a new run in the configured experiment that takes the
     launch run's tags (source, git commit) and parameters. A run cannot move between experiments,
@@ -202,7 +209,7 @@ def open_step_run(step: str, params: Mapping[str, Any]) -> mlflow.ActiveRun:
     launch_id = os.environ.get("MLFLOW_RUN_ID")
     launch = client.get_run(launch_id) if launch_id else None
     experiment_id = standalone_experiment(launch)
-    if problem := missing_inputs(step, params):
+    if problem := missing_inputs(step, params, inputs):
         if launch and experiment_id:
             delete_launcher_run(launch.info.run_id)
         raise StepError(problem)
@@ -335,14 +342,19 @@ class StepRun:
 
 
 @contextmanager
-def step_run(step: str, params: Mapping[str, Any], job_type: str | None = None) -> Iterator[StepRun]:
-    """Open the step's MLflow run (the one `mlflow run` created, or a new one) and its W&B run;
-    on any exception both are marked failed and closed before the exception propagates."""
+def step_run(
+    step: str, params: Mapping[str, Any] | StepSettings, job_type: str | None = None
+) -> Iterator[StepRun]:
+    """Open the step's MLflow run (the one `mlflow run` created, or a new one) and its W&B run,
+    logging the step's settings (or `params`) as its parameters; on any exception both are marked
+    failed and closed before the exception propagates."""
     import wandb
 
+    inputs = params.inputs() if isinstance(params, StepSettings) else []
+    params = params.values() if isinstance(params, StepSettings) else params
     configure_tracking()
     mode = settle_wandb_mode()
-    with open_step_run(step, params) as active:
+    with open_step_run(step, params, inputs) as active:
         mlflow.set_tag(STEP_TAG, step)
         if PIPELINE_ENV not in os.environ:  # a pipeline tags the runs it launches with its own process
             mlflow.set_tag(PROCESS_TAG, process_token())
