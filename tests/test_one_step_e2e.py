@@ -120,3 +120,14 @@ def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed)
     }
     assert config["input.model.wandb"] == f'"model:mlflow-{train_id}"'  # resolves to the artifact above
     assert default_experiment_is_empty(standalone)
+
+
+def test_a_wrong_parameter_name_is_one_line_naming_the_parameters(standalone):
+    typo = ["-P", "raw_data=runs:/0123/raw_data", "-P", "sed=7"]
+    result = mlflow_step(standalone, "preprocess", "--experiment-name", "typos", *typo)  # not in Default
+    assert result.returncode != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: preprocess has no parameter 'sed' "
+        "(its parameters: raw_data, val_size, test_size, num_classes, seed)"
+    ]

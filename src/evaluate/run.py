@@ -4,8 +4,8 @@ test images, log a predictions table, and fail when accuracy is below evaluate.m
 
 from __future__ import annotations
 
-import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -19,11 +19,25 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from sheldon.cli import fraction, progress, run_cli, stages
 from sheldon.datasets import load_split
 from sheldon.errors import StepError
+from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import peak_memory_mb, predict, select_device
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
+
+
+@dataclass(frozen=True)
+class Settings(StepSettings):
+    """evaluate's parameters; config.yaml's `evaluate` section holds their values."""
+
+    model: str = artifact_input("MLflow URI of train_model's model")
+    splits: str = artifact_input("MLflow URI of preprocess's splits artifact")
+    batch_size: int = parameter(512, "samples per inference batch")
+    num_classes: int = parameter(10, "classes shown in the metrics")
+    min_accuracy: float = parameter(0.0, "the step fails below this test accuracy (0 to 1)", parse=fraction)
+    device: str = parameter("auto", "auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    misclassified: int = parameter(32, "misclassified test images shown in the grid")
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -127,8 +141,8 @@ def load_model(path: Path, device: torch.device) -> torch.nn.Module:
         raise StepError(f"cannot load the model in {path}: {err}") from None
 
 
-def main(args: argparse.Namespace) -> None:
-    with step_run(STEP, vars(args)) as run:
+def main(args: Settings) -> None:
+    with step_run(STEP, args) as run:
         device = select_device(args.device)
         if args.batch_size <= 0:
             raise StepError(f"evaluate.batch_size must be positive, got {args.batch_size}")
@@ -173,17 +187,8 @@ def main(args: argparse.Namespace) -> None:
             )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
-    arg = p.add_argument
-    arg("--model", default="", help="MLflow URI of train_model's model (required)")
-    arg("--splits", default="", help="MLflow URI of preprocess's splits artifact (required)")
-    arg("--batch_size", type=int, default=512, help="samples per inference batch")
-    arg("--num_classes", type=int, default=10, help="classes shown in the metrics")
-    arg("--min_accuracy", type=fraction, default=0.0, help="fail below this test accuracy (0 to 1)")
-    arg("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    arg("--misclassified", type=int, default=32, help="misclassified test images shown in the grid")
-    return p
+def parser() -> SettingsParser:
+    return Settings.parser(STEP, __doc__)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@ train/val/test split, logged as the `splits` artifact (train.npz, val.npz, test.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,21 @@ from sklearn.model_selection import train_test_split
 
 from sheldon.cli import run_cli, stages
 from sheldon.datasets import Dataset, Split, load_raw, save_splits, validate
+from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
 from sheldon.tracking import step_run
 
 STEP = "preprocess"
+
+
+@dataclass(frozen=True)
+class Settings(StepSettings):
+    """preprocess's parameters; config.yaml's `preprocess` section holds their values."""
+
+    raw_data: str = artifact_input("MLflow URI of download_dataset's raw_data artifact")
+    val_size: float = parameter(0.15, "fraction of samples for validation")
+    test_size: float = parameter(0.15, "fraction of samples for test")
+    num_classes: int = parameter(10, "labels must lie in 0..num_classes-1")
+    seed: int = parameter(42, "seed of the stratified split")
 
 
 def scale(images: np.ndarray) -> np.ndarray:
@@ -41,8 +53,8 @@ def class_counts(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: 
     return {name: np.bincount(y, minlength=num_classes).tolist() for name, (_, y) in splits.items()}
 
 
-def main(args: argparse.Namespace) -> None:
-    with step_run(STEP, vars(args)) as run:
+def main(args: Settings) -> None:
+    with step_run(STEP, args) as run:
         plan = Split(args.val_size, args.test_size, args.num_classes)
         with stages(3, STEP) as begin:
             begin("reading raw_data")
@@ -61,14 +73,8 @@ def main(args: argparse.Namespace) -> None:
         print("split sizes: " + ", ".join(f"{n}={len(y)}" for n, (_, y) in splits.items()))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--raw_data", default="", help="MLflow URI of the raw_data artifact (required)")
-    p.add_argument("--val_size", type=float, default=0.15, help="fraction of samples for validation")
-    p.add_argument("--test_size", type=float, default=0.15, help="fraction of samples for test")
-    p.add_argument("--num_classes", type=int, default=10, help="labels must lie in 0..num_classes-1")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split")
-    return p
+def parser() -> SettingsParser:
+    return Settings.parser(STEP, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ nccl on GPU); only rank 0 logs to MLflow and W&B."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Iterator
@@ -20,9 +19,10 @@ import torch
 from torch import nn
 
 from sheldon.artifacts import fetch
-from sheldon.cli import boolean, json_value, run_cli
+from sheldon.cli import run_cli
 from sheldon.datasets import load_split
 from sheldon.errors import StepError, usable_folder
+from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
 from sheldon.tracking import StepRun, missing_inputs, step_run
 from sheldon.training import (
     CHECKPOINT,
@@ -48,6 +48,28 @@ NOT_IN_KEY = ("resume", "checkpoint_dir")
 
 
 @dataclass(frozen=True)
+class Settings(StepSettings):
+    """train_model's parameters; config.yaml's `train_model` section holds their values."""
+
+    splits: str = artifact_input("MLflow URI of preprocess's splits artifact")
+    epochs: int = parameter(8, "most passes over the training split (early stopping may end sooner)")
+    batch_size: int = parameter(64, "samples per optimizer step, over all processes")
+    lr: float = parameter(0.003, "learning rate given to the optimizer")
+    seed: int = parameter(42, "seeds python, numpy, torch and the shuffling")
+    device: str = parameter("auto", "auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    bf16: str = parameter("auto", "bf16 autocast: auto (on GPUs that support it), true or false")
+    threads: int = parameter(1, "CPU threads per process; 0 = PyTorch's default (one per core)")
+    patience: int = parameter(3, "early stop after this many epochs without a better val_accuracy; 0 = off")
+    grad_clip: float = parameter(0.0, "clip the gradient norm to this; 0 = off")
+    nproc_per_node: int = parameter(1, ">1: DistributedDataParallel in that many processes under torchrun")
+    resume: bool = parameter(False, "continue this configuration's run from its last checkpoint")
+    checkpoint_dir: str = parameter("checkpoints", "checkpoint folder, relative to the repo root")
+    model: dict[str, Any] = parameter({"_target_": "sheldon.models.SmallCNN"}, "model spec (_target_)")
+    optimizer: dict[str, Any] = parameter({"_target_": "torch.optim.Adam"}, "optimizer spec (_target_)")
+    scheduler: dict[str, Any] | None = parameter(None, "LR schedule spec (_target_); '' = constant lr")
+
+
+@dataclass(frozen=True)
 class Plan:
     """The parameters of one training process, checked: what it computes, on which device, where
     its checkpoints go, and the checkpoint it resumes from."""
@@ -58,13 +80,13 @@ class Plan:
     resume_from: dict[str, Any] | None
 
 
-def checkpoint_dir(args: argparse.Namespace) -> Path:
+def checkpoint_dir(args: Settings) -> Path:
     """This configuration's checkpoint folder, inside a checkpoint_dir known to be usable."""
     root = usable_folder("train_model.checkpoint_dir", args.checkpoint_dir)
     return checkpoint_folder(root, {k: v for k, v in vars(args).items() if k not in NOT_IN_KEY})
 
 
-def check(args: argparse.Namespace, world: World) -> Plan:
+def check(args: Settings, world: World) -> Plan:
     """Every check on the parameters, each made once, before anything is fetched or trained."""
     settings = TrainingSettings.from_args(args)
     checkpoints = checkpoint_dir(args)
@@ -109,7 +131,7 @@ def log_model(model: nn.Module, example: np.ndarray) -> ModelInfo:
         )
 
 
-def fit_and_log(args: argparse.Namespace, world: World, run: StepRun | None) -> None:
+def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
     """Train in this process (one of several under torchrun); `run` is given on rank 0 only."""
     import mlflow
 
@@ -149,7 +171,7 @@ def fit_and_log(args: argparse.Namespace, world: World, run: StepRun | None) -> 
     print(f"best validation accuracy: {best:.4f} (epoch {best_epoch} of {len(history)})")
 
 
-def as_argv(args: argparse.Namespace) -> list[str]:
+def as_argv(args: Settings) -> list[str]:
     """The command line that parses back to `args` (structured values as JSON)."""
     argv = []
     for key, value in vars(args).items():
@@ -158,49 +180,26 @@ def as_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: Settings) -> None:
     world = World.from_env()
     if args.nproc_per_node > 1 and not world.distributed:
         try:
-            if problem := missing_inputs(STEP, vars(args)):
+            if problem := missing_inputs(STEP, args.values(), args.inputs()):
                 raise StepError(problem)
             check(args, world)
         except StepError:
-            with step_run(STEP, vars(args)):  # recorded as a failed run of this step, like any failure
+            with step_run(STEP, args):  # recorded as a failed run of this step, like any failure
                 raise
         launch(Path(__file__).resolve(), as_argv(args), args.nproc_per_node)
     elif world.rank == 0:
-        with step_run(STEP, vars(args)) as run:  # which stops on a missing input
+        with step_run(STEP, args) as run:  # which stops on a missing input
             fit_and_log(args, world, run)
     else:
         fit_and_log(args, world, None)
 
 
-def optional_json(value: str) -> Any:
-    """A structured parameter that may be unset ('' or null: Hydra's None)."""
-    return None if value.strip().lower() in {"", "none", "null"} else json_value(value)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
-    arg = p.add_argument
-    arg("--splits", default="", help="MLflow URI of preprocess's splits artifact (required)")
-    arg("--epochs", type=int, default=8, help="most passes over the training split")
-    arg("--batch_size", type=int, default=64, help="samples per optimizer step, over all processes")
-    arg("--lr", type=float, default=3e-3, help="learning rate given to the optimizer")
-    arg("--seed", type=int, default=42, help="seeds python, numpy, torch and the shuffling")
-    arg("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
-    arg("--bf16", default="auto", help="bf16 autocast: auto (on GPUs that support it), true or false")
-    arg("--threads", type=int, default=1, help="CPU threads per process; 0 = PyTorch's default")
-    arg("--patience", type=int, default=3, help="early stop after this many epochs without progress; 0 = off")
-    arg("--grad_clip", type=float, default=0.0, help="clip the gradient norm to this; 0 = off")
-    arg("--nproc_per_node", type=int, default=1, help="processes to train in (DDP under torchrun)")
-    arg("--resume", type=boolean, default=False, help="continue from this configuration's last checkpoint")
-    arg("--checkpoint_dir", default="checkpoints", help="checkpoint folder, relative to the repo root")
-    arg("--model", type=json_value, required=True, help="model spec as JSON with _target_")
-    arg("--optimizer", type=json_value, required=True, help="optimizer spec as JSON with _target_")
-    arg("--scheduler", type=optional_json, default=None, help="LR schedule spec as JSON, or '' for none")
-    return p
+def parser() -> SettingsParser:
+    return Settings.parser(STEP, __doc__)
 
 
 if __name__ == "__main__":
