@@ -42,7 +42,8 @@ lint: setup
 	ruff check .
 	ruff format --check .
 
-# config.yaml, each step's MLproject and its script's arguments agree (sheldon/contract.py)
+# config.yaml's section of each step matches the step's settings, and its MLproject is current
+# (sheldon/contract.py; `python -m sheldon.mlproject` rewrites the MLprojects)
 contract: setup
 	python -m sheldon.contract
 

@@ -1,5 +1,5 @@
-"""The contract check: every step's config.yaml section, MLproject parameters and script arguments
-agree, and each disagreement is named."""
+"""A step parameter is declared once, in its step's settings: the MLprojects generated from them are
+current, and the contract names each way config.yaml disagrees with the settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, copy_repo, make_project
 
-from sheldon.contract import check
+from sheldon.contract import check, pipeline_steps
+from sheldon.mlproject import stale, steps_in
+from sheldon.steps import Steps
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -19,68 +21,87 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_the_repository_keeps_the_contract():
-    assert check(REPO) == []
+    steps = pipeline_steps()
+    assert sorted(steps.order) == steps_in(REPO)
+    assert check(REPO, steps, steps.order) == []
 
 
-def test_cli_names_a_parameter_added_to_an_mlproject_but_not_to_the_script(tmp_path):
+def test_the_committed_mlprojects_are_the_generated_ones():
+    assert stale(REPO, steps_in(REPO)) == []
+
+
+def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewritten(tmp_path):
     project = make_project(tmp_path)
-    mlproject = project.root / "src" / "preprocess" / "MLproject"
-    edit(mlproject, "      seed:", "      shuffle:     {type: int, default: 1}   # new\n      seed:")
-    edit(mlproject, "--seed {seed}", "--seed {seed} --shuffle {shuffle}")
+    run_py = project.root / "src" / "preprocess" / "run.py"
+    edit(run_py, '    seed: int = parameter(42, "seed of the stratified split")\n', "")
+    edit(run_py, "    num_classes: int", "    shuffle: bool = False\n    num_classes: int")
 
-    result = project.run(sys.executable, "-m", "sheldon.contract", "preprocess")
-
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        "contract: preprocess: MLproject parameter 'shuffle' is not in config.yaml section 'preprocess'",
-        "contract: preprocess: MLproject parameter 'shuffle' is not an argument of run.py",
+    checked = project.run(sys.executable, "-m", "sheldon.contract", "preprocess")
+    assert checked.returncode == 1
+    assert checked.stderr.splitlines() == [
+        "contract: preprocess: config.yaml preprocess.seed is not a parameter in preprocess's settings "
+        "(src/preprocess/run.py)",
+        "contract: preprocess: parameter 'shuffle' of preprocess's settings (src/preprocess/run.py) "
+        "is not in config.yaml section 'preprocess'",
+        "contract: preprocess: src/preprocess/MLproject is not current: "
+        "`python -m sheldon.mlproject preprocess` writes it",
     ]
-    assert "2 mismatch(es)" in result.stdout
+    assert "3 mismatch(es)" in checked.stdout
+
+    assert project.run(sys.executable, "-m", "sheldon.mlproject", "--check").returncode == 1
+    written = project.run(sys.executable, "-m", "sheldon.mlproject", "preprocess")
+    assert written.returncode == 0 and written.stdout == "mlproject: wrote src/preprocess/MLproject\n"
+    mlproject = (project.root / "src" / "preprocess" / "MLproject").read_text()
+    assert "      shuffle: {type: bool, default: false}\n" in mlproject and "seed" not in mlproject
+    assert "      --shuffle {shuffle}" in mlproject
+    assert project.run(sys.executable, "-m", "sheldon.mlproject", "--check").returncode == 0
 
 
 @pytest.mark.parametrize(
-    "file, old, new, problem",
+    "step, file, old, new, problem",
     [
         (
+            "preprocess",
             "config.yaml",
             "  seed: 42\n\ntrain_model:",
             "  seed: 42\n  shuffle: true\n\ntrain_model:",
-            "config.yaml preprocess.shuffle is not an MLproject parameter (main.py passes it as --shuffle)",
+            "config.yaml preprocess.shuffle is not a parameter in preprocess's settings "
+            "(src/preprocess/run.py)",
         ),
         (
+            "preprocess",
             "config.yaml",
             "  num_classes: 10\n  seed: 42",
             "  num_classes: 10\n  seed: 0.5",
-            "'seed' is int in MLproject but float in config.yaml preprocess",
+            "config.yaml preprocess.seed is float, but the step takes int",
         ),
         (
+            "evaluate",
+            "config.yaml",
+            "  min_accuracy: 0.9",
+            "  min_accuracy: 1.5",
+            "config.yaml evaluate.min_accuracy='1.5' is refused by the step: expected a number from 0 to 1, "
+            "got '1.5'",
+        ),
+        (
+            "preprocess",
+            "config.yaml",
+            "    raw_data: download_dataset/raw_data\n",
+            "",
+            "config.yaml preprocess.inputs has no raw_data, an input in preprocess's settings "
+            "(src/preprocess/run.py)",
+        ),
+        (
+            "preprocess",
             "src/preprocess/run.py",
-            '"--seed", type=int',
-            '"--seed", type=float',
-            "'seed' is int in MLproject but float in run.py",
-        ),
-        (
-            "src/preprocess/run.py",
-            '"--seed", type=int, default=42',
-            '"--seed", type=int, default=7',
-            "default of 'seed' is 42 in MLproject but 7 in run.py",
-        ),
-        (
-            "src/preprocess/MLproject",
-            "--seed {seed}",
-            "--random_state {seed}",
-            "the MLproject command does not pass {seed} as --seed",
-        ),
-        (
-            "src/preprocess/run.py",
-            "    return p\n",
-            '    p.add_argument("--verbose", type=int, default=0)\n    return p\n',
-            "run.py argument --verbose is not an MLproject parameter",
+            'parameter(42, "seed',
+            'parameter(7, "seed',
+            "src/preprocess/MLproject is not current: `python -m sheldon.mlproject preprocess` writes it",
         ),
     ],
-    ids=["config-only", "config-type", "script-type", "default", "command", "script-only"],
+    ids=["config-only", "config-type", "refused-value", "input-unwired", "stale-mlproject"],
 )
-def test_each_mismatch_is_named(tmp_path, file, old, new, problem):
+def test_each_mismatch_is_named(tmp_path, step, file, old, new, problem):
     root = copy_repo(tmp_path / "repo")
     edit(root / file, old, new)
-    assert check(root, ["preprocess"]) == [f"preprocess: {problem}"]
+    assert check(root, Steps((step,)), [step]) == [f"{step}: {problem}"]
