@@ -9,7 +9,6 @@ a str whose default is "".
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import json
 import keyword
@@ -36,6 +35,7 @@ YAML_WORDS = ("y", "yes", "n", "no", "true", "false", "on", "off", "null")
 # config.yaml's sections that are not steps.
 RESERVED_STEPS = ("main", "hydra", "defaults")
 DEFAULT_INPUT = "download_dataset/raw_data"  # the smallest artifact the pipeline makes
+LINE_LENGTH = 110  # ruff's, in pyproject.toml: the generated step passes `make lint`
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,14 @@ class Parameter:
         return json.dumps(str(self.default))
 
     @property
-    def argparse_type(self) -> str | None:
-        return {"int": "int", "float": "float", "bool": "boolean"}.get(self.type)
+    def declaration(self) -> str:
+        """The field of the step's settings, as ruff formats it."""
+        help_text = f'"{self.type} argument of process()"'
+        line = f"    {self.name}: {self.type} = parameter({self.python}, {help_text})"
+        if len(line) <= LINE_LENGTH:
+            return line
+        arguments = "".join(f"        {argument},\n" for argument in (self.python, help_text))
+        return f"    {self.name}: {self.type} = parameter(\n{arguments}    )"
 
     @property
     def mlproject_type(self) -> str:
@@ -188,7 +194,7 @@ def repo_root(project_dir: Path) -> Path | None:
 
 
 def check_target(answers: dict[str, Any], project_dir: Path) -> None:
-    """Raise BadAnswer when the step's folder, its name in main.py's _steps or its config.yaml
+    """Raise BadAnswer when the step's folder (a step is a folder in src/) or its config.yaml
     section already exists. cookiecutter creates the (empty) folder before this hook runs."""
     step = answers["step_name"]
     if any(project_dir.iterdir()):
@@ -196,22 +202,9 @@ def check_target(answers: dict[str, Any], project_dir: Path) -> None:
     root = repo_root(project_dir)
     if root is None:
         return
-    if step in (pipeline_steps(root) or []):
-        raise BadAnswer(f"main.py's _steps already has {step!r}; choose another step_name")
     sections = re.findall(r"^([A-Za-z_]\w*):", (root / "config.yaml").read_text(), re.MULTILINE)
     if step in sections:
         raise BadAnswer(f"config.yaml already has a section {step!r}; choose another step_name")
-
-
-def pipeline_steps(root: Path) -> list[str] | None:
-    """main.py's `_steps` list, read without importing main.py (the hooks may run outside .venv)."""
-    for node in ast.parse((root / "main.py").read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_steps" for t in node.targets):
-            try:
-                return list(ast.literal_eval(node.value))
-            except ValueError:
-                return None
-    return None
 
 
 def config_section(step: str, parameters: list[Parameter]) -> str:
@@ -229,16 +222,10 @@ def next_steps(answers: dict[str, Any], project_dir: Path) -> str:
     """What the post-generation hook prints: the two edits that put the step in the pipeline."""
     step = answers["step_name"]
     parameters = parse_parameters(str(answers["parameters"]))
-    root = repo_root(project_dir)
-    steps = pipeline_steps(root) if root else None
-    if steps:
-        listing = "\n".join(f'    "{s}",' for s in [*steps, step])
-        edit_steps = (
-            f'1. main.py: add "{step}" at the end of _steps (it must come after '
-            f"{DEFAULT_INPUT.split('/')[0]}, whose artifact it reads):\n\n_steps = [\n{listing}\n]"
-        )
-    else:
-        edit_steps = f'1. main.py: add "{step}" to _steps, after the step whose artifact it reads.'
+    edit_steps = (
+        f"1. main.py: add it to _steps, after {DEFAULT_INPUT.split('/')[0]} (whose artifact it reads); "
+        f'the end of the list will do:\n\n    "{step}",'
+    )
     example = f' -P hydra_options="{step}.{parameters[0].name}={parameters[0].example}"' if parameters else ""
     return (
         f"Created {project_dir}. Two edits add it to the pipeline:\n\n{edit_steps}\n\n"
@@ -247,7 +234,8 @@ def next_steps(answers: dict[str, Any], project_dir: Path) -> str:
         f"  mlflow run . --env-manager local -P steps={step}{example}\n"
         f"  mlflow run src/{step} --env-manager local -P input_artifact=runs:/<run id>/raw_data\n"
         f"  pytest src/{step}\n"
-        f"Write the step's own logic in process() in src/{step}/{answers['script_name']}."
+        f"Write the step's own logic in process() in src/{step}/{answers['script_name']}; its parameters are "
+        f"declared once, in Settings there (after a change: python -m sheldon.mlproject {step})."
     )
 
 

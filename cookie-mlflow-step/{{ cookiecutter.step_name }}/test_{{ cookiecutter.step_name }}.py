@@ -4,11 +4,13 @@ Run them with `pytest src/{{ cookiecutter.step_name }}`; change them along with 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _SCRIPT = Path(__file__).resolve().parent / "{{ cookiecutter.script_name }}"
 _SPEC = importlib.util.spec_from_file_location("{{ cookiecutter.step_name }}_step", _SCRIPT)
 step = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = step  # where its settings dataclass looks its module up
 _SPEC.loader.exec_module(step)
 {%- set params = cookiecutter.parameters | step_parameters %}
 
