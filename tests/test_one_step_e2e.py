@@ -131,3 +131,12 @@ def test_a_wrong_parameter_name_is_one_line_naming_the_parameters(standalone):
         "error: preprocess has no parameter 'sed' "
         "(its parameters: raw_data, val_size, test_size, num_classes, seed)"
     ]
+
+
+def test_a_wrong_parameter_value_leaves_no_run_in_default(standalone):
+    result = mlflow_step(standalone, "preprocess", "-P", "raw_data=runs:/0123/raw_data", "-P", "seed=x")
+    assert result.returncode != 0
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        "error: preprocess: argument --seed: invalid int value: 'x'"
+    ]
+    assert default_experiment_is_empty(standalone)

@@ -86,7 +86,14 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     """Parse arguments, run the step, and turn a StepError into one line on stderr and exit 1.
     A stop signal, or the death of the pipeline that launched the step, unwinds the step
     (its runs closed, nothing half-written kept) and exits 128 + the signal's number."""
-    args = parser.parse_args()
+    try:
+        args = parser.parse_args()
+    except SystemExit as exit:
+        if exit.code:  # a bad parameter: one line from the parser, and no stray run
+            from sheldon.tracking import discard_standalone_launch
+
+            discard_standalone_launch()
+        raise
     raise_on_signals()
     die_with_pipeline()
     try:

@@ -229,6 +229,14 @@ def open_step_run(step: str, params: Mapping[str, Any], inputs: Iterable[str] = 
     return active
 
 
+def discard_standalone_launch() -> None:
+    """A step launched on its own that stops before its run opens (a bad parameter) leaves no
+    FAILED run of `mlflow run`'s in Default."""
+    launch_id = os.environ.get("MLFLOW_RUN_ID")
+    if launch_id and standalone_experiment(mlflow.MlflowClient().get_run(launch_id)) is not None:
+        delete_launcher_run(launch_id)
+
+
 def delete_launcher_run(run_id: str) -> None:
     """Delete the run `mlflow run` opened for this launch, once that `mlflow run` has exited: its
     last act is to set the run's status, and on a deleted run that raises (a traceback). Without
