@@ -11,17 +11,10 @@ download_dataset or preprocess. The unchanged run is measured --rounds times, ea
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from sheldon.paths import copy_repo
-
-REPO = Path(__file__).resolve().parents[1]
-
+from common import bench_env, fresh_copy, statuses, timed
 
 NOOP_PROJECT = 'name: noop\nentry_points:\n  main:\n    command: "true"\n'
 
@@ -30,18 +23,7 @@ def run(root: Path, env: dict[str, str], hydra_options: str = "") -> tuple[float
     command = ["mlflow", "run", ".", "--env-manager", "local"]
     if hydra_options:
         command += ["-P", f"hydra_options={hydra_options}"]
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"pipeline failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    return seconds, result.stdout
-
-
-def statuses(output: str) -> str:
-    steps = ("download_dataset", "preprocess", "train_model", "evaluate")
-    rows = [line.split() for line in output.splitlines() if line.split()[:1] and line.split()[0] in steps]
-    return ", ".join(f"{row[0]} {row[1]} {row[2]}s" for row in rows if len(row) > 2)
+    return timed(command, root, env)
 
 
 def main() -> None:
@@ -50,16 +32,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="unchanged re-runs; the best counts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sheldon-bench-") as tmp:
-        root = Path(tmp) / "repo"
-        copy_repo(root, REPO)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "SHELDON_"))}
-        env |= {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "WANDB_DIR": tmp,
-            "WANDB_MODE": "offline",
-        }
+        root = fresh_copy(Path(tmp))
+        env = bench_env(Path(tmp))
         changed = f"{args.hydra_options} train_model.lr=0.002".strip()
         noop = Path(tmp) / "noop"
         noop.mkdir()
