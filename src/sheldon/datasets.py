@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sheldon.errors import StepError, shorten
+from sheldon.errors import StepError, first_line, shorten
 
 PACKAGED_SCHEME = "package://"
 # name -> the file the download step writes for it
@@ -262,7 +262,7 @@ def _read_csv(path: Path, column: int | None = None) -> np.ndarray:
                 path, delimiter=",", skiprows=1, usecols=column, ndmin=2 if column is None else 1
             )
     except ValueError as err:
-        raise StepError(f"{path.name} is not a numeric CSV: {shorten(str(err).splitlines()[0])}") from None
+        raise StepError(f"{path.name} is not a numeric CSV: {shorten(first_line(err))}") from None
 
 
 def _integer_labels(values: np.ndarray, path: Path, label_column: str) -> np.ndarray:

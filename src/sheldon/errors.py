@@ -25,6 +25,14 @@ def shorten(value: object, limit: int = SHOWN) -> str:
     return f"{text[:keep]}...[{len(text) - 2 * keep:,} characters]...{text[-keep:]}"
 
 
+def first_line(message: object) -> str:
+    """The first line of `message` (an exception's text; its type's name when that is empty)."""
+    lines = str(message).strip().splitlines()
+    if lines:
+        return lines[0]
+    return type(message).__name__ if isinstance(message, BaseException) else ""
+
+
 def usable_folder(setting: str, value: str | os.PathLike, replaced: bool = False) -> Path:
     """The folder a path setting names (relative to the repo), once it is known that the step can
     write there: it is a folder, or can be created as one. `replaced`: the step swaps the whole

@@ -11,7 +11,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, first_line
 from sheldon.paths import REPO_ROOT
 from sheldon.processes import PROCESS_TAG, STOPPED_TAG, Interrupted, is_alive, stop_step
 from sheldon.tracking import delete_launcher_run
@@ -65,7 +65,7 @@ def start(step: str, params: dict[str, str], experiment_id: str, env_manager: st
             docker_auth=None,
         )
     except MlflowException as err:
-        raise StepError(f"cannot launch {step}: {err.message}".splitlines()[0]) from None
+        raise StepError(first_line(f"cannot launch {step}: {err.message}")) from None
     return Launched(submitted.run_id, submitted.command_proc)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sheldon.errors import StepError, shorten
+from sheldon.errors import StepError, first_line, shorten
 from sheldon.paths import REPO_ROOT
 
 
@@ -33,7 +33,7 @@ def check_overrides(overrides: list[str]) -> None:
         try:
             parser.parse_overrides([override])
         except OverrideParseException as err:
-            problem = err.message.splitlines()[0]
+            problem = first_line(err.message)
             raise StepError(f"malformed override {shorten(override)!r}: {problem}") from None
     with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
         try:
@@ -45,5 +45,5 @@ def check_overrides(overrides: list[str]) -> None:
                 f"{where or 'config.yaml'}: {err.problem or err.context}: fix the YAML there"
             ) from None
         except ConfigCompositionException as err:
-            cause = f": {str(err.__cause__).splitlines()[0]}" if err.__cause__ else ""
-            raise StepError(f"{str(err).splitlines()[0].rstrip('.')}{cause} (see config.yaml)") from None
+            cause = f": {first_line(err.__cause__)}" if err.__cause__ else ""
+            raise StepError(f"{first_line(err).rstrip('.')}{cause} (see config.yaml)") from None

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from sheldon.artifacts import FileDigest
 from sheldon.cli import progress
-from sheldon.errors import StepError, shorten
+from sheldon.errors import StepError, first_line, shorten
 
 # 512 KiB: on loopback it streams faster and steadier than 1 MiB (median 0.33 s against 0.52 s for
 # 542 MB, benchmarks/download.py's setting); memory stays flat, and a read that a dropped connection
@@ -198,7 +198,7 @@ def _copy_fsspec(uri: str, target: Path) -> Fetched:
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ImportError, ValueError) as err:
-        raise StepError(f"cannot read {uri}: {str(err).splitlines()[0]}") from None
+        raise StepError(f"cannot read {uri}: {first_line(err)}") from None
     try:
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", str(target), recursive=True)
@@ -213,7 +213,7 @@ def _copy_fsspec(uri: str, target: Path) -> Fetched:
             "e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
         ) from None
     except Exception as err:  # each store has its own errors; all mean this source is unusable
-        raise StepError(f"cannot read {uri}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise StepError(f"cannot read {uri}: {type(err).__name__}: {first_line(err)}") from None
 
 
 def unpack(archive: Path, dest: Path) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sheldon.errors import StepError, shorten
+from sheldon.errors import StepError, first_line, shorten
 from sheldon.paths import REPO_ROOT
 
 StepConfig = tuple[dict[str, str], dict[str, str]]  # (MLflow parameters, inputs)
@@ -73,7 +73,7 @@ class Steps:
         try:
             values = OmegaConf.to_container(config[section], resolve=True)
         except OmegaConfBaseException as err:
-            raise StepError(f"config.yaml section {section!r}: {err}".splitlines()[0]) from None
+            raise StepError(first_line(f"config.yaml section {section!r}: {err}")) from None
         inputs = values.pop("inputs", None) or {}
         params = {
             key: json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)

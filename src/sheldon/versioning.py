@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from sheldon.errors import StepError, shorten
+from sheldon.errors import StepError, first_line, shorten
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -51,11 +51,7 @@ def open_repo(root: Path) -> Repo:
     try:
         return Repo(str(root), config=None if is_git_repo(root) else {"core": {"no_scm": True}})
     except DvcException as err:
-        raise StepError(f"cannot open the DVC repo at {root}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise StepError(f"cannot open the DVC repo at {root}: {first_line(err)}") from None
 
 
 def resolve_commit(root: Path, version: str) -> str:
@@ -160,7 +156,7 @@ def unkept(repo: Repo, tree: Tree) -> list[str]:
     try:
         on_remote = set(repo.cloud.get_remote_odb().list_oids_exists(missing))
     except Exception as err:  # each store fails its own way; all mean the copy cannot be confirmed
-        raise StepError(f"cannot check what DVC remote {url} holds: {_first_line(err)}") from None
+        raise StepError(f"cannot check what DVC remote {url} holds: {first_line(err)}") from None
     return [oid for oid in missing if oid not in on_remote]
 
 
@@ -185,7 +181,7 @@ def check_remote_writable(repo: Repo) -> str:
         remote.fs.pipe_file(probe, b"")
         remote.fs.rm_file(probe)
     except Exception as err:  # each store fails its own way; all mean no push is possible
-        raise StepError(f"DVC remote {url} is not writable: {_first_line(err)}") from None
+        raise StepError(f"DVC remote {url} is not writable: {first_line(err)}") from None
     return url
 
 
@@ -201,7 +197,7 @@ def pull(repo: Repo, root: Path, md5: str) -> bool:
     try:
         repo.checkout(targets=[target], force=True)  # data/raw's own data is kept by DVC too
     except (DvcException, OSError) as err:
-        raise StepError(f"cannot check out {DVC_FILE} from the DVC cache: {_first_line(err)}") from None
+        raise StepError(f"cannot check out {DVC_FILE} from the DVC cache: {first_line(err)}") from None
     return True
 
 
@@ -222,7 +218,7 @@ def fetch(repo: Repo, root: Path, md5: str, commit: str | None = None) -> bool:
         else:
             repo.fetch(targets=[str(root / DVC_FILE)])
     except (DvcException, OSError) as err:
-        raise StepError(f"cannot pull data from DVC remote {url}: {_first_line(err)}") from None
+        raise StepError(f"cannot pull data from DVC remote {url}: {first_line(err)}") from None
     finally:
         dvc_log.setLevel(level)
     return complete_in_cache(repo, md5)
@@ -251,11 +247,11 @@ def commit_and_push(repo: Repo, root: Path, pin_path: str) -> str:
     try:
         repo.commit(str(dvc_file), force=True)
     except (DvcException, OSError) as err:
-        raise StepError(f"cannot record {pin_path} in the DVC cache: {_first_line(err)}") from None
+        raise StepError(f"cannot record {pin_path} in the DVC cache: {first_line(err)}") from None
     try:
         repo.push(targets=[str(dvc_file)])
     except (DvcException, OSError) as err:
-        raise StepError(f"cannot push to DVC remote {url}: {_first_line(err)}") from None
+        raise StepError(f"cannot push to DVC remote {url}: {first_line(err)}") from None
     return read_pin(root).md5
 
 

@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, first_line
 
 if TYPE_CHECKING:
     from sheldon.training.settings import TrainingSettings
@@ -20,7 +20,7 @@ def build(spec: dict[str, Any], what: str, **kwargs: Any) -> Any:
     try:
         return instantiate(spec, **kwargs)
     except InstantiationException as err:
-        reason = str(err).strip().splitlines()[0]
+        reason = first_line(err)
         raise StepError(f"cannot build train_model.{what} ({spec['_target_']}): {reason}") from None
 
 
