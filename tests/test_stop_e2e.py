@@ -19,7 +19,7 @@ from conftest import SHRUNK, make_project, wandb_records
 from http_server import Route, start, stop
 from test_dvc import digits, git
 
-from sheldon.processes import STOPPED_TAG
+from sheldon.vocabulary import STOPPED_TAG
 
 pytestmark = pytest.mark.e2e
 

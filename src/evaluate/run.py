@@ -4,7 +4,6 @@ test images, log a predictions table, and fail when accuracy is below evaluate.m
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from sheldon.errors import StepError
 from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import peak_memory_mb, predict, select_device
+from sheldon.vocabulary import parse_runs_uri
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
@@ -94,8 +94,8 @@ def misclassified_figure(
 
 def train_run_of(model_uri: str) -> str | None:
     """The run that logged the model, when the URI names one (runs:/<run id>/model)."""
-    match = re.match(r"^runs:/([0-9a-f]+)/", model_uri)
-    return match.group(1) if match else None
+    parsed = parse_runs_uri(model_uri)
+    return parsed[0] if parsed else None
 
 
 def learning_curves(run_id: str) -> dict[str, list[tuple[int, float]]]:

@@ -15,10 +15,8 @@ import mlflow
 import tomllib
 
 from sheldon.paths import REPO_ROOT
+from sheldon.vocabulary import DIGEST_TAG, KEY_TAG, UNCACHEABLE_TAG
 
-KEY_TAG = "sheldon.cache_key"
-DIGEST_TAG = "sheldon.digest."  # + artifact name: content digest of a logged output
-UNCACHEABLE_TAG = "sheldon.not_cacheable"  # set by a step whose outputs the key cannot capture
 _LIBRARY = Path(__file__).resolve().parent
 _SKIPPED = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 

@@ -13,8 +13,9 @@ from mlflow.exceptions import MlflowException
 
 from sheldon.errors import StepError, first_line
 from sheldon.paths import REPO_ROOT
-from sheldon.processes import PROCESS_TAG, STOPPED_TAG, Interrupted, is_alive, stop_step
+from sheldon.processes import Interrupted, is_alive, stop_step
 from sheldon.tracking import delete_launcher_run
+from sheldon.vocabulary import PROCESS_TAG, STOPPED_TAG
 
 
 class Launched:

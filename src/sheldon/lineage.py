@@ -11,7 +11,7 @@ import mlflow
 from mlflow.entities import Run
 
 from sheldon.paths import REPO_ROOT
-from sheldon.tracking import HEADLINE_TAG
+from sheldon.vocabulary import DATA_MD5_TAG, GIT_DIRTY_TAG, HEADLINE_TAG
 
 # Where a step's run came from, as printed beside each input and tagged on the runs that read it.
 RAN, CACHED, PINNED = "ran in this pipeline", "cached, same config", "pinned by hand"
@@ -63,10 +63,10 @@ def source_state() -> dict[str, str]:
     tags = {}
     status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
     if status.returncode == 0:
-        tags["sheldon.git_dirty"] = str(bool(status.stdout.strip())).lower()
+        tags[GIT_DIRTY_TAG] = str(bool(status.stdout.strip())).lower()
     dvc_file = REPO_ROOT / "data.dvc"
     if dvc_file.is_file():
         md5 = re.search(r"md5:\s*([0-9a-f]{32})", dvc_file.read_text())
         if md5:
-            tags["sheldon.data_md5"] = md5.group(1)
+            tags[DATA_MD5_TAG] = md5.group(1)
     return tags

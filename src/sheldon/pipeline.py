@@ -16,24 +16,33 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sheldon.artifacts import digest_path
-from sheldon.cache import DIGEST_TAG, KEY_TAG, cache_key, code_digest, find_cached_run, output_digest
+from sheldon.cache import cache_key, code_digest, find_cached_run, output_digest
 from sheldon.errors import StepError, shorten
 from sheldon.launch import claim_launcher_run, fail_dead_runs, start
 from sheldon.lineage import CACHED, PINNED, RAN, StepResult, headline_of, log_lineage, source_state
 from sheldon.paths import REPO_ROOT, repo_path
-from sheldon.processes import PIPELINE_ENV, PROCESS_TAG, STOPPED_TAG, Interrupted, process_token
+from sheldon.processes import PIPELINE_ENV, Interrupted, process_token
 from sheldon.steps import StepConfig, Steps
 from sheldon.store import check_tracking_store
-from sheldon.tracking import (
+from sheldon.tracking import allow_concurrent_runs, configure_tracking, settle_wandb_mode
+from sheldon.vocabulary import (
+    DIGEST_TAG,
     ERROR_TAG,
+    EXPERIMENT_KIND_TAG,
+    FAILED_STEP_TAG,
+    INPUT_DIGEST_TAG,
+    INPUT_SOURCE_TAG,
+    KEY_TAG,
+    PINNED_TAG,
+    PIPELINE_RUN_TAG,
+    PROCESS_TAG,
+    RUN_NAME_TAG,
     STEP_TAG,
-    allow_concurrent_runs,
-    configure_tracking,
-    settle_wandb_mode,
+    STOPPED_TAG,
+    runs_uri,
 )
 
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 @dataclass
@@ -105,7 +114,7 @@ def step_key(
     uris, digests = {}, {}
     for param, ref in inputs.items():
         upstream, artifact = steps.upstream(step, param, ref)
-        uris[param] = f"runs:/{produced[upstream].info.run_id}/{artifact}"
+        uris[param] = runs_uri(produced[upstream].info.run_id, artifact)
         digests[param] = output_digest(produced[upstream], artifact)
     code = code_digest(REPO_ROOT / "src" / step)
     return cache_key(step, code, params, digests, steps.state_digests(step)), uris, digests
@@ -209,12 +218,12 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
         result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
     else:
         tags = {
-            "sheldon.pipeline_run_id": context.pipeline_run_id,
+            PIPELINE_RUN_TAG: context.pipeline_run_id,
             PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
             **context.lineage_tags,
         }
-        tags |= {f"sheldon.input_digest.{name}": digest for name, digest in digests.items()}
-        tags |= {f"sheldon.input_source.{name}": source for name, source in sources.items()}
+        tags |= {INPUT_DIGEST_TAG + name: digest for name, digest in digests.items()}
+        tags |= {INPUT_SOURCE_TAG + name: source for name, source in sources.items()}
         result = launch(step, params | uris, tags, context)
         if result.status == "ran":
             # Only now, seen finished by its pipeline, may the run stand in for the step: a run whose
@@ -250,7 +259,7 @@ def open_pipeline_run(experiment_id: str, launcher: str | None) -> mlflow.Active
     """The pipeline run (the launcher's run when it is in this experiment), tagged with this
     process so that a later pipeline can tell whether it was left behind."""
     if launcher:
-        mlflow.MlflowClient().set_tag(launcher, "mlflow.runName", "pipeline")
+        mlflow.MlflowClient().set_tag(launcher, RUN_NAME_TAG, "pipeline")
         run = mlflow.start_run(run_id=launcher)
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
@@ -298,7 +307,7 @@ def run_pipeline(config: DictConfig, steps: Steps) -> int:
             steps, experiment_id, env_manager, pipeline.info.run_id, forced, source_state(), origins
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
-        mlflow.set_tags({f"sheldon.pinned.{step}": run_id for step, run_id in pins.items()})
+        mlflow.set_tags({PINNED_TAG + step: run_id for step, run_id in pins.items()})
         try:
             for step in selected:
                 results.append(run_step(step, configs[step], produced, context))
@@ -313,7 +322,7 @@ def run_pipeline(config: DictConfig, steps: Steps) -> int:
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
         failed = [r for r in results if r.status == "failed"]
         if failed:
-            mlflow.set_tag("sheldon.failed_step", failed[0].step)
+            mlflow.set_tag(FAILED_STEP_TAG, failed[0].step)
             print(failure_hint(steps, failed[0], selected, env_manager), file=sys.stderr)
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             return 1

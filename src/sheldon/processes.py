@@ -18,8 +18,6 @@ from contextlib import suppress
 import psutil
 
 PIPELINE_ENV = "SHELDON_PIPELINE_PROCESS"  # token of the pipeline that launched this step
-PROCESS_TAG = "sheldon.process"  # token of the process whose death means the run is dead
-STOPPED_TAG = "sheldon.stopped"  # why a run was ended KILLED or FAILED from outside the step
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 

@@ -26,25 +26,26 @@ import psutil
 import yaml
 from mlflow.entities import RunStatus
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from sheldon.artifacts import digest_path, fetch
-from sheldon.cache import DIGEST_TAG, UNCACHEABLE_TAG
 from sheldon.errors import StepError, shorten
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
-from sheldon.processes import (
-    PIPELINE_ENV,
-    PROCESS_TAG,
-    STOPPED_TAG,
-    Interrupted,
-    process_token,
-    when_gone,
-)
+from sheldon.processes import PIPELINE_ENV, Interrupted, process_token, when_gone
 from sheldon.settings import StepSettings
+from sheldon.vocabulary import (
+    DIGEST_TAG,
+    ERROR_TAG,
+    HEADLINE_TAG,
+    INPUT_TAG,
+    PROCESS_TAG,
+    RUN_NAME_TAG,
+    STEP_TAG,
+    STOPPED_TAG,
+    UNCACHEABLE_TAG,
+    parse_runs_uri,
+    runs_uri,
+)
 
-STEP_TAG = "sheldon.step"
-HEADLINE_TAG = "sheldon.headline"
-ERROR_TAG = "sheldon.error"  # the one-line StepError a step failed with (a setting or input to fix)
 DEFAULT_PROJECT = "sheldon"
 _DELETE_RUN = "import mlflow, sys; mlflow.MlflowClient().delete_run(sys.argv[1])"
 WANDB_SETTLED = "SHELDON_WANDB_MODE"  # equals WANDB_MODE when sheldon chose it, not the user
@@ -137,8 +138,11 @@ def settle_wandb_mode() -> str:
 def wandb_reference(uri: str) -> str:
     """The W&B artifact behind an MLflow `runs:/<run id>/<name>` URI: every artifact a step logs
     carries its MLflow run id as an alias. Empty for other URIs."""
-    match = re.fullmatch(r"runs:/([0-9a-f]+)/([\w.-]+)/?", uri)
-    return f"{match[2]}:mlflow-{match[1]}" if match else ""
+    parsed = parse_runs_uri(uri)
+    if parsed is None or not re.fullmatch(r"[\w.-]+", parsed[1]):
+        return ""
+    run_id, name = parsed
+    return f"{name}:mlflow-{run_id}"
 
 
 @functools.cache
@@ -166,9 +170,9 @@ def missing_inputs(step: str, params: Mapping[str, Any], inputs: Iterable[str] =
 
     def example(name: str) -> str:
         if name not in sources:
-            return "runs:/<run id>/<artifact>"
+            return runs_uri("<run id>", "<artifact>")
         parts = str(sources[name]).split("/")
-        return f"runs:/<{parts[0]} run id>/{parts[-1]}"
+        return runs_uri(f"<{parts[0]} run id>", parts[-1])
 
     uris = " ".join(flag.format(name) + example(name) for name in missing)
     return (
@@ -216,7 +220,7 @@ def open_step_run(step: str, params: Mapping[str, Any], inputs: Iterable[str] = 
     if experiment_id is None:
         return mlflow.start_run(run_name=step)  # names the launch run too
     os.environ.pop("MLFLOW_RUN_ID", None)  # or start_run would resume the launch run
-    tags = {k: v for k, v in launch.data.tags.items() if k != MLFLOW_RUN_NAME} if launch else {}
+    tags = {k: v for k, v in launch.data.tags.items() if k != RUN_NAME_TAG} if launch else {}
     active = mlflow.start_run(experiment_id=experiment_id, run_name=step, tags=tags)
     if launch:
         mlflow.log_params(launch.data.params)
@@ -279,7 +283,7 @@ class StepRun:
 
     def fetch_input(self, name: str, uri: str) -> Path:
         """Download an input artifact (any MLflow artifact URI) and record where it came from."""
-        mlflow.set_tag(f"sheldon.input.{name}", uri)
+        mlflow.set_tag(INPUT_TAG + name, uri)
         reference = wandb_reference(uri)
         # Offline the reference is recorded in the config (use_artifact raises offline), ready for sync.
         self.wandb.config.update(
@@ -302,7 +306,7 @@ class StepRun:
         else:
             mlflow.log_artifact(str(local_path), artifact_path=name)
         self._log_wandb_artifact(local_path, name, kind, metadata)
-        return f"runs:/{self.run_id}/{name}"
+        return runs_uri(self.run_id, name)
 
     def log_logged_model(self, model_uri: str, name: str) -> None:
         """Give W&B, as a `model` artifact named `name`, the MLflow 3 logged model at `model_uri`

@@ -37,6 +37,7 @@ from sheldon.training import (
     process_group,
     train,
 )
+from sheldon.vocabulary import CHECKPOINTS_TAG, DEVICE_TAG
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -142,9 +143,7 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
         folder = run.fetch_input("splits", args.splits) if run else fetch(args.splits)
         train_xy, val_xy = load_split(folder, "train"), load_split(folder, "val")
         if run is not None:
-            mlflow.set_tags(
-                {"sheldon.checkpoints": str(plan.checkpoints), "sheldon.device": str(plan.placement.device)}
-            )
+            mlflow.set_tags({CHECKPOINTS_TAG: str(plan.checkpoints), DEVICE_TAG: str(plan.placement.device)})
         if plan.resume_from is not None:
             epoch = plan.resume_from["state"]["epoch"]
             print(f"resumed from {plan.checkpoints / CHECKPOINT} after epoch {epoch}", flush=True)

@@ -1,0 +1,48 @@
+"""The names sheldon writes into MLflow, each defined once: the tags it sets on runs and
+experiments, and the `runs:/<run id>/<artifact>` URI of an artifact a run logged. Light on purpose
+(only `re`): main.py's process and every step read it."""
+
+from __future__ import annotations
+
+import re
+
+# On a step's run
+STEP_TAG = "sheldon.step"  # the step the run belongs to
+HEADLINE_TAG = "sheldon.headline"  # the metric a step's summary line shows
+ERROR_TAG = "sheldon.error"  # the one-line StepError a step failed with (a setting or input to fix)
+KEY_TAG = "sheldon.cache_key"
+DIGEST_TAG = "sheldon.digest."  # + artifact name: content digest of a logged output
+UNCACHEABLE_TAG = "sheldon.not_cacheable"  # set by a step whose outputs the key cannot capture
+INPUT_TAG = "sheldon.input."  # + input name: the URI the step read
+INPUT_DIGEST_TAG = "sheldon.input_digest."  # + input name: the digest of the output it read
+INPUT_SOURCE_TAG = "sheldon.input_source."  # + input name: the upstream run and how it was got (lineage.py)
+PIPELINE_RUN_TAG = "sheldon.pipeline_run_id"
+CHECKPOINTS_TAG = "sheldon.checkpoints"  # train_model: where its checkpoints are
+DEVICE_TAG = "sheldon.device"  # train_model: the device it trained on
+
+# On a step's or a pipeline's run
+PROCESS_TAG = "sheldon.process"  # token of the process whose death means the run is dead
+STOPPED_TAG = "sheldon.stopped"  # why a run was ended KILLED or FAILED from outside the step
+GIT_DIRTY_TAG = "sheldon.git_dirty"  # whether the git tree had uncommitted changes
+DATA_MD5_TAG = "sheldon.data_md5"  # the DVC md5 data.dvc pins
+
+# On a pipeline's run
+PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
+FAILED_STEP_TAG = "sheldon.failed_step"
+
+# MLflow's own, which sheldon sets
+RUN_NAME_TAG = "mlflow.runName"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on an experiment
+
+_RUNS_URI = re.compile(r"runs:/([0-9a-f]+)/(.+?)/?")
+
+
+def runs_uri(run_id: str, artifact: str) -> str:
+    """The MLflow URI of artifact `artifact` that run `run_id` logged."""
+    return f"runs:/{run_id}/{artifact}"
+
+
+def parse_runs_uri(uri: str) -> tuple[str, str] | None:
+    """(run id, artifact path) of a `runs:/<run id>/<artifact>` URI; None for any other URI."""
+    match = _RUNS_URI.fullmatch(uri)
+    return (match[1], match[2]) if match else None
