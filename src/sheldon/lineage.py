@@ -3,14 +3,15 @@ lineage tags every step run of the pipeline carries."""
 
 from __future__ import annotations
 
-import re
 import subprocess
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 
 import mlflow
 from mlflow.entities import Run
 
 from sheldon.paths import REPO_ROOT
+from sheldon.versioning import DVC_FILE, parse_pin
 from sheldon.vocabulary import DATA_MD5_TAG, GIT_DIRTY_TAG, HEADLINE_TAG
 
 # Where a step's run came from, as printed beside each input and tagged on the runs that read it.
@@ -64,9 +65,9 @@ def source_state() -> dict[str, str]:
     status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
     if status.returncode == 0:
         tags[GIT_DIRTY_TAG] = str(bool(status.stdout.strip())).lower()
-    dvc_file = REPO_ROOT / "data.dvc"
+    dvc_file = REPO_ROOT / DVC_FILE
     if dvc_file.is_file():
-        md5 = re.search(r"md5:\s*([0-9a-f]{32})", dvc_file.read_text())
-        if md5:
-            tags[DATA_MD5_TAG] = md5.group(1)
+        with suppress(ValueError):
+            if md5 := parse_pin(dvc_file.read_text()).md5:
+                tags[DATA_MD5_TAG] = md5.removesuffix(".dir")  # the hex digest alone, as always tagged
     return tags

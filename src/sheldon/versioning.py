@@ -37,6 +37,16 @@ class Pin:
     md5: str
 
 
+def parse_pin(text: str) -> Pin:
+    """What the text of a data.dvc pins: its first `outs` entry (md5 '' when it has none).
+    ValueError when it names no tracked folder."""
+    try:
+        out = yaml.safe_load(text)["outs"][0]
+        return Pin(str(out["path"]), str(out["md5"]) if "md5" in out else "")
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        raise ValueError(f"not a data.dvc: {shorten(text)}") from None
+
+
 def is_git_repo(root: Path) -> bool:
     return (root / ".git").exists()
 
@@ -86,19 +96,21 @@ def read_pin(root: Path, version: str | None = None) -> Pin:
             raise StepError(f"{root / DVC_FILE} is missing: restore it from git, or add data (download_new)")
         text, where = (root / DVC_FILE).read_text(), DVC_FILE
     try:
-        out = yaml.safe_load(text)["outs"][0]
-        return Pin(str(out["path"]), str(out["md5"]))
-    except (yaml.YAMLError, KeyError, IndexError, TypeError):
-        raise StepError(f"{where} does not pin a version (expected outs: [{{path, md5}}])") from None
+        pin = parse_pin(text)
+    except ValueError:
+        pin = None
+    if pin is None or not pin.md5:
+        raise StepError(f"{where} does not pin a version (expected outs: [{{path, md5}}])")
+    return pin
 
 
 def tracked_path(root: Path) -> str | None:
     """The folder data.dvc tracks (None without a data.dvc)."""
     try:
-        return str(yaml.safe_load((root / DVC_FILE).read_text())["outs"][0]["path"])
+        return parse_pin((root / DVC_FILE).read_text()).path
     except FileNotFoundError:
         return None
-    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+    except ValueError:
         raise StepError(f"{DVC_FILE} is malformed: expected outs: [{{path: data/raw, md5: ...}}]") from None
 
 
