@@ -18,11 +18,11 @@ from http_server import Route, free_port, start, stop
 from sheldon.artifacts import FileDigest
 from sheldon.datasets import Dataset, load_raw, save_npz
 from sheldon.errors import StepError
-from sheldon.sources import Transfer, fetch, unpack
+from sheldon.sources import Transfer, download, unpack
 
 BODY = np.random.default_rng(0).bytes(3 * 1024 * 1024 + 17)  # a few MiB of real bytes
 QUICK = Transfer(timeout=2.0, retries=2, backoff=0.05)
-download = load_step("download_dataset")
+download_step = load_step("download_dataset")
 
 
 def npz_bytes(n: int = 60) -> bytes:
@@ -51,38 +51,38 @@ def server():
 
 
 def test_http_download_has_the_served_bytes_and_their_sha256(server, tmp_path):
-    got = fetch(f"{server.url}/data.bin", tmp_path / "data.bin", QUICK)
+    got = download(f"{server.url}/data.bin", tmp_path / "data.bin", QUICK)
     assert got.path.read_bytes() == BODY
     assert got.sha256 == hashlib.sha256(BODY).hexdigest() and got.size == len(BODY)
 
 
 def test_404_is_one_line_and_not_retried(server, tmp_path):
     with pytest.raises(StepError, match=r"cannot download .*/nope\.bin: HTTP 404 Not Found$"):
-        fetch(f"{server.url}/nope.bin", tmp_path / "x", QUICK)
+        download(f"{server.url}/nope.bin", tmp_path / "x", QUICK)
     assert server.hits["/nope.bin"] == 1
 
 
 def test_503_twice_then_success(server, tmp_path):
-    got = fetch(f"{server.url}/flaky.bin", tmp_path / "flaky.bin", QUICK)
+    got = download(f"{server.url}/flaky.bin", tmp_path / "flaky.bin", QUICK)
     assert got.path.read_bytes() == BODY
     assert server.hits["/flaky.bin"] == 3
 
 
 def test_5xx_after_the_last_retry_gives_up(server, tmp_path):
     with pytest.raises(StepError, match=r"HTTP 503 Service Unavailable \(gave up after 3 attempts\)"):
-        fetch(f"{server.url}/down.bin", tmp_path / "x", QUICK)
+        download(f"{server.url}/down.bin", tmp_path / "x", QUICK)
     assert server.hits["/down.bin"] == 3
 
 
 def test_dropped_connection_resumes_with_a_range_request(server, tmp_path):
-    got = fetch(f"{server.url}/drop.bin", tmp_path / "drop.bin", QUICK)
+    got = download(f"{server.url}/drop.bin", tmp_path / "drop.bin", QUICK)
     assert got.path.read_bytes() == BODY
     assert got.sha256 == hashlib.sha256(BODY).hexdigest()
     assert server.ranges == [f"bytes={1024 * 1024}-"]  # only the missing part came again
 
 
 def test_a_server_that_ignores_range_sends_it_all_again_and_the_file_is_whole(server, tmp_path):
-    got = fetch(f"{server.url}/drop-norange.bin", tmp_path / "drop.bin", QUICK)
+    got = download(f"{server.url}/drop-norange.bin", tmp_path / "drop.bin", QUICK)
     assert server.ranges == [f"bytes={1024 * 1024}-"]  # asked for the rest, got the whole body
     assert got.path.read_bytes() == BODY and got.size == len(BODY)
     assert got.sha256 == hashlib.sha256(BODY).hexdigest()
@@ -91,29 +91,29 @@ def test_a_server_that_ignores_range_sends_it_all_again_and_the_file_is_whole(se
 def test_a_failed_download_leaves_no_file(server, tmp_path):
     for path in ("/nope.bin", "/down.bin"):
         with pytest.raises(StepError):
-            fetch(f"{server.url}{path}", tmp_path / "x", QUICK)
+            download(f"{server.url}{path}", tmp_path / "x", QUICK)
         assert not (tmp_path / "x").exists()
 
 
 def test_stall_past_the_timeout_fails_with_one_line(server, tmp_path):
     slow = Transfer(timeout=0.5, retries=1, backoff=0.05)
     with pytest.raises(StepError, match=r"stalled \(no data for 0.5 s\) \(gave up after 2 attempts\)"):
-        fetch(f"{server.url}/stall.bin", tmp_path / "x", slow)
+        download(f"{server.url}/stall.bin", tmp_path / "x", slow)
 
 
 def test_unreachable_host(tmp_path):
     port = free_port()
     with pytest.raises(StepError, match=r"connection refused .* \(gave up after 1 attempts\)"):
-        fetch(f"http://127.0.0.1:{port}/x", tmp_path / "x", Transfer(timeout=1, retries=0))
+        download(f"http://127.0.0.1:{port}/x", tmp_path / "x", Transfer(timeout=1, retries=0))
 
 
 def test_local_path_and_file_uri(tmp_path):
     source = tmp_path / "src.bin"
     source.write_bytes(BODY[:1000])
-    assert fetch(str(source), tmp_path / "a").path.read_bytes() == BODY[:1000]
-    assert fetch(source.as_uri(), tmp_path / "b").sha256 == hashlib.sha256(BODY[:1000]).hexdigest()
+    assert download(str(source), tmp_path / "a").path.read_bytes() == BODY[:1000]
+    assert download(source.as_uri(), tmp_path / "b").sha256 == hashlib.sha256(BODY[:1000]).hexdigest()
     with pytest.raises(StepError, match="does not exist"):
-        fetch(str(tmp_path / "nothing"), tmp_path / "c")
+        download(str(tmp_path / "nothing"), tmp_path / "c")
 
 
 # --- the sha256 hashed in the background
@@ -146,15 +146,17 @@ def test_stage_checks_sha256_before_anything_lands(server, tmp_path):
     with pytest.raises(
         StepError, match=r"checksum mismatch for .*digits\.npz: expected sha256 0+, got [0-9a-f]{64}"
     ):
-        download.stage(url, tmp_path, QUICK, sha256="0" * 64)
+        download_step.stage(url, tmp_path, QUICK, sha256="0" * 64)
     assert not (tmp_path / "data").exists()
-    data, digest = download.stage(url, tmp_path / "ok", QUICK, sha256=hashlib.sha256(npz_bytes()).hexdigest())
+    data, digest = download_step.stage(
+        url, tmp_path / "ok", QUICK, sha256=hashlib.sha256(npz_bytes()).hexdigest()
+    )
     assert len(load_raw(data)) == 60
 
 
 def test_stage_refuses_a_file_in_no_known_format(server, tmp_path):
     with pytest.raises(StepError, match=r"no dataset in a known format .*found data\.bin"):
-        download.stage(f"{server.url}/data.bin", tmp_path, QUICK)
+        download_step.stage(f"{server.url}/data.bin", tmp_path, QUICK)
 
 
 # --- archives
@@ -185,7 +187,7 @@ def test_archive_unpacks_into_a_dataset(tmp_path, kind):
     entries = {"digits/digits.npz": npz_bytes()}
     maker = make_zip if kind == "zip" else make_tar
     archive = maker(tmp_path / f"d.{kind}", entries)
-    data, _ = download.stage(str(archive), tmp_path / "stage")
+    data, _ = download_step.stage(str(archive), tmp_path / "stage")
     assert data.name == "digits"  # one top folder is unwrapped
     assert len(load_raw(data)) == 60
 
@@ -233,6 +235,6 @@ def test_corrupt_archive_is_one_line(tmp_path, name):
 
 def test_no_partial_file_is_left_where_data_would_be_read(server, tmp_path):
     with pytest.raises(StepError):
-        download.stage(f"{server.url}/down.bin", tmp_path, QUICK)
+        download_step.stage(f"{server.url}/down.bin", tmp_path, QUICK)
     assert not (tmp_path / "data").exists()
     assert os.listdir(tmp_path / "download") == []

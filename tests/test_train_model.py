@@ -17,7 +17,7 @@ from conftest import REPO, load_step, make_project
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sheldon.artifacts import fetch
+from sheldon.artifacts import fetch_artifact
 from sheldon.datasets import FASHION_MNIST_DIR, load_packaged, load_split
 from sheldon.errors import StepError
 from sheldon.training import TrainingSettings, World, load_checkpoint, predict, train
@@ -286,7 +286,7 @@ def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_
     # The same configuration in one process, on the same splits, reaches the same test accuracy.
     os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
     try:
-        folder = fetch(ddp_run.data.params["splits"])
+        folder = fetch_artifact(ddp_run.data.params["splits"])
         ddp_model = mlflow.pytorch.load_model(f"runs:/{ddp_run.info.run_id}/model")
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]

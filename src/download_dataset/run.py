@@ -33,14 +33,13 @@ from sheldon.datasets import (
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
 from sheldon.settings import SettingsParser, StepSettings, parameter
-from sheldon.sources import DEFAULT_TRANSFER, Fetched, Transfer, fetch, is_archive, source_name, unpack
+from sheldon.sources import DEFAULT_TRANSFER, Downloaded, Transfer, download, is_archive, source_name, unpack
 from sheldon.tracking import step_run
 from sheldon.versioning import (
     DVC_FILE,
     cache_dir,
     check_remote_writable,
     commit_and_push,
-    fetch_version,
     folder_md5,
     folder_tree,
     open_repo,
@@ -53,6 +52,7 @@ from sheldon.versioning import (
     staging_folder,
     tracked_path,
     unkept,
+    write_version,
 )
 
 if TYPE_CHECKING:
@@ -103,10 +103,10 @@ def stage(
     label_column: str = "label",
     split: Split | None = None,
 ) -> tuple[Path, FileDigest | None]:
-    """Fetch `source` into `staging` and check it: the sha256 of the fetched file when one is
+    """Download `source` into `staging` and check it: the sha256 of the downloaded file when one is
     expected, archives unpacked safely, a dataset in a known format that is not empty and, given
     `split`, labels that preprocess can split as configured. Returns the folder that should become
-    data/raw and the digest of what was fetched (None for a folder), which may still be hashing:
+    data/raw and the digest of what was downloaded (None for a folder), which may still be hashing:
     only an expected sha256 makes the data wait for it."""
     data = staging / "data"
     (staging / "download").mkdir(parents=True)
@@ -116,37 +116,37 @@ def stage(
         name = PACKAGED[packaged]
         path = staging / "download" / name
         save_npz(dataset, path)
-        fetched = Fetched(path, path.stat().st_size, FileDigest(path))
+        downloaded = Downloaded(path, path.stat().st_size, FileDigest(path))
     else:
         if "://" not in source:  # a path on disk: relative to the repo, as config paths are
             source = str(repo_path(source))
         name = source_name(source)
-        fetched = fetch(source, staging / "download" / name, transfer)
+        downloaded = download(source, staging / "download" / name, transfer)
     try:
-        if sha256 and fetched.digest is None:
+        if sha256 and downloaded.digest is None:
             raise StepError(
                 f"data.sha256 is set but {shorten(source)} is a folder: a checksum applies to one file"
             )
-        if sha256 and (got := fetched.sha256) != sha256:  # before anything is unpacked or lands
+        if sha256 and (got := downloaded.sha256) != sha256:  # before anything is unpacked or lands
             raise StepError(
                 f"checksum mismatch for {shorten(source)}: expected sha256 {shorten(sha256)}, got {got}"
             )
         if is_archive(name):
-            unpack(fetched.path, data)
+            unpack(downloaded.path, data)
             data = _single_top_folder(data)
-        elif fetched.digest is None:
-            os.replace(fetched.path, data)
+        elif downloaded.digest is None:
+            os.replace(downloaded.path, data)
         else:
             data.mkdir()
-            os.replace(fetched.path, data / name)
+            os.replace(downloaded.path, data / name)
         count_samples(data, fmt, label_column)
         if split is not None:
             check_usable(data, split, fmt, label_column)
     except BaseException:
-        if fetched.digest:
-            fetched.digest.cancel()
+        if downloaded.digest:
+            downloaded.digest.cancel()
         raise
-    return data, fetched.digest
+    return data, downloaded.digest
 
 
 def _single_top_folder(folder: Path) -> Path:
@@ -235,7 +235,7 @@ def bring_pinned(
         return Outcome("up-to-date", pin.md5, label)
     if commit:
         with staging_folder(raw_dir) as staging:
-            fetch_version(repo, root, commit, pin, staging / "data")
+            write_version(repo, root, commit, pin, staging / "data")
             with replace_folder(raw_dir, staging / "data"):
                 pass
         print(f"{raw_dir} now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")

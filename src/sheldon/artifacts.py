@@ -17,7 +17,7 @@ from sheldon.errors import StepError
 _CHUNK = 1 << 20
 
 
-def fetch(uri: str) -> Path:
+def fetch_artifact(uri: str) -> Path:
     """Download an MLflow artifact URI (runs:/, models:/, file:, s3:// ...) to a local path."""
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

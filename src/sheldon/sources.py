@@ -42,8 +42,8 @@ class Transfer:
 
 
 @dataclass(frozen=True)
-class Fetched:
-    """What a fetch produced: a file (with its sha256, hashed in the background) or a folder."""
+class Downloaded:
+    """What a download produced: a file (with its sha256, hashed in the background) or a folder."""
 
     path: Path
     size: int
@@ -72,17 +72,17 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def fetch(uri: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) -> Fetched:
+def download(uri: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) -> Downloaded:
     """Copy the file or folder at `uri` to `target` (which must not exist yet)."""
     scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
     if scheme in ("http", "https"):
-        return fetch_http(uri, target, transfer)
+        return download_http(uri, target, transfer)
     if scheme in ("", "file"):
         return _copy_local(Path(unquote(urlparse(uri).path)) if scheme else Path(uri).expanduser(), target)
     return _copy_fsspec(uri, target)
 
 
-def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) -> Fetched:
+def download_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) -> Downloaded:
     """Stream `url` into `target`; an attempt that fails mid-body resumes with a Range request."""
     import requests
 
@@ -106,7 +106,7 @@ def fetch_http(url: str, target: Path, transfer: Transfer = DEFAULT_TRANSFER) ->
                         f"(gave up after {failures} attempts)"
                     ) from None
                 time.sleep(transfer.backoff * 2 ** (failures - 1))
-    return Fetched(target, target.stat().st_size, FileDigest(target))
+    return Downloaded(target, target.stat().st_size, FileDigest(target))
 
 
 @contextmanager
@@ -154,11 +154,11 @@ def _write_chunks(chunks: Iterable[bytes], out: BinaryIO, bar) -> None:
         bar.update(len(chunk))
 
 
-def _copy_stream(src: BinaryIO, target: Path, size: int | None, name: str) -> Fetched:
+def _copy_stream(src: BinaryIO, target: Path, size: int | None, name: str) -> Downloaded:
     """Copy an open binary stream to `target` in chunks."""
     with _receive(target) as out, progress(size, name, "B") as bar:
         _write_chunks(iter(partial(src.read, CHUNK), b""), out, bar)
-    return Fetched(target, target.stat().st_size, FileDigest(target))
+    return Downloaded(target, target.stat().st_size, FileDigest(target))
 
 
 def _describe(err: Exception, timeout: float) -> str:
@@ -181,17 +181,17 @@ def _describe(err: Exception, timeout: float) -> str:
     return text
 
 
-def _copy_local(path: Path, target: Path) -> Fetched:
+def _copy_local(path: Path, target: Path) -> Downloaded:
     if not path.exists():
         raise StepError(f"data source {path} does not exist")
     if path.is_dir():
         shutil.copytree(path, target)
-        return Fetched(target, sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), None)
+        return Downloaded(target, sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), None)
     with open(path, "rb") as src:
         return _copy_stream(src, target, path.stat().st_size, path.name)
 
 
-def _copy_fsspec(uri: str, target: Path) -> Fetched:
+def _copy_fsspec(uri: str, target: Path) -> Downloaded:
     """Object stores (s3://, gs://, az:// ...) through fsspec, streamed in chunks."""
     import fsspec
 
@@ -202,7 +202,7 @@ def _copy_fsspec(uri: str, target: Path) -> Fetched:
     try:
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", str(target), recursive=True)
-            return Fetched(target, sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), None)
+            return Downloaded(target, sum(f.stat().st_size for f in target.rglob("*") if f.is_file()), None)
         with fs.open(path, "rb", block_size=CHUNK) as src:
             return _copy_stream(src, target, fs.size(path), source_name(uri))
     except FileNotFoundError:

@@ -27,7 +27,7 @@ import yaml
 from mlflow.entities import RunStatus
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
-from sheldon.artifacts import digest_path, fetch
+from sheldon.artifacts import digest_path, fetch_artifact
 from sheldon.errors import StepError, shorten
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token, when_gone
@@ -294,7 +294,7 @@ class StepRun:
                 self.wandb.use_artifact(reference)
             except Exception as err:  # e.g. the producer ran without W&B
                 print(f"W&B: cannot link input {reference} ({err})", file=sys.stderr)
-        return fetch(uri)
+        return fetch_artifact(uri)
 
     def log_artifact(
         self, local_path: Path, name: str, kind: str, metadata: Mapping[str, Any] | None = None
@@ -312,7 +312,7 @@ class StepRun:
         """Give W&B, as a `model` artifact named `name`, the MLflow 3 logged model at `model_uri`
         (`models:/<id>`: it lives beside the run's artifacts, not among them), so that W&B holds
         the same outputs as MLflow and `<name>:mlflow-<run id>` resolves there."""
-        self._log_wandb_artifact(fetch(model_uri), name, "model", {"mlflow_model_uri": model_uri})
+        self._log_wandb_artifact(fetch_artifact(model_uri), name, "model", {"mlflow_model_uri": model_uri})
 
     def _log_wandb_artifact(
         self, local_path: Path, name: str, kind: str, metadata: Mapping[str, Any] | None

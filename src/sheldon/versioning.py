@@ -198,13 +198,13 @@ def check_remote_writable(repo: Repo) -> str:
 
 
 def pull(repo: Repo, root: Path, md5: str) -> bool:
-    """`dvc pull data.dvc`, made safe: fetch into the cache first, and check out only once every
-    file of version `md5` is there. False when the remote lacks some (data/raw untouched: DVC's
-    own checkout would have deleted it). Any other failure is a StepError."""
+    """`dvc pull data.dvc`, made safe: download into the cache first (`dvc fetch`), and check out
+    only once every file of version `md5` is there. False when the remote lacks some (data/raw
+    untouched: DVC's own checkout would have deleted it). Any other failure is a StepError."""
     from dvc.exceptions import DvcException
 
     target = str(root / DVC_FILE)
-    if not fetch(repo, root, md5):
+    if not download_to_cache(repo, root, md5):
         return False
     try:
         repo.checkout(targets=[target], force=True)  # data/raw's own data is kept by DVC too
@@ -213,7 +213,7 @@ def pull(repo: Repo, root: Path, md5: str) -> bool:
     return True
 
 
-def fetch(repo: Repo, root: Path, md5: str, commit: str | None = None) -> bool:
+def download_to_cache(repo: Repo, root: Path, md5: str, commit: str | None = None) -> bool:
     """Bring version `md5`, which data.dvc pins (at `commit`, if given), into the DVC cache from
     the default remote; nothing to do when the cache holds it. True once every file is there."""
     from dvc.exceptions import DvcException
@@ -267,14 +267,14 @@ def commit_and_push(repo: Repo, root: Path, pin_path: str) -> str:
     return read_pin(root).md5
 
 
-def fetch_version(repo: Repo, root: Path, commit: str, pin: Pin, target: Path) -> None:
+def write_version(repo: Repo, root: Path, commit: str, pin: Pin, target: Path) -> None:
     """Write the data that data.dvc pins at `commit` into `target`, through the DVC cache (so
     coming back to it later needs no remote)."""
     from dvc_data.hashfile.checkout import checkout
     from dvc_data.hashfile.hash_info import HashInfo
     from dvc_data.hashfile.tree import Tree
 
-    if not fetch(repo, root, pin.md5, commit):
+    if not download_to_cache(repo, root, pin.md5, commit):
         raise StepError(
             f"DVC remote {remote_url(repo)} lacks data version {commit[:10]} (md5 {pin.md5}): "
             "push it from a machine that has it: git checkout <version> && dvc pull && dvc push"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sheldon.artifacts import fetch
+from sheldon.artifacts import fetch_artifact
 from sheldon.cli import run_cli
 from sheldon.datasets import load_split
 from sheldon.errors import StepError, usable_folder
@@ -140,7 +140,7 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with process_group(world, plan.placement.device):
-        folder = run.fetch_input("splits", args.splits) if run else fetch(args.splits)
+        folder = run.fetch_input("splits", args.splits) if run else fetch_artifact(args.splits)
         train_xy, val_xy = load_split(folder, "train"), load_split(folder, "val")
         if run is not None:
             mlflow.set_tags({CHECKPOINTS_TAG: str(plan.checkpoints), DEVICE_TAG: str(plan.placement.device)})
