@@ -50,8 +50,9 @@ def compare_here(launches: int) -> None:
     import mlflow
 
     from sheldon.launch import start
-    from sheldon.processes import PIPELINE_ENV, PROCESS_TAG, process_token
+    from sheldon.processes import PIPELINE_ENV, process_token
     from sheldon.tracking import configure_tracking
+    from sheldon.vocabulary import PROCESS_TAG
 
     configure_tracking()
     os.environ[PIPELINE_ENV] = process_token()  # as run_pipeline sets it for its steps
