@@ -18,7 +18,7 @@ from http_server import free_port
 
 from sheldon.datasets import Dataset, Split, load_raw, save_npz
 from sheldon.errors import StepError
-from sheldon.versioning import read_pin
+from sheldon.versioning import parse_pin, read_pin
 
 download = load_step("download_dataset")
 GIT = ["git", "-c", "user.email=test@sheldon", "-c", "user.name=test"]
@@ -81,6 +81,15 @@ def snapshot(root: Path, remote: Path) -> dict[str, bytes]:
 def forget_local_data(root: Path) -> None:
     shutil.rmtree(root / "data" / "raw", ignore_errors=True)
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+
+
+def test_data_dvc_is_read_in_one_place():
+    pin = parse_pin((REPO / "data.dvc").read_text())
+    assert pin == read_pin(REPO) and pin.path == "data/raw" and pin.md5.endswith(".dir")
+    assert parse_pin("outs:\n- path: data\n").md5 == ""  # tracked, but no version recorded yet
+    for malformed in ("", "outs: []", "outs: [data]", "outs: [", "md5: 0123"):
+        with pytest.raises(ValueError):
+            parse_pin(malformed)
 
 
 def test_committed_pin_is_what_the_packaged_source_gives_and_bootstraps_an_empty_remote(

@@ -8,8 +8,14 @@ import re
 
 import pytest
 
-from sheldon.errors import SHOWN, StepError, shorten, usable_folder
+from sheldon.errors import SHOWN, StepError, first_line, shorten, usable_folder
 from sheldon.paths import REPO_ROOT
+
+
+def test_an_error_is_shown_by_its_first_line_or_else_its_type():
+    assert first_line(ValueError("bad value\n  traceback-like detail")) == "bad value"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line("cannot launch x: no such step\nmore") == "cannot launch x: no such step"
 
 
 def test_a_short_value_is_echoed_as_it_is():

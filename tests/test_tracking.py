@@ -12,6 +12,7 @@ import pytest
 from sheldon.errors import StepError
 from sheldon.processes import PIPELINE_ENV
 from sheldon.tracking import configured, missing_inputs, step_run, wandb_reference
+from sheldon.vocabulary import parse_runs_uri, runs_uri
 
 
 @pytest.fixture
@@ -29,6 +30,14 @@ def trackers(tmp_path, monkeypatch):
 def test_wandb_reference_names_the_producing_run():
     assert wandb_reference("runs:/0123abcd/splits") == "splits:mlflow-0123abcd"
     assert wandb_reference("models:/m-42") == ""
+    assert wandb_reference("runs:/0123abcd/splits/") == "splits:mlflow-0123abcd"
+    assert wandb_reference("runs:/0123abcd/model/data") == ""  # a file inside an artifact, not one
+
+
+def test_a_runs_uri_is_built_and_parsed_in_one_place():
+    assert runs_uri("0123abcd", "splits") == "runs:/0123abcd/splits"
+    assert parse_runs_uri(runs_uri("0123abcd", "model/data")) == ("0123abcd", "model/data")
+    assert parse_runs_uri("models:/m-42") is None
 
 
 def test_step_run_logs_both_trackers_and_records_lineage(trackers):
