@@ -121,7 +121,8 @@ def test_config_that_does_not_parse_is_one_line_with_line_and_column(tmp_path):
 def test_failing_step_stops_pipeline_and_keeps_earlier_outputs(project, full_run):
     earlier = {r.info.run_id for r in project.step_runs()}
     raw = (project.root / "data" / "raw" / "mnist_5k.npz").read_bytes()
-    result = project.mlflow_run("steps=evaluate", hydra_options="evaluate.min_accuracy=1")
+    gate = "train_model.epochs=1 evaluate.min_accuracy=1"  # the shrunk run's model, a gate it cannot pass
+    result = project.mlflow_run("steps=evaluate", hydra_options=gate)
     assert result.returncode != 0
     assert "is below evaluate.min_accuracy=1" in result.stderr
     failed = latest(project, "evaluate")
