@@ -69,6 +69,12 @@ class Project:
             args += ["-P", f"hydra_options={hydra_options}"]
         return self.run(*args)
 
+    def mlflow_step(self, step: str, *args: str) -> subprocess.CompletedProcess:
+        """`mlflow run src/<step> --env-manager local` with more arguments: one step on its own."""
+        result = self.run("mlflow", "run", f"src/{step}", "--env-manager", "local", *args)
+        assert "Traceback" not in result.output, result.output[-3000:]
+        return result
+
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
 

@@ -26,24 +26,10 @@ def pipeline_steps(project, output: str) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def configured(project, full_run):
     """The full run's step runs, and a preprocess run made by hand with another seed after it."""
-    runs = {
-        r.data.tags["sheldon.step"]: r
-        for r in project.step_runs()
-        if r.data.tags.get("mlflow.parentRunId")
-        == re.search(r"pipeline run ([0-9a-f]{32})", full_run.stdout)[1]
-    }
-    result = project.run(
-        "mlflow",
-        "run",
-        "src/preprocess",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        "sheldon",
-        "-P",
-        f"raw_data=runs:/{runs['download_dataset'].info.run_id}/raw_data",
-        "-P",
-        "seed=7",
+    runs = pipeline_steps(project, full_run.stdout)
+    raw_data = f"runs:/{runs['download_dataset'].info.run_id}/raw_data"
+    result = project.mlflow_step(
+        "preprocess", "--experiment-name", "sheldon", "-P", f"raw_data={raw_data}", "-P", "seed=7"
     )
     assert result.returncode == 0, result.output[-3000:]
     by_hand = project.step_runs("preprocess")[-1]

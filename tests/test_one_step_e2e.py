@@ -13,12 +13,6 @@ from conftest import Project, make_project, wandb_records
 pytestmark = pytest.mark.e2e
 
 
-def mlflow_step(project: Project, step: str, *args: str):
-    result = project.run("mlflow", "run", f"src/{step}", "--env-manager", "local", *args)
-    assert "Traceback" not in result.output, result.output[-3000:]
-    return result
-
-
 def only_run(project: Project, step: str):
     [run] = project.step_runs(step)
     return run
@@ -44,7 +38,7 @@ def wandb_run_of(project: Project, step: str) -> list:
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory) -> Project:
     project = make_project(tmp_path_factory.mktemp("one-step"))
-    result = mlflow_step(project, "download_dataset")
+    result = project.mlflow_step("download_dataset")
     assert result.returncode == 0, result.output[-3000:]
     return project
 
@@ -53,14 +47,14 @@ def standalone(tmp_path_factory) -> Project:
 def preprocessed(standalone):
     """The README's one-step example, as written: preprocess with another seed."""
     raw_data = f"runs:/{only_run(standalone, 'download_dataset').info.run_id}/raw_data"
-    result = mlflow_step(standalone, "preprocess", "-P", f"raw_data={raw_data}", "-P", "seed=7")
+    result = standalone.mlflow_step("preprocess", "-P", f"raw_data={raw_data}", "-P", "seed=7")
     assert result.returncode == 0, result.output[-3000:]
     return result
 
 
 def test_a_missing_input_is_one_line_naming_it_and_how_to_get_one(standalone):
     before = len(standalone.step_runs("preprocess"))
-    result = mlflow_step(standalone, "preprocess")
+    result = standalone.mlflow_step("preprocess")
     assert result.returncode != 0
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -87,7 +81,7 @@ def test_the_readme_example_runs_in_the_configured_experiment_named_after_the_st
 
 def test_an_experiment_the_user_names_is_kept(standalone):
     raw_data = f"runs:/{only_run(standalone, 'download_dataset').info.run_id}/raw_data"
-    result = mlflow_step(standalone, "preprocess", "--experiment-name", "mine", "-P", f"raw_data={raw_data}")
+    result = standalone.mlflow_step("preprocess", "--experiment-name", "mine", "-P", f"raw_data={raw_data}")
     assert result.returncode == 0, result.output[-3000:]
     [run] = standalone.runs("mine")
     assert run.info.run_name == "preprocess" and run.info.status == "FINISHED"
@@ -96,7 +90,7 @@ def test_an_experiment_the_user_names_is_kept(standalone):
 
 def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed):
     splits = f"runs:/{only_run(standalone, 'preprocess').info.run_id}/splits"
-    trained = mlflow_step(standalone, "train_model", "-P", f"splits={splits}", "-P", "epochs=1")
+    trained = standalone.mlflow_step("train_model", "-P", f"splits={splits}", "-P", "epochs=1")
     assert trained.returncode == 0, trained.output[-3000:]
     assert "Pickle" not in trained.output
     train_id = only_run(standalone, "train_model").info.run_id
@@ -106,8 +100,8 @@ def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed)
     assert any(Path(f.path).name == "MLmodel" for f in model.manifest.contents)
 
     model_uri = f"runs:/{train_id}/model"
-    evaluated = mlflow_step(
-        standalone, "evaluate", "-P", f"model={model_uri}", "-P", f"splits={splits}", "-P", "min_accuracy=0.5"
+    evaluated = standalone.mlflow_step(
+        "evaluate", "-P", f"model={model_uri}", "-P", f"splits={splits}", "-P", "min_accuracy=0.5"
     )
     assert evaluated.returncode == 0, evaluated.output[-3000:]
     assert "predicting: 100%" in evaluated.stderr and "logging results: 100%" in evaluated.stderr
@@ -124,7 +118,7 @@ def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed)
 
 def test_a_wrong_parameter_name_is_one_line_naming_the_parameters(standalone):
     typo = ["-P", "raw_data=runs:/0123/raw_data", "-P", "sed=7"]
-    result = mlflow_step(standalone, "preprocess", "--experiment-name", "typos", *typo)  # not in Default
+    result = standalone.mlflow_step("preprocess", "--experiment-name", "typos", *typo)  # not in Default
     assert result.returncode != 0
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -134,7 +128,7 @@ def test_a_wrong_parameter_name_is_one_line_naming_the_parameters(standalone):
 
 
 def test_a_wrong_parameter_value_leaves_no_run_in_default(standalone):
-    result = mlflow_step(standalone, "preprocess", "-P", "raw_data=runs:/0123/raw_data", "-P", "seed=x")
+    result = standalone.mlflow_step("preprocess", "-P", "raw_data=runs:/0123/raw_data", "-P", "seed=x")
     assert result.returncode != 0
     assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
         "error: preprocess: argument --seed: invalid int value: 'x'"

@@ -148,12 +148,8 @@ def test_failure_in_the_middle_skips_later_steps(project, full_run):
 
 def test_step_runs_alone_with_artifact_uris(project, full_run):
     raw = latest(project, "download_dataset")
-    result = project.run(
-        "mlflow",
-        "run",
-        "src/preprocess",
-        "--env-manager",
-        "local",
+    result = project.mlflow_step(
+        "preprocess",
         "--experiment-name",
         "sheldon",
         "-P",
