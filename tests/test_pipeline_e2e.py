@@ -130,7 +130,7 @@ def test_failing_step_stops_pipeline_and_keeps_earlier_outputs(project, full_run
     assert failed.info.status == "FAILED" and failed.info.run_id not in earlier
     assert "test_accuracy" in failed.data.metrics  # what it measured is kept
     assert "step evaluate failed" in result.stderr
-    assert all(project.client().get_run(r).info.status == "FINISHED" for r in finished)  # earlier outputs kept
+    assert all(project.client().get_run(r).info.status == "FINISHED" for r in finished)  # outputs kept
     assert (project.root / "data" / "raw" / "mnist_5k.npz").read_bytes() == raw
 
 
