@@ -367,36 +367,43 @@ def step_run(
     configure_tracking()
     mode = settle_wandb_mode()
     with open_step_run(step, params, inputs) as active:
-        mlflow.set_tag(STEP_TAG, step)
-        if PIPELINE_ENV not in os.environ:  # a pipeline tags the runs it launches with its own process
-            mlflow.set_tag(PROCESS_TAG, process_token())
-        experiment = mlflow.get_experiment(active.info.experiment_id).name
-        wandb_run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or configured("main").get("project_name"),
-            group=os.environ.get("WANDB_RUN_GROUP") or experiment,
-            job_type=job_type or step,
-            name=f"{step}-{active.info.run_id[:8]}",
-            config={**params, "mlflow_run_id": active.info.run_id},
-            dir=os.environ["WANDB_DIR"],
-            mode=mode,
-            reinit="create_new",
-        )
-        run = StepRun(step, active, wandb_run)
-        try:
+        wandb_run = None
+        try:  # from the first moment the run is open: a stop while W&B starts still ends it KILLED
+            mlflow.set_tag(STEP_TAG, step)
+            if PIPELINE_ENV not in os.environ:  # a pipeline tags the runs it launches with its own process
+                mlflow.set_tag(PROCESS_TAG, process_token())
+            experiment = mlflow.get_experiment(active.info.experiment_id).name
+            wandb_run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT") or configured("main").get("project_name"),
+                group=os.environ.get("WANDB_RUN_GROUP") or experiment,
+                job_type=job_type or step,
+                name=f"{step}-{active.info.run_id[:8]}",
+                config={**params, "mlflow_run_id": active.info.run_id},
+                dir=os.environ["WANDB_DIR"],
+                mode=mode,
+                reinit="create_new",
+            )
+            run = StepRun(step, active, wandb_run)
             run.log_params(params)
             yield run
         except StepError as err:
             mlflow.set_tag(ERROR_TAG, str(err)[:5000])
-            wandb_run.finish(exit_code=1)
+            _finish(wandb_run, 1)
             raise
         except Interrupted as stop:
-            wandb_run.finish(exit_code=stop.exit_code)
+            _finish(wandb_run, stop.exit_code)
             mlflow.set_tag(STOPPED_TAG, str(stop))
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
         except BaseException:
-            wandb_run.finish(exit_code=1)
+            _finish(wandb_run, 1)
             raise
         wandb_run.finish()
         if mode == "offline":
             print(f"W&B offline run saved: wandb sync {wandb_run.dir.removesuffix('/files')}")
+
+
+def _finish(wandb_run: Any, exit_code: int) -> None:
+    """Close a W&B run that may not have started yet."""
+    if wandb_run is not None:
+        wandb_run.finish(exit_code=exit_code)
