@@ -50,19 +50,28 @@ def raise_on_signals() -> None:
         signal.signal(signum, handler)
 
 
-def process_token(pid: int | None = None) -> str:
-    """The token of a process (this one by default)."""
-    pid = pid or os.getpid()
-    return f"{socket.gethostname()}/{pid}/{psutil.Process(pid).create_time():.2f}"
+def process_token() -> str:
+    """This process's token."""
+    return f"{socket.gethostname()}/{os.getpid()}/{psutil.Process().create_time():.2f}"
+
+
+def _parse_token(token: str) -> tuple[str, int, str]:
+    """A token's (host, pid, start time)."""
+    host, pid, started = token.rsplit("/", 2)
+    return host, int(pid), started
 
 
 def is_alive(token: str) -> bool | None:
-    """Whether the process a token names still runs; None when it ran on another host (unknown)."""
-    host, pid, started = token.rsplit("/", 2)
+    """Whether the process a token names still runs; None when that cannot be told (another host,
+    or not a token)."""
+    try:
+        host, pid, started = _parse_token(token)
+    except ValueError:
+        return None
     if host != socket.gethostname():
         return None
     try:
-        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+        return f"{psutil.Process(pid).create_time():.2f}" == started
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
 
@@ -93,7 +102,7 @@ def die_with_pipeline(poll: float = 0.5, grace: float = 5.0) -> None:
     token = os.environ.get(PIPELINE_ENV)
     if not token or is_alive(token) is not True:
         return  # not launched by a live pipeline on this host: nothing to watch
-    if os.getppid() == int(token.rsplit("/", 2)[1]):  # the step itself, not one of torchrun's workers
+    if os.getppid() == _parse_token(token)[1]:  # the step itself, not one of torchrun's workers
         # A group of its own: the pipeline stops the step's whole tree with one signal, and the
         # terminal's Ctrl-C reaches the step only through the pipeline, which then stops it in order.
         with suppress(OSError):
@@ -115,8 +124,8 @@ def die_with_pipeline(poll: float = 0.5, grace: float = 5.0) -> None:
 def when_gone(pid: int, command: list[str]) -> None:
     """Run `command` in the background, in a session of its own, once process `pid` has exited
     (it need not be our child: its exit is polled)."""
-    wait = "import psutil, subprocess, sys\ntry:\n    psutil.Process(int(sys.argv[1])).wait()\n"
-    wait += "except psutil.NoSuchProcess:\n    pass\nsubprocess.run(sys.argv[2:])"
+    wait = "import os, psutil, sys\ntry:\n    psutil.Process(int(sys.argv[1])).wait()\n"
+    wait += "except psutil.NoSuchProcess:\n    pass\nos.execv(sys.argv[2], sys.argv[2:])"
     subprocess.Popen(
         [sys.executable, "-c", wait, str(pid), *command],
         start_new_session=True,
