@@ -50,6 +50,7 @@ def compare_here(launches: int) -> None:
     import mlflow
 
     from sheldon.launch import start
+    from sheldon.prestart import Prestarted
     from sheldon.processes import PIPELINE_ENV, process_token
     from sheldon.tracking import configure_tracking
     from sheldon.vocabulary import PROCESS_TAG
@@ -65,7 +66,7 @@ def compare_here(launches: int) -> None:
             subprocess.run([sys.executable, "-c", BARE], check=True)
             times["bare"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            launched = start(STEP, {}, experiment_id, "local")
+            launched = start(STEP, {}, experiment_id, "local", Prestarted())  # cold: none started ahead
             if not launched.wait({PROCESS_TAG: os.environ[PIPELINE_ENV]}):
                 sys.exit(f"{STEP} failed")
             times["launch"].append(time.perf_counter() - started)

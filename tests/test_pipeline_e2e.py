@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import BIN, SHRUNK, make_project, said
 
@@ -62,6 +63,22 @@ def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run
     assert "test_accuracy=" in full_run.stdout and "mlflow run id" in full_run.stdout
     assert len(project.wandb_runs()) >= 4
     assert (project.root / "data" / "raw" / "mnist_5k.npz").exists()
+
+
+def test_later_steps_run_in_interpreters_started_while_the_step_before_worked(full_run):
+    sections = full_run.stdout.split("\n=== ")
+    started_ahead = [s.split()[0] for s in sections[1:] if "\n  command: python run.py " in s]
+    assert started_ahead == STEPS[1:]  # the first starts as MLflow starts it: it might have been cached
+
+
+def prestarted_left(root: Path) -> list[str]:
+    """Interpreters started ahead for steps of the repo copy at `root` that still run."""
+    left = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"] or ""
+        if "sheldon.prestart" in cmdline and cwd.startswith(str(root)) and process.status() != "zombie":
+            left.append(f"{process.pid} {cwd}")
+    return left
 
 
 def test_subset_takes_inputs_from_earlier_runs(project, full_run):
@@ -141,6 +158,7 @@ def test_failure_in_the_middle_skips_later_steps(project, full_run):
     assert "train_model.lr must be positive, got -1.0" in result.stderr
     new = project.step_runs()[before:]
     assert [(r.data.tags["sheldon.step"], r.info.status) for r in new] == [("train_model", "FAILED")]
+    assert prestarted_left(project.root) == []  # evaluate's, started while train_model worked
 
 
 def test_step_runs_alone_with_artifact_uris(project, full_run):

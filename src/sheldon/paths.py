@@ -22,6 +22,11 @@ def find_repo_root() -> Path:
 REPO_ROOT = find_repo_root()
 
 
+def step_dir(step: str) -> Path:
+    """src/<step>: a step's folder (its MLproject, its script, its environment)."""
+    return REPO_ROOT / "src" / step
+
+
 def repo_path(path: str | os.PathLike) -> Path:
     """Resolve `path` against the repository root unless it is already absolute."""
     path = Path(path).expanduser()

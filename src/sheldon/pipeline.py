@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from sheldon.artifacts import digest_path
 from sheldon.cache import cache_key, code_digest, find_cached_run, output_digest
 from sheldon.errors import StepError, shorten
-from sheldon.launch import claim_launcher_run, fail_dead_runs, start
+from sheldon.launch import claim_launcher_run, fail_dead_runs, prepare, start
 from sheldon.lineage import CACHED, PINNED, RAN, StepResult, headline_of, log_lineage, source_state
-from sheldon.paths import REPO_ROOT, repo_path
+from sheldon.paths import repo_path, step_dir
+from sheldon.prestart import Prestarted
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token
 from sheldon.steps import StepConfig, Steps
 from sheldon.store import check_tracking_store
@@ -43,6 +44,9 @@ from sheldon.vocabulary import (
 )
 
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+# Steps whose interpreters start while an earlier step works (sheldon/prestart.py): two, so that a
+# short step (preprocess) does not leave the long one after it (train_model) half imported.
+PREPARE_AHEAD = 2
 
 
 @dataclass
@@ -56,6 +60,8 @@ class PipelineContext:
     forced: set[str]  # steps that run even when a cached run exists
     lineage_tags: dict[str, str]  # git and data state, tagged on every step run
     origins: dict[str, str]  # step -> where its run came from (RAN, CACHED, PINNED)
+    selected: list[str]  # the steps this pipeline runs, in order
+    prestarted: Prestarted  # interpreters started ahead for steps about to launch
 
 
 def resolve_env_manager(setting: str) -> str:
@@ -116,7 +122,7 @@ def step_key(
         upstream, artifact = steps.upstream(step, param, ref)
         uris[param] = runs_uri(produced[upstream].info.run_id, artifact)
         digests[param] = output_digest(produced[upstream], artifact)
-    code = code_digest(REPO_ROOT / "src" / step)
+    code = code_digest(step_dir(step))
     return cache_key(step, code, params, digests, steps.state_digests(step)), uris, digests
 
 
@@ -192,7 +198,11 @@ def workspace_changed(steps: Steps, step: str, params: dict[str, str], run: Run)
 def launch(step: str, params: dict[str, str], tags: dict[str, str], context: PipelineContext) -> StepResult:
     """Run a step, tagged with its lineage before it can finish, and wait for it."""
     started = time.perf_counter()
-    launched = start(step, params, context.experiment_id, context.env_manager)
+    launched = start(step, params, context.experiment_id, context.env_manager, context.prestarted)
+    # The next steps' inputs are about to change, so they will most likely run too.
+    after = context.selected.index(step) + 1
+    for following in context.selected[after : after + PREPARE_AHEAD]:
+        prepare(following, context.env_manager, context.prestarted)
     status = "ran" if launched.wait(tags) else "failed"
     seconds = time.perf_counter() - started
     return StepResult(step, status, seconds, launched.run_id, headline_of(launched.run_id))
@@ -267,6 +277,30 @@ def open_pipeline_run(experiment_id: str, launcher: str | None) -> mlflow.Active
     return run
 
 
+def set_up_environment(config: DictConfig) -> None:
+    """What every step launched by this process inherits: the pipeline to watch, one tracking
+    store, one W&B mode, this interpreter's `python`, the W&B project and group."""
+    os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
+    check_tracking_store(configure_tracking())
+    settle_wandb_mode()  # once for all steps: a rejected key or unreachable W&B means offline, said once
+    # A step's command starts with `python`: the one beside this interpreter, so
+    # `.venv/bin/python main.py` works without an activated venv.
+    here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+    if here not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([here, path])
+    os.environ["WANDB_PROJECT"] = str(config.main.project_name)
+    os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
+
+
+def open_experiment(name: str) -> str:
+    """The pipeline's MLflow experiment (made if new), cleared of runs left behind by dead processes."""
+    experiment_id = mlflow.set_experiment(name).experiment_id
+    allow_concurrent_runs(mlflow.get_tracking_uri())
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    fail_dead_runs([experiment_id])
+    return experiment_id
+
+
 def run_pipeline(config: DictConfig, steps: Steps) -> int:
     """Run the steps config.yaml selects, in order, under one pipeline run; the exit code."""
     selected = steps.select(str(config.main.steps))
@@ -276,54 +310,44 @@ def run_pipeline(config: DictConfig, steps: Steps) -> int:
     use_cache = bool(config.main.use_cache)
     forced = steps.forced(str(config.main.force), selected, configs) if use_cache else set(selected)
     env_manager = resolve_env_manager(str(config.main.env_manager))
-    os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
-    check_tracking_store(configure_tracking())
-    settle_wandb_mode()  # once for all steps: a rejected key or unreachable W&B means offline, said once
-    # MLflow launches each step's command with `python`: the one beside this interpreter, so
-    # `.venv/bin/python main.py` works without an activated venv.
-    here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
-    if here not in path.split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([here, path])
-    os.environ["WANDB_PROJECT"] = str(config.main.project_name)
-    os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
-    experiment_name = str(config.main.experiment_name)
-    experiment = mlflow.set_experiment(experiment_name)
-    allow_concurrent_runs(mlflow.get_tracking_uri())
-    mlflow.MlflowClient().set_experiment_tag(
-        experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
-    )
-    fail_dead_runs([experiment.experiment_id])
-    produced, origins = resolve_upstream(steps, config, selected, pins, experiment.experiment_id, env_manager)
-    upstream = [
-        StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, run.info.run_id, headline_of(run))
-        for s, run in produced.items()
-    ]
-    print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
+    set_up_environment(config)
+    with Prestarted() as prestarted:  # interpreters a stop or an error leaves unused are ended
+        if selected[0] in forced:  # it will run: interpreters start while the pipeline plans
+            for step in selected[:PREPARE_AHEAD]:
+                prepare(step, env_manager, prestarted)
+        experiment_name = str(config.main.experiment_name)
+        experiment_id = open_experiment(experiment_name)
+        produced, origins = resolve_upstream(steps, config, selected, pins, experiment_id, env_manager)
+        upstream = [
+            StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, r.info.run_id, headline_of(r))
+            for s, r in produced.items()
+        ]
+        print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
 
-    results: list[StepResult] = []
-    experiment_id = experiment.experiment_id
-    with open_pipeline_run(experiment_id, claim_launcher_run(experiment_id)) as pipeline:
-        context = PipelineContext(
-            steps, experiment_id, env_manager, pipeline.info.run_id, forced, source_state(), origins
-        )
-        mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
-        mlflow.set_tags({PINNED_TAG + step: run_id for step, run_id in pins.items()})
-        try:
-            for step in selected:
-                results.append(run_step(step, configs[step], produced, context))
-                if results[-1].status == "failed":
-                    break
-        except Interrupted as stop:
-            stop.during = selected[len(results)]
-            mlflow.set_tag(STOPPED_TAG, f"{stop} during {stop.during}")
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-            raise
-        summary = log_lineage(pipeline.info.run_id, upstream + results)
-        print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
-        failed = [r for r in results if r.status == "failed"]
-        if failed:
-            mlflow.set_tag(FAILED_STEP_TAG, failed[0].step)
-            print(failure_hint(steps, failed[0], selected, env_manager), file=sys.stderr)
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-            return 1
+        results: list[StepResult] = []
+        with open_pipeline_run(experiment_id, claim_launcher_run(experiment_id)) as pipeline:
+            run_id, lineage = pipeline.info.run_id, source_state()
+            context = PipelineContext(
+                steps, experiment_id, env_manager, run_id, forced, lineage, origins, selected, prestarted
+            )
+            mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+            mlflow.set_tags({PINNED_TAG + step: run_id for step, run_id in pins.items()})
+            try:
+                for step in selected:
+                    results.append(run_step(step, configs[step], produced, context))
+                    if results[-1].status == "failed":
+                        break
+            except Interrupted as stop:
+                stop.during = selected[len(results)]
+                mlflow.set_tag(STOPPED_TAG, f"{stop} during {stop.during}")
+                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+                raise
+            summary = log_lineage(pipeline.info.run_id, upstream + results)
+            print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
+            failed = [r for r in results if r.status == "failed"]
+            if failed:
+                mlflow.set_tag(FAILED_STEP_TAG, failed[0].step)
+                print(failure_hint(steps, failed[0], selected, env_manager), file=sys.stderr)
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+                return 1
     return 0

@@ -32,6 +32,7 @@ FAILED_STEP_TAG = "sheldon.failed_step"
 
 # MLflow's own, which sheldon sets
 RUN_NAME_TAG = "mlflow.runName"
+BACKEND_TAG = "mlflow.project.backend"  # what launched a project run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on an experiment
 
 _RUNS_URI = re.compile(r"runs:/([0-9a-f]+)/(.+?)/?")

@@ -197,6 +197,12 @@ def main(args: Settings) -> None:
         fit_and_log(args, world, None)
 
 
+def warm_up() -> None:
+    """Called ahead of the step when a pipeline starts its interpreter early (sheldon/prestart.py):
+    torch's first optimizer imports its compiler stack, ~1 s here, the same on every run."""
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])
+
+
 def parser() -> SettingsParser:
     return Settings.parser(STEP, __doc__)
 

@@ -1,0 +1,166 @@
+"""Interpreters started ahead of their step (sheldon/prestart.py), with real processes: what a
+script sees when it runs in one, its exit code, and that nothing is left of those never used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO
+
+from sheldon.prestart import Prestarted, python_script
+
+SCRIPT = '''"""A step that reports what it sees."""
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def warm_up():
+    Path("warmed").write_text(str(os.getpid()))
+
+
+if __name__ == "__main__":
+    Path("seen.json").write_text(json.dumps({
+        "argv": sys.argv, "value": os.environ.get("SHELDON_TEST_VALUE"), "pid": os.getpid(),
+        "cwd": os.getcwd(), "group": os.getpgid(0), "path0": sys.path[0],
+    }))
+    sys.exit(int(os.environ.get("SHELDON_TEST_EXIT", "0")))
+'''
+COMMAND = "python run.py --name {name} --count {count}"
+
+
+@pytest.fixture
+def step(tmp_path, monkeypatch) -> Path:
+    """A step folder holding SCRIPT as run.py, and this interpreter's `python` first on PATH."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "run.py").write_text(SCRIPT)
+    return tmp_path
+
+
+def wait_for(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "python run.py --splits {splits} --epochs {epochs}",
+        "python3 train.py",
+        "python run.py",
+    ],
+)
+def test_a_plain_python_command_is_started_ahead(command):
+    found = python_script(command, f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert found is not None and found[1] == command.split()[1]
+    assert Path(found[0]).name == command.split()[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "bash run.sh {x}",
+        "python -m mypackage --x {x}",
+        "python run.py --x {x} && echo done",
+        "python run.py --home $HOME",
+        "python run.py --x {x} *.txt",
+        "python run.py --x {x} # note",
+        "python run.py > log.txt",
+        "python run.py 'unclosed",
+        "python",
+    ],
+)
+def test_a_command_that_needs_a_shell_or_is_no_script_starts_as_mlflow_starts_it(command):
+    assert python_script(command) is None
+
+
+def test_the_script_runs_in_the_interpreter_started_for_it_with_its_arguments_and_environment(step):
+    with Prestarted() as prestarted:
+        prestarted.prepare(step, COMMAND)
+        wait_for(step / "warmed")  # warm_up ran before the step launched
+        env = os.environ | {"SHELDON_TEST_VALUE": "from the launch", "SHELDON_TEST_EXIT": "3"}
+        process = prestarted.run(step, "python run.py --name 'two words' --count 2", env)
+        assert process is not None
+        assert process.wait(timeout=60) == 3  # the script's exit code is the process's
+    seen = json.loads((step / "seen.json").read_text())
+    assert seen["argv"] == ["run.py", "--name", "two words", "--count", "2"]
+    assert seen["value"] == "from the launch"
+    assert seen["pid"] == int((step / "warmed").read_text()) == process.pid
+    assert seen["cwd"] == str(step) and seen["path0"] == str(step.resolve())
+    assert seen["group"] == process.pid  # a process group of its own, as a launched step has
+
+
+def test_a_script_that_raises_exits_1_with_its_traceback(step, capfd):
+    (step / "run.py").write_text('if __name__ == "__main__":\n    raise ValueError("bad input")\n')
+    with Prestarted() as prestarted:
+        prestarted.prepare(step, COMMAND)
+        process = prestarted.run(step, "python run.py", dict(os.environ))
+        assert process is not None and process.wait(timeout=60) == 1
+    assert "ValueError: bad input" in capfd.readouterr().err
+
+
+def test_a_script_that_cannot_be_imported_fails_when_it_runs_not_before(step, capfd):
+    (step / "run.py").write_text("def (:\n")
+    with Prestarted() as prestarted:
+        prestarted.prepare(step, COMMAND)
+        time.sleep(1)
+        assert capfd.readouterr().err == ""  # nothing said while it waited
+        process = prestarted.run(step, "python run.py", dict(os.environ))
+        assert process is not None and process.wait(timeout=60) == 1
+    assert "SyntaxError" in capfd.readouterr().err
+
+
+def test_interpreters_no_step_used_are_stopped_and_never_run_their_script(step):
+    other = step.parent / "other_step"
+    shutil.copytree(step, other)
+    with Prestarted() as prestarted:
+        prestarted.prepare(step, COMMAND)
+        prestarted.prepare(other, COMMAND)
+        wait_for(step / "warmed")
+        waiting = [psutil.Process(int((step / "warmed").read_text()))]
+    _, alive = psutil.wait_procs(waiting, timeout=10)
+    assert alive == []
+    assert not (step / "seen.json").exists() and not (other / "seen.json").exists()
+
+
+def test_a_step_with_no_interpreter_started_is_left_to_mlflow(step):
+    with Prestarted() as prestarted:
+        assert prestarted.run(step, "python run.py", dict(os.environ)) is None
+        prestarted.prepare(step, "python run.py && echo done")
+        assert prestarted.run(step, "python run.py && echo done", dict(os.environ)) is None
+
+
+HEAVY = ("torch", "sklearn", "matplotlib")
+USES = {  # what each step's code needs of HEAVY: importing its run.py loads no more
+    "download_dataset": set(),
+    "preprocess": {"sklearn"},
+    "train_model": {"torch"},
+    "evaluate": {"torch", "sklearn", "matplotlib"},
+}
+
+
+@pytest.mark.parametrize("step", sorted(USES))
+def test_a_step_imports_only_what_it_uses(step):
+    load = (
+        "import importlib.util, json, sys\n"
+        "spec = importlib.util.spec_from_file_location('step', 'run.py')\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['step'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        f"print(json.dumps([name for name in {HEAVY!r} if name in sys.modules]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", load], cwd=REPO / "src" / step, capture_output=True, text=True, check=True
+    )
+    assert set(json.loads(result.stdout.splitlines()[-1])) == USES[step]
