@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from sheldon.paths import copy_repo
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # copy_repo's home, shared with the tests
+
+from checkout import copy_repo  # noqa: E402
+
 STEPS = ("download_dataset", "preprocess", "train_model", "evaluate")
 
 

@@ -194,8 +194,8 @@ def repo_root(project_dir: Path) -> Path | None:
 
 
 def check_target(answers: dict[str, Any], project_dir: Path) -> None:
-    """Raise BadAnswer when the step's folder (a step is a folder in src/) or its config.yaml
-    section already exists. cookiecutter creates the (empty) folder before this hook runs."""
+    """Raise BadAnswer when the step's folder (a step is a folder in src/), its config.yaml
+    section or its tests already exist. cookiecutter creates the (empty) folder before this hook runs."""
     step = answers["step_name"]
     if any(project_dir.iterdir()):
         raise BadAnswer(f"{project_dir} already exists; choose another step_name (nothing was changed)")
@@ -205,6 +205,18 @@ def check_target(answers: dict[str, Any], project_dir: Path) -> None:
     sections = re.findall(r"^([A-Za-z_]\w*):", (root / "config.yaml").read_text(), re.MULTILINE)
     if step in sections:
         raise BadAnswer(f"config.yaml already has a section {step!r}; choose another step_name")
+    if (tests := root / "tests" / f"test_{step}.py").exists():
+        raise BadAnswer(f"{tests} already exists; choose another step_name")
+
+
+def place_tests(answers: dict[str, Any], project_dir: Path) -> Path:
+    """Move the step's tests to the checkout's tests/, where every step's tests live (and where
+    editing them leaves the step's code, and so its cache key, alone); where is that file now."""
+    tests = project_dir / f"test_{answers['step_name']}.py"
+    root = repo_root(project_dir)
+    if root is None or not (root / "tests").is_dir():
+        return tests  # generated outside a checkout: beside the step
+    return tests.replace(root / "tests" / tests.name)
 
 
 def config_section(step: str, parameters: list[Parameter]) -> str:
@@ -218,7 +230,7 @@ def config_section(step: str, parameters: list[Parameter]) -> str:
     return "\n".join(lines)
 
 
-def next_steps(answers: dict[str, Any], project_dir: Path) -> str:
+def next_steps(answers: dict[str, Any], project_dir: Path, tests: Path) -> str:
     """What the post-generation hook prints: the two edits that put the step in the pipeline."""
     step = answers["step_name"]
     parameters = parse_parameters(str(answers["parameters"]))
@@ -233,7 +245,7 @@ def next_steps(answers: dict[str, Any], project_dir: Path) -> str:
         f"Then:\n"
         f"  mlflow run . --env-manager local -P steps={step}{example}\n"
         f"  mlflow run src/{step} --env-manager local -P input_artifact=runs:/<run id>/raw_data\n"
-        f"  pytest src/{step}\n"
+        f"  pytest {tests.relative_to(root) if (root := repo_root(project_dir)) else tests}\n"
         f"Write the step's own logic in process() in src/{step}/{answers['script_name']}; its parameters are "
         f"declared once, in Settings there (after a change: python -m sheldon.mlproject {step})."
     )

@@ -14,19 +14,17 @@ from types import ModuleType
 
 import mlflow
 import pytest
+from checkout import REPO, copy_repo
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from sheldon.paths import copy_repo  # noqa: F401  (tests import it from here)
-
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHRUNK = "train_model.epochs=1 evaluate.min_accuracy=0.5"  # a tiny CPU run
 
 
-def load_step(step: str, root: Path = REPO) -> ModuleType:
-    """Import src/<step>/run.py under a unique module name, so tests call its functions."""
-    path = root / "src" / step / "run.py"
+def load_step(step: str, root: Path = REPO, script: str = "run.py") -> ModuleType:
+    """Import src/<step>/<script> under a unique module name, so tests call its functions."""
+    path = root / "src" / step / script
     spec = importlib.util.spec_from_file_location(f"step_{step}_{abs(hash(root))}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -71,14 +71,11 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
     assert bare.returncode == 0, bare.output
 
     steps = ["scale_check", "copy_digits", "bare"]
-    assert sorted(p.name for p in (src / "copy_digits").iterdir()) == [
-        "MLproject",
-        "conda.yml",
-        "test_copy_digits.py",
-        "transform.py",
-    ]
-    for step in steps:
-        for path in (src / step).iterdir():
+    made = sorted(p.name for p in (src / "copy_digits").iterdir())
+    assert made == ["MLproject", "conda.yml", "transform.py"]
+    tests = [project.root / "tests" / f"test_{step}.py" for step in steps]  # where every step's tests live
+    for step, test in zip(steps, tests, strict=True):
+        for path in [*(src / step).iterdir(), test]:
             assert "{{" not in path.read_text() and "{%" not in path.read_text(), path
         assert (src / step / "conda.yml").read_text() == (src / "preprocess" / "conda.yml").read_text()
     assert (
@@ -88,10 +85,11 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
     assert "threshold: {type: float, default: 0.5}" in (src / "scale_check" / "MLproject").read_text()
     assert '  epochs: 3\n  name: ""\n  verbose: false\n' in typed.stdout
 
+    assert "  pytest tests/test_scale_check.py\n" in typed.stdout
     for lint in (["check"], ["format", "--check"]):
-        result = project.run(str(BIN / "ruff"), *lint, *(f"src/{s}" for s in steps))
+        result = project.run(str(BIN / "ruff"), *lint, *(f"src/{s}" for s in steps), *map(str, tests))
         assert result.returncode == 0, result.output
-    result = project.run(str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", *(f"src/{s}" for s in steps))
+    result = project.run(str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", *map(str, tests))
     assert result.returncode == 0 and "6 passed" in result.stdout, result.output
     result = project.run(str(BIN / "python"), "-m", "sheldon.contract", "scale_check", "copy_digits")
     assert result.returncode == 0, result.output
@@ -206,7 +204,11 @@ def test_bad_answers_are_refused_before_anything_is_written(bare_project, answer
 
 @pytest.mark.parametrize(
     "step, refusal",
-    [("preprocess", "src/preprocess already exists"), ("data", "config.yaml already has a section 'data'")],
+    [
+        ("preprocess", "src/preprocess already exists"),
+        ("data", "config.yaml already has a section 'data'"),
+        ("prestart", "tests/test_prestart.py already exists"),
+    ],
 )
 def test_existing_step_or_section_is_refused_by_the_pre_generation_hook(bare_project, step, refusal):
     before = tree(bare_project.root / "src")

@@ -1,17 +1,14 @@
-"""Tests of the step's own logic, called directly, and of its typed arguments.
-Run them with `pytest src/{{ cookiecutter.step_name }}`; change them along with process()."""
+"""Tests of {{ cookiecutter.step_name }}'s own logic, called directly, and of its typed arguments.
+Run them with `pytest tests/test_{{ cookiecutter.step_name }}.py` (`make test` runs them too);
+change them along with process()."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-_SCRIPT = Path(__file__).resolve().parent / "{{ cookiecutter.script_name }}"
-_SPEC = importlib.util.spec_from_file_location("{{ cookiecutter.step_name }}_step", _SCRIPT)
-step = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = step  # where its settings dataclass looks its module up
-_SPEC.loader.exec_module(step)
+from conftest import load_step
+
+step = load_step("{{ cookiecutter.step_name }}", script="{{ cookiecutter.script_name }}")
 {%- set params = cookiecutter.parameters | step_parameters %}
 
 

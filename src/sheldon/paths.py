@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 
@@ -54,31 +53,3 @@ def absolute_tracking_uri(uri: str | None) -> str:
     if "://" not in uri and not uri.startswith(("databricks", "uc")):
         return Path(uri).resolve().as_uri()  # a bare folder means a file store
     return uri
-
-
-# What a fresh clone lacks: machine-local environments, tracking stores, run outputs, data
-# (DVC's) and DVC's own cache and local config (.dvc/.gitignore).
-MACHINE_LOCAL = (
-    ".git",
-    ".venv",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    "wandb",
-    "outputs",
-    "checkpoints",
-    "__pycache__",
-    ".pytest_cache",
-    ".ruff_cache",
-    "*.egg-info",
-    "raw",
-    "cache",
-    "tmp",
-    "config.local",
-)
-
-
-def copy_repo(target: Path, source: Path | None = None) -> Path:
-    """Copy a checkout (this one by default) as a fresh clone would have it, e.g. for a test."""
-    shutil.copytree(source or REPO_ROOT, target, ignore=shutil.ignore_patterns(*MACHINE_LOCAL))
-    return target
