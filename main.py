@@ -19,9 +19,8 @@ from omegaconf import DictConfig
 
 from sheldon.cli import fraction
 from sheldon.errors import StepError
-from sheldon.launch import discard_launcher_run
 from sheldon.overrides import check_overrides, hydra_arguments
-from sheldon.pipeline import run_pipeline
+from sheldon.pipeline import discard_launcher_run, run_pipeline
 from sheldon.processes import Interrupted, raise_on_signals
 from sheldon.steps import StepFacts, Steps
 

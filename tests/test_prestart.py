@@ -38,11 +38,17 @@ if __name__ == "__main__":
 COMMAND = "python run.py --name {name} --count {count}"
 
 
+def mlproject(command: str) -> str:
+    return f"name: demo\nentry_points:\n  main:\n    command: {json.dumps(command)}\n"
+
+
 @pytest.fixture
 def step(tmp_path, monkeypatch) -> Path:
-    """A step folder holding SCRIPT as run.py, and this interpreter's `python` first on PATH."""
+    """A step folder holding SCRIPT as run.py and an MLproject that runs it with COMMAND, and
+    this interpreter's `python` first on PATH."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     (tmp_path / "run.py").write_text(SCRIPT)
+    (tmp_path / "MLproject").write_text(mlproject(COMMAND))
     return tmp_path
 
 
@@ -87,7 +93,7 @@ def test_a_command_that_needs_a_shell_or_is_no_script_starts_as_mlflow_starts_it
 
 def test_the_script_runs_in_the_interpreter_started_for_it_with_its_arguments_and_environment(step):
     with Prestarted() as prestarted:
-        prestarted.prepare(step, COMMAND)
+        prestarted.prepare(step)
         wait_for(step / "warmed")  # warm_up ran before the step launched
         env = os.environ | {"SHELDON_TEST_VALUE": "from the launch", "SHELDON_TEST_EXIT": "3"}
         process = prestarted.run(step, "python run.py --name 'two words' --count 2", env)
@@ -104,7 +110,7 @@ def test_the_script_runs_in_the_interpreter_started_for_it_with_its_arguments_an
 def test_a_script_that_raises_exits_1_with_its_traceback(step, capfd):
     (step / "run.py").write_text('if __name__ == "__main__":\n    raise ValueError("bad input")\n')
     with Prestarted() as prestarted:
-        prestarted.prepare(step, COMMAND)
+        prestarted.prepare(step)
         process = prestarted.run(step, "python run.py", dict(os.environ))
         assert process is not None and process.wait(timeout=60) == 1
     assert "ValueError: bad input" in capfd.readouterr().err
@@ -113,7 +119,7 @@ def test_a_script_that_raises_exits_1_with_its_traceback(step, capfd):
 def test_a_script_that_cannot_be_imported_fails_when_it_runs_not_before(step, capfd):
     (step / "run.py").write_text("def (:\n")
     with Prestarted() as prestarted:
-        prestarted.prepare(step, COMMAND)
+        prestarted.prepare(step)
         time.sleep(1)
         assert capfd.readouterr().err == ""  # nothing said while it waited
         process = prestarted.run(step, "python run.py", dict(os.environ))
@@ -125,8 +131,8 @@ def test_interpreters_no_step_used_are_stopped_and_never_run_their_script(step):
     other = step.parent / "other_step"
     shutil.copytree(step, other)
     with Prestarted() as prestarted:
-        prestarted.prepare(step, COMMAND)
-        prestarted.prepare(other, COMMAND)
+        prestarted.prepare(step)
+        prestarted.prepare(other)
         wait_for(step / "warmed")
         waiting = [psutil.Process(int((step / "warmed").read_text()))]
     _, alive = psutil.wait_procs(waiting, timeout=10)
@@ -137,8 +143,12 @@ def test_interpreters_no_step_used_are_stopped_and_never_run_their_script(step):
 def test_a_step_with_no_interpreter_started_is_left_to_mlflow(step):
     with Prestarted() as prestarted:
         assert prestarted.run(step, "python run.py", dict(os.environ)) is None
-        prestarted.prepare(step, "python run.py && echo done")
+        (step / "MLproject").write_text(mlproject("python run.py && echo done"))
+        prestarted.prepare(step)
         assert prestarted.run(step, "python run.py && echo done", dict(os.environ)) is None
+        (step / "MLproject").write_text("entry_points: [")  # MLflow names the problem at launch
+        prestarted.prepare(step)
+        assert prestarted.run(step, "python run.py", dict(os.environ)) is None
 
 
 HEAVY = ("torch", "sklearn", "matplotlib")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from contextlib import suppress
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -101,14 +100,6 @@ def start(
     return Launched(run_id, process)
 
 
-def prepare(step: str, env_manager: str, prestarted: Prestarted) -> None:
-    """Start the step's interpreter ahead of its launch (under env manager `local`: another env
-    manager makes an environment of its own at launch)."""
-    if env_manager == "local":
-        command = load_project(str(step_dir(step))).get_entry_point(ENTRY_POINT).command
-        prestarted.prepare(step_dir(step), command)
-
-
 def end_run_if_running(run_id: str, status: RunStatus, why: str) -> None:
     """End a run that its own process left open (killed, or stopped before it could), saying why."""
     client = mlflow.MlflowClient()
@@ -143,9 +134,3 @@ def claim_launcher_run(experiment_id: str | None) -> str | None:
         return launcher
     delete_launcher_run(launcher)
     return None
-
-
-def discard_launcher_run() -> None:
-    """A launch that fails before its pipeline run opens leaves no stray run behind."""
-    with suppress(MlflowException):  # the store itself is what failed: the error said so
-        claim_launcher_run(None)

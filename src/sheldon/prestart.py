@@ -29,6 +29,8 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
+import yaml
+
 _PYTHON = re.compile(r"python(\d+(\.\d+)?)?")
 _SHELL = set("$`|&;<>()*?[]{}~#\\")  # what a shell would expand or act on, rather than pass on
 
@@ -48,6 +50,15 @@ def python_script(command: str, path: str | None = None) -> tuple[str, str] | No
     return (interpreter, words[1]) if interpreter else None
 
 
+def entry_command(work_dir: Path) -> str | None:
+    """The command of the `main` entry point of the MLproject in `work_dir`, read without MLflow;
+    None when there is none to read (MLflow says what is wrong when the step launches)."""
+    try:
+        return str(yaml.safe_load((work_dir / "MLproject").read_text())["entry_points"]["main"]["command"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
 class Prestarted:
     """The interpreters started for steps that have not launched yet, by step folder; leaving a
     `with` block stops those no step used."""
@@ -61,9 +72,10 @@ class Prestarted:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def prepare(self, work_dir: Path, command: str) -> None:
-        """Start the interpreter of the step in `work_dir`, whose entry point runs `command`."""
-        found = python_script(command, os.environ.get("PATH"))
+    def prepare(self, work_dir: Path) -> None:
+        """Start the interpreter of the step in `work_dir` (an MLflow project)."""
+        command = entry_command(work_dir)
+        found = python_script(command, os.environ.get("PATH")) if command else None
         if found is None or work_dir in self._waiting:
             return
         interpreter, script = found

@@ -29,9 +29,10 @@ from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
 from sheldon.artifacts import digest_path, fetch_artifact
 from sheldon.errors import StepError, shorten
-from sheldon.paths import REPO_ROOT, absolute_tracking_uri
+from sheldon.paths import REPO_ROOT
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token, when_gone
 from sheldon.settings import StepSettings
+from sheldon.store import tracking_environment
 from sheldon.vocabulary import (
     DIGEST_TAG,
     ERROR_TAG,
@@ -53,14 +54,8 @@ WANDB_SETTLED = "SHELDON_WANDB_MODE"  # equals WANDB_MODE when sheldon chose it,
 
 def configure_tracking() -> str:
     """Point this process and its children at one absolute tracking URI and quiet the trackers."""
-    uri = absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    uri = tracking_environment()
     mlflow.set_tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # costs ~0.8 s a run offline
-    # One bar per fetched input, of files copied in milliseconds: noise in a step's output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("WANDB_DIR", str(REPO_ROOT))
-    os.environ.setdefault("WANDB_SILENT", "true")
     return uri
 
 
