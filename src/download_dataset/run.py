@@ -21,19 +21,15 @@ from sheldon.cli import run_cli
 from sheldon.datasets import (
     FORMAT_FILE,
     FORMATS,
-    PACKAGED,
-    PACKAGED_SCHEME,
     Split,
     check_usable,
     count_samples,
     data_files,
-    load_packaged,
-    save_npz,
 )
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
 from sheldon.settings import SettingsParser, StepSettings, parameter
-from sheldon.sources import DEFAULT_TRANSFER, Downloaded, Transfer, download, is_archive, source_name, unpack
+from sheldon.sources import DEFAULT_TRANSFER, Transfer, download, is_archive, source_name, unpack
 from sheldon.tracking import step_run
 from sheldon.versioning import (
     DVC_FILE,
@@ -110,18 +106,8 @@ def stage(
     only an expected sha256 makes the data wait for it."""
     data = staging / "data"
     (staging / "download").mkdir(parents=True)
-    if source.startswith(PACKAGED_SCHEME):
-        packaged = source.removeprefix(PACKAGED_SCHEME)
-        dataset = load_packaged(packaged)  # first: it names an unknown dataset
-        name = PACKAGED[packaged]
-        path = staging / "download" / name
-        save_npz(dataset, path)
-        downloaded = Downloaded(path, path.stat().st_size, FileDigest(path))
-    else:
-        if "://" not in source:  # a path on disk: relative to the repo, as config paths are
-            source = str(repo_path(source))
-        name = source_name(source)
-        downloaded = download(source, staging / "download" / name, transfer)
+    name = source_name(source)
+    downloaded = download(source, staging / "download" / name, transfer)
     try:
         if sha256 and downloaded.digest is None:
             raise StepError(
