@@ -3,7 +3,6 @@ real step. Functions are called directly on a shrunk slice of the packaged MNIST
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -20,7 +19,9 @@ from omegaconf import OmegaConf
 from sheldon.artifacts import fetch_artifact
 from sheldon.datasets import FASHION_MNIST_DIR, load_packaged, load_split
 from sheldon.errors import StepError
+from sheldon.settings import as_argv
 from sheldon.training import TrainingSettings, World, load_checkpoint, predict, train
+from sheldon.training.plan import checkpoint_dir, plan_training
 
 train_model = load_step("train_model")
 TIMING = ("samples_per_s", "epoch_seconds")  # the only metrics allowed to differ between equal runs
@@ -65,7 +66,7 @@ def settings(*overrides: str, **changes) -> TrainingSettings:
 def step_args(**changes):
     """The arguments main.py would pass the step for the real config, with changes."""
     values = section() | {"splits": "runs:/0123/splits"} | changes
-    return train_model.parser().parse_args(train_model.as_argv(argparse.Namespace(**values)))
+    return train_model.parser().parse_args(as_argv(values))
 
 
 def accuracy(model, xy) -> float:
@@ -169,10 +170,10 @@ def test_an_unreadable_checkpoint_is_one_clear_error_and_stays_for_inspection(tm
 
 
 def test_checkpoint_folder_is_keyed_by_configuration():
-    base = train_model.checkpoint_dir(step_args())
-    assert train_model.checkpoint_dir(step_args(resume=True)) == base
-    assert train_model.checkpoint_dir(step_args(lr=0.01)) != base
-    assert train_model.checkpoint_dir(step_args(splits="runs:/4567/splits")) != base
+    base = checkpoint_dir(step_args())
+    assert checkpoint_dir(step_args(resume=True)) == base
+    assert checkpoint_dir(step_args(lr=0.01)) != base
+    assert checkpoint_dir(step_args(splits="runs:/4567/splits")) != base
     assert base.parent == REPO / "checkpoints"
 
 
@@ -202,7 +203,7 @@ CORES = len(os.sched_getaffinity(0))
 )
 def test_bad_parameters_are_one_clear_error(changes, message):
     with pytest.raises(StepError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
-        train_model.check(step_args(**changes), WORLD)
+        plan_training(step_args(**changes), WORLD)
 
 
 def test_a_checkpoint_dir_that_cannot_hold_checkpoints_is_one_line_naming_the_setting(tmp_path):
@@ -211,11 +212,11 @@ def test_a_checkpoint_dir_that_cannot_hold_checkpoints_is_one_line_naming_the_se
     with pytest.raises(
         StepError, match=rf"^train_model.checkpoint_dir={blocker}: is a file; point it at a folder$"
     ):
-        train_model.check(step_args(checkpoint_dir=str(blocker)), WORLD)
+        plan_training(step_args(checkpoint_dir=str(blocker)), WORLD)
     with pytest.raises(
         StepError, match=rf"^train_model.checkpoint_dir={blocker}/sub: {blocker} is a file, so "
     ):
-        train_model.check(step_args(checkpoint_dir=str(blocker / "sub")), WORLD)
+        plan_training(step_args(checkpoint_dir=str(blocker / "sub")), WORLD)
 
 
 def test_a_checkpoint_dir_that_is_a_file_through_the_real_step_is_one_line(tmp_path):
@@ -224,7 +225,7 @@ def test_a_checkpoint_dir_that_is_a_file_through_the_real_step_is_one_line(tmp_p
     blocker = project.root / "checkpoints"
     blocker.write_text("a file, not a folder")
     project.env["MLFLOW_EXPERIMENT_NAME"] = "sheldon"
-    argv = train_model.as_argv(step_args(checkpoint_dir="checkpoints"))
+    argv = as_argv(vars(step_args(checkpoint_dir="checkpoints")))
     result = project.run(sys.executable, "run.py", *argv, cwd=project.root / "src" / "train_model")
     assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
@@ -239,7 +240,7 @@ def test_a_checkpoint_dir_that_is_a_file_through_the_real_step_is_one_line(tmp_p
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_where_there_is_none_is_an_error():
     with pytest.raises(StepError, match="^device=cuda but PyTorch sees no CUDA GPU on this machine"):
-        train_model.check(step_args(device="cuda"), WORLD)
+        plan_training(step_args(device="cuda"), WORLD)
 
 
 @pytest.mark.parametrize("key", ["model", "optimizer", "scheduler"])
@@ -255,7 +256,7 @@ def test_bad_input_through_the_step_fails_its_run_and_leaves_checkpoints_alone(t
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.pt").write_bytes(b"an earlier run's checkpoint")
     project.env["MLFLOW_EXPERIMENT_NAME"] = "sheldon"
-    argv = train_model.as_argv(step_args(nproc_per_node=CORES + 1))
+    argv = as_argv(vars(step_args(nproc_per_node=CORES + 1)))
     result = project.run(sys.executable, "run.py", *argv, cwd=project.root / "src" / "train_model")
     assert result.returncode == 1
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -151,6 +152,15 @@ class SettingsParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.step}: {message}\n")
+
+
+def as_argv(values: Mapping[str, Any]) -> list[str]:
+    """The command line that parses back to these values (structured ones as JSON, None as '')."""
+    argv = []
+    for key, value in values.items():
+        text = json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)
+        argv += [f"--{key}", text]
+    return argv
 
 
 def settings_of(script: Path) -> type[StepSettings]:

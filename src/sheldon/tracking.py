@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import logging
 import netrc
 import os
 import re
@@ -57,6 +58,20 @@ def configure_tracking() -> str:
     uri = tracking_environment()
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@contextmanager
+def without_message(logger: str, prefix: str) -> Iterator[None]:
+    """Silence one known message of a library's logger (and only it) while the block runs."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logging.getLogger(logger).addFilter(keep)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(keep)
 
 
 def allow_concurrent_runs(uri: str) -> None:

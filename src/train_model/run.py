@@ -6,10 +6,6 @@ nccl on GPU); only rank 0 logs to MLflow and W&B."""
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,31 +17,24 @@ from torch import nn
 from sheldon.artifacts import fetch_artifact
 from sheldon.cli import run_cli
 from sheldon.datasets import load_split
-from sheldon.errors import StepError, usable_folder
-from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
-from sheldon.tracking import StepRun, missing_inputs, step_run
+from sheldon.errors import StepError
+from sheldon.settings import SettingsParser, StepSettings, artifact_input, as_argv, parameter
+from sheldon.tracking import StepRun, missing_inputs, step_run, without_message
 from sheldon.training import (
     CHECKPOINT,
-    Placement,
-    TrainingSettings,
     World,
-    check_processes,
-    checkpoint_folder,
     launch,
-    load_checkpoint,
     peak_memory_mb,
     process_group,
     train,
 )
+from sheldon.training.plan import plan_training
 from sheldon.vocabulary import CHECKPOINTS_TAG, DEVICE_TAG
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
 STEP = "train_model"
-# Parameters that change how a run is carried out, not what it computes: left out of the key
-# that names a configuration's checkpoint folder.
-NOT_IN_KEY = ("resume", "checkpoint_dir")
 
 
 @dataclass(frozen=True)
@@ -68,46 +57,6 @@ class Settings(StepSettings):
     model: dict[str, Any] = parameter({"_target_": "sheldon.models.SmallCNN"}, "model spec (_target_)")
     optimizer: dict[str, Any] = parameter({"_target_": "torch.optim.Adam"}, "optimizer spec (_target_)")
     scheduler: dict[str, Any] | None = parameter(None, "LR schedule spec (_target_); '' = constant lr")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The parameters of one training process, checked: what it computes, on which device, where
-    its checkpoints go, and the checkpoint it resumes from."""
-
-    settings: TrainingSettings
-    placement: Placement
-    checkpoints: Path
-    resume_from: dict[str, Any] | None
-
-
-def checkpoint_dir(args: Settings) -> Path:
-    """This configuration's checkpoint folder, inside a checkpoint_dir known to be usable."""
-    root = usable_folder("train_model.checkpoint_dir", args.checkpoint_dir)
-    return checkpoint_folder(root, {k: v for k, v in vars(args).items() if k not in NOT_IN_KEY})
-
-
-def check(args: Settings, world: World) -> Plan:
-    """Every check on the parameters, each made once, before anything is fetched or trained."""
-    settings = TrainingSettings.from_args(args)
-    checkpoints = checkpoint_dir(args)
-    placement = Placement.choose(settings.device, settings.bf16, world.local_rank)
-    check_processes(args.nproc_per_node, settings.batch_size, placement.device)
-    return Plan(settings, placement, checkpoints, load_checkpoint(checkpoints) if args.resume else None)
-
-
-@contextmanager
-def without_message(logger: str, prefix: str) -> Iterator[None]:
-    """Silence one known message of a library's logger (and only it) while the block runs."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefix)
-
-    logging.getLogger(logger).addFilter(keep)
-    try:
-        yield
-    finally:
-        logging.getLogger(logger).removeFilter(keep)
 
 
 def log_model(model: nn.Module, example: np.ndarray) -> ModelInfo:
@@ -136,7 +85,7 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
     """Train in this process (one of several under torchrun); `run` is given on rank 0 only."""
     import mlflow
 
-    plan = check(args, world)
+    plan = plan_training(args, world)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with process_group(world, plan.placement.device):
@@ -170,26 +119,17 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
     print(f"best validation accuracy: {best:.4f} (epoch {best_epoch} of {len(history)})")
 
 
-def as_argv(args: Settings) -> list[str]:
-    """The command line that parses back to `args` (structured values as JSON)."""
-    argv = []
-    for key, value in vars(args).items():
-        text = json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)
-        argv += [f"--{key}", text]
-    return argv
-
-
 def main(args: Settings) -> None:
     world = World.from_env()
     if args.nproc_per_node > 1 and not world.distributed:
         try:
             if problem := missing_inputs(STEP, args.values(), args.inputs()):
                 raise StepError(problem)
-            check(args, world)
+            plan_training(args, world)
         except StepError:
             with step_run(STEP, args):  # recorded as a failed run of this step, like any failure
                 raise
-        launch(Path(__file__).resolve(), as_argv(args), args.nproc_per_node)
+        launch(Path(__file__).resolve(), as_argv(vars(args)), args.nproc_per_node)
     elif world.rank == 0:
         with step_run(STEP, args) as run:  # which stops on a missing input
             fit_and_log(args, world, run)

@@ -1,6 +1,7 @@
 """Training shared by the steps: train_model's loop and evaluate's inference.
 
     settings      what training computes, checked once
+    plan          one training process's settings, device, checkpoints, resume point
     device        the device, bf16 autocast, peak memory
     batches       mini-batches sliced on the device
     passes        one pass over the batches: train, validate, predict
