@@ -130,7 +130,7 @@ def preload(script: str) -> None:
     with suppress(Exception):
         import mlflow
         import wandb  # noqa: F401  (sheldon.tracking imports it when a step's runs open)
-        from wandb.sdk.launch.inputs import internal  # noqa: F401  (wandb.init imports it: ~0.5 s)
+        import wandb.sdk.launch.inputs.internal  # noqa: F401  (wandb.init imports it: ~0.5 s)
 
         if os.environ.get("MLFLOW_TRACKING_URI"):  # a pipeline's store, made: schema checked, cached
             mlflow.MlflowClient().search_experiments(max_results=1)
