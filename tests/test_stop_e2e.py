@@ -51,12 +51,13 @@ def versioned(tmp_path):
     return project
 
 
-def start_slow_download(project, command: list[str]) -> tuple[subprocess.Popen, object, object]:
+def start_slow_download(project, command: list[str], *extra: str) -> tuple[subprocess.Popen, object, object]:
     """Start a download_new of a file the server sends at 4 KiB a second, in a session of its own
     (as a terminal would: its Ctrl-C goes to that process group); returns once the step is fetching."""
     payload = digits(project.home / "served", 4000, seed=2) / "d.npz"
     state, httpd = start({"/slow.npz": Route(payload.read_bytes(), trickle=4096)})
     overrides = ["main.steps=download_dataset", "data.download_new=true", f"data.source={state.url}/slow.npz"]
+    overrides += extra
     args = (
         [*command, *overrides]
         if command[0] == "python"
@@ -99,19 +100,21 @@ def running_runs(project) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("command", "signum", "code"),
+    ("command", "signum", "code", "extra"),
     [
-        (["mlflow", "run", ".", "--env-manager", "local"], signal.SIGINT, 1),  # MLflow's CLI: "Aborted!", 1
-        (["python", "main.py"], signal.SIGINT, 130),
-        (["python", "main.py"], signal.SIGTERM, 143),
+        (["mlflow", "run", ".", "--env-manager", "local"], signal.SIGINT, 1, ()),  # CLI: "Aborted!", 1
+        (["python", "main.py"], signal.SIGINT, 130, ()),
+        (["python", "main.py"], signal.SIGTERM, 143, ()),
+        # the step must run, so it runs in an interpreter started ahead (sheldon/prestart.py)
+        (["python", "main.py"], signal.SIGINT, 130, ("main.use_cache=false",)),
     ],
-    ids=["ctrl-c-mlflow-run", "ctrl-c-main", "sigterm-main"],
+    ids=["ctrl-c-mlflow-run", "ctrl-c-main", "sigterm-main", "ctrl-c-main-started-ahead"],
 )
 def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
-    versioned, command, signum, code
+    versioned, command, signum, code, extra
 ):
     before = tree(versioned.home)
-    proc, state, httpd = start_slow_download(versioned, command)
+    proc, state, httpd = start_slow_download(versioned, command, *extra)
     try:
         processes = descendants(proc)
         assert any("run.py" in " ".join(p.cmdline()) for p in processes)
@@ -125,6 +128,7 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
     finally:
         stop(state, httpd)
     assert proc.returncode == code, err[-3000:]
+    assert ("  command: python run.py " in out) == bool(extra)  # how the step was started
     assert alive_after(processes, 10 - seconds) == []
     assert "Traceback" not in err
     assert f"stopped by {signal.Signals(signum).name} during download_dataset" in err
