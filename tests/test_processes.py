@@ -1,8 +1,11 @@
-"""Process tokens and `when_gone`, with real processes: a run's owner can be told alive or gone,
-and a command runs once a process that is not our child has exited."""
+"""Process tokens, `when_gone` and stop signals, with real processes: a run's owner can be told
+alive or gone, a command runs once a process that is not our child has exited, and a second
+Ctrl-C cannot cut a clean-up short."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -39,3 +42,42 @@ def test_when_gone_runs_the_command_after_the_process_exits(tmp_path):
     while not marker.exists() and time.time() < deadline:
         time.sleep(0.2)
     assert marker.exists()
+
+
+STOPPABLE = """
+import signal, sys, time
+from sheldon.processes import Interrupted, raise_on_signals
+raise_on_signals()
+print("ready", flush=True)
+try:
+    time.sleep(30)
+except Interrupted as stop:
+    print(f"cleaning up after {stop}", flush=True)
+    time.sleep(1)  # a second Ctrl-C lands here, or as Python exits
+    sys.exit(stop.exit_code)
+"""
+
+
+def test_a_second_stop_signal_cannot_cut_the_clean_up_short_nor_the_exit_code():
+    child = subprocess.Popen([sys.executable, "-c", STOPPABLE], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    child.send_signal(signal.SIGINT)
+    assert child.stdout.readline() == "cleaning up after stopped by SIGINT\n"
+    child.send_signal(signal.SIGINT)  # the impatient second Ctrl-C
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 130
+
+
+def test_a_stop_signal_while_python_exits_is_ignored_too():
+    code = STOPPABLE.replace("time.sleep(1)", "pass") + "\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    child.send_signal(signal.SIGINT)
+    assert child.stdout.readline().startswith("cleaning up")
+    for _ in range(200):  # a burst of Ctrl-C while it exits: none may kill it with the default action
+        if child.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGINT)
+        time.sleep(0.001)
+    assert child.wait(timeout=30) == 130

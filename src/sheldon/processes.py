@@ -38,13 +38,14 @@ class Interrupted(KeyboardInterrupt):
 
 def raise_on_signals() -> None:
     """Turn the first stop signal into `Interrupted`; later ones are ignored, so a second
-    Ctrl-C cannot break the clean-up the first one started."""
-    fired = threading.Event()
+    Ctrl-C cannot break the clean-up the first one started. Ignored at the system level: Python
+    puts its own handlers back to the default as it exits, and a Ctrl-C then would kill the
+    process with its exit code unsaid."""
 
     def handler(signum: int, _frame: object) -> None:
-        if not fired.is_set():
-            fired.set()
-            raise Interrupted(signum)
+        for each in _SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(signum)
 
     for signum in _SIGNALS:
         signal.signal(signum, handler)
