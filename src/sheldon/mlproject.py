@@ -29,13 +29,18 @@ def steps_in(root: Path) -> list[str]:
     return sorted(path.parent.name for path in (root / "src").glob("*/MLproject"))
 
 
+def entry_command(step_dir: Path) -> str | None:
+    """The command of the `main` entry point of the step's MLproject, read without MLflow; None
+    when there is none to read (MLflow says what is wrong when the step launches)."""
+    try:
+        return str(yaml.safe_load((step_dir / "MLproject").read_text())["entry_points"]["main"]["command"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
 def script_of(step_dir: Path) -> str:
     """The script the step's MLproject runs (run.py for a step that has none yet)."""
-    mlproject = step_dir / "MLproject"
-    if not mlproject.is_file():
-        return DEFAULT_SCRIPT
-    command = str(yaml.safe_load(mlproject.read_text())["entry_points"]["main"]["command"])
-    found = re.search(r"python\s+(\S+\.py)", command)
+    found = re.search(r"python\s+(\S+\.py)", entry_command(step_dir) or "")
     return found.group(1) if found else DEFAULT_SCRIPT
 
 

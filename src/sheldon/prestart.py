@@ -29,7 +29,7 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
-import yaml
+from sheldon.mlproject import entry_command
 
 _PYTHON = re.compile(r"python(\d+(\.\d+)?)?")
 _SHELL = set("$`|&;<>()*?[]{}~#\\")  # what a shell would expand or act on, rather than pass on
@@ -48,15 +48,6 @@ def python_script(command: str, path: str | None = None) -> tuple[str, str] | No
         return None
     interpreter = shutil.which(words[0], path=path)
     return (interpreter, words[1]) if interpreter else None
-
-
-def entry_command(work_dir: Path) -> str | None:
-    """The command of the `main` entry point of the MLproject in `work_dir`, read without MLflow;
-    None when there is none to read (MLflow says what is wrong when the step launches)."""
-    try:
-        return str(yaml.safe_load((work_dir / "MLproject").read_text())["entry_points"]["main"]["command"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
 
 
 class Prestarted:
