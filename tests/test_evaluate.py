@@ -36,8 +36,8 @@ def test_misclassified_grid_shows_the_surest_mistakes_up_to_the_limit():
     y_pred = np.array([0, 2, 1, 3, 5, 4])  # four mistakes
     confidence = np.array([0.9, 0.6, 0.99, 0.5, 0.7, 0.8])
     figure = evaluate.misclassified_figure(images, y_true, y_pred, confidence, limit=3)
-    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
-    assert [t.split(":")[0] for t in titles] == ["#2", "#5", "#4"]
+    captions = [text.get_text() for text in figure.axes[0].texts]
+    assert [caption.split(":")[0] for caption in captions] == ["#2", "#5", "#4"]
     assert evaluate.misclassified_figure(images, y_true, y_true, confidence, limit=3) is None
 
 
