@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -128,16 +129,74 @@ def test_a_script_that_cannot_be_imported_fails_when_it_runs_not_before(step, ca
 
 
 def test_interpreters_no_step_used_are_stopped_and_never_run_their_script(step):
-    other = step.parent / "other_step"
+    other = step.with_name(f"{step.name}_other")
     shutil.copytree(step, other)
     with Prestarted() as prestarted:
         prestarted.prepare(step)
         prestarted.prepare(other)
         wait_for(step / "warmed")
         waiting = [psutil.Process(int((step / "warmed").read_text()))]
+        assert started_ahead() != []  # the template and its forks
+    assert started_ahead() == []  # gone when the block ends, not some time after
     _, alive = psutil.wait_procs(waiting, timeout=10)
     assert alive == []
     assert not (step / "seen.json").exists() and not (other / "seen.json").exists()
+
+
+def started_ahead() -> list[psutil.Process]:
+    """This test's interpreters started ahead: the template (a child) and its forks."""
+    children = psutil.Process().children(recursive=True)
+    return [p for p in children if p.status() != psutil.STATUS_ZOMBIE and "sheldon.prestart" in p.cmdline()]
+
+
+IMPORTED = """import atexit, os, tempfile
+from pathlib import Path
+
+with open(Path(__file__).with_name("imports.log"), "a") as log:
+    log.write(f"{os.getpid()}\\n")
+FOLDER = tempfile.TemporaryDirectory()  # as wandb makes its media folder, removed at exit
+atexit.register(FOLDER.cleanup)
+"""
+USER = """import os, sys
+from pathlib import Path
+import shared
+
+if __name__ == "__main__":
+    Path(shared.FOLDER.name, f"{sys.argv[1]}.txt").write_text("written")
+    Path(f"folder-{sys.argv[1]}").write_text(shared.FOLDER.name)
+"""
+
+
+def test_steps_share_the_imports_made_once_and_the_temporary_folders_those_made(step):
+    """A library imported by the template is not imported again by each step; a temporary folder
+    it made at import outlives the first step to end (wandb's media folder did not) and is
+    removed with the template."""
+    (step / "shared.py").write_text(IMPORTED)
+    (step / "run.py").write_text(USER)
+    other = step.with_name(f"{step.name}_other")
+    shutil.copytree(step, other)
+    (other / "shared.py").unlink()  # found only in the template, imported for the first step
+    (other / "run.py").write_text(USER.replace("import shared", "import sys\nshared = sys.modules['shared']"))
+    with Prestarted() as prestarted:
+        prestarted.prepare(step)
+        prestarted.prepare(other)
+        for folder, name in ((step, "first"), (other, "second")):
+            process = prestarted.run(folder, f"python run.py {name}", dict(os.environ))
+            assert process is not None and process.wait(timeout=60) == 0
+        shared = Path((step / "folder-first").read_text())
+        assert (other / "folder-second").read_text() == str(shared)
+        assert sorted(p.name for p in shared.iterdir()) == ["first.txt", "second.txt"]
+    assert len((step / "imports.log").read_text().split()) == 1  # once, in the template
+    assert not shared.exists()
+
+
+def test_a_step_killed_by_a_signal_does_not_pass_for_one_that_succeeded(step):
+    kill = "os.kill(os.getpid(), signal.SIGKILL)"
+    (step / "run.py").write_text(f"import os, signal\nif __name__ == '__main__':\n    {kill}\n")
+    with Prestarted() as prestarted:
+        prestarted.prepare(step)
+        process = prestarted.run(step, "python run.py", dict(os.environ))
+        assert process is not None and process.wait(timeout=60) == -signal.SIGKILL
 
 
 def test_a_step_with_no_interpreter_started_is_left_to_mlflow(step):

@@ -27,7 +27,7 @@ from mlflow.projects.utils import (
 
 from sheldon.errors import StepError, first_line
 from sheldon.paths import step_dir
-from sheldon.prestart import Prestarted
+from sheldon.prestart import Forked, Prestarted
 from sheldon.processes import Interrupted, is_alive, stop_step
 from sheldon.tracking import delete_launcher_run
 from sheldon.vocabulary import BACKEND_TAG, PROCESS_TAG, RUN_NAME_TAG, STOPPED_TAG
@@ -36,9 +36,10 @@ ENTRY_POINT = "main"  # the entry point of every step's MLproject
 
 
 class Launched:
-    """A step's MLflow run and the process running its entry point (a child of this process)."""
+    """A step's MLflow run and the process running its entry point: a child of this process, or
+    an interpreter forked for it by sheldon/prestart.py's template."""
 
-    def __init__(self, run_id: str, process: subprocess.Popen) -> None:
+    def __init__(self, run_id: str, process: subprocess.Popen | Forked) -> None:
         self.run_id = run_id
         self.process = process
 
@@ -52,7 +53,8 @@ class Launched:
                 client.set_tag(self.run_id, name, value)
             ok = self.process.wait() == 0
         except Interrupted as stop:
-            stop_step(self.process.pid)
+            if self.process.pid is not None:
+                stop_step(self.process.pid)
             end_run_if_running(self.run_id, RunStatus.KILLED, f"the pipeline was {stop}")
             raise
         if not ok:
