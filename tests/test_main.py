@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 from sheldon.errors import StepError
-from sheldon.lineage import StepResult, format_summary
+from sheldon.lineage import StepResult, format_summary, pipeline_metrics
 from sheldon.overrides import check_overrides, hydra_arguments
 from sheldon.pipeline import resolve_env_manager
 
@@ -95,13 +95,23 @@ def test_env_manager_follows_the_root_run(monkeypatch, tmp_path):
 
 def test_summary_table_aligns_columns():
     results = [
-        StepResult("preprocess", "ran", 11.23, "a" * 32, "n_train=3500"),
+        StepResult("preprocess", "ran", 11.23, "a" * 32, {"n_train": 3500.0}),
         StepResult("evaluate", "failed", 3.0, None),
     ]
     lines = format_summary(results).splitlines()
     assert lines[0].split() == ["step", "status", "seconds", "mlflow", "run", "id", "headline"]
     assert lines[2].split() == ["preprocess", "ran", "11.2", "a" * 32, "n_train=3500"]
     assert lines[3].split() == ["evaluate", "failed", "3.0", "-"]
+
+
+def test_the_pipeline_run_carries_each_steps_headline_metric_under_the_steps_name():
+    results = [
+        StepResult("train_model", "cached", 0.0, "a" * 32, {"best_val_accuracy": 0.97}),
+        StepResult("evaluate", "ran", 1.0, "b" * 32, {"test_accuracy": 0.96}),
+        StepResult("other", "failed", 1.0, None),
+    ]
+    expected = {"train_model.best_val_accuracy": 0.97, "evaluate.test_accuracy": 0.96}
+    assert pipeline_metrics(results) == expected
 
 
 def test_a_setting_a_late_step_refuses_is_refused_before_anything_runs(config):

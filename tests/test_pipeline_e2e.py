@@ -57,6 +57,20 @@ def test_full_pipeline_logs_artifacts_and_metrics(project, full_run, config):
     assert by_step["train_model"].data.params["lr"] == str(config.train_model.lr)
 
 
+def test_the_pipeline_run_carries_its_steps_parameters_and_headline_metrics(project, full_run, config):
+    """What the runs table sorts and filters pipelines by: `<section>.<parameter>` params and
+    `<step>.<headline metric>` metrics, the same values as on the step runs."""
+    by_step = {r.data.tags["sheldon.step"]: r for r in full_run_steps(project, full_run)}
+    pipeline = project.client().get_run(by_step["evaluate"].data.tags["mlflow.parentRunId"])
+    params, metrics = pipeline.data.params, pipeline.data.metrics
+    assert params["train_model.lr"] == by_step["train_model"].data.params["lr"] == str(config.train_model.lr)
+    assert params["data.source"] == str(config.data.source) and params["evaluate.batch_size"] == "512"
+    assert metrics["evaluate.test_accuracy"] == by_step["evaluate"].data.metrics["test_accuracy"]
+    best = by_step["train_model"].data.metrics["best_val_accuracy"]
+    assert metrics["train_model.best_val_accuracy"] == best
+    assert metrics["preprocess.n_train"] == 3500
+
+
 def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run):
     for step in STEPS:
         assert step in full_run.stdout

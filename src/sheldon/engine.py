@@ -247,6 +247,16 @@ def open_experiment(name: str) -> str:
     return experiment_id
 
 
+def pipeline_params(steps: Steps, plan: Plan) -> dict[str, str]:
+    """The resolved parameters of the pipeline's steps, named as config.yaml and overrides name
+    them (`train_model.lr`, `data.source`): the runs table sorts and filters pipelines by them."""
+    return {
+        f"{steps.section(step)}.{name}": value
+        for step, (params, _) in plan.configs.items()
+        for name, value in params.items()
+    }
+
+
 def run_plan(config: DictConfig, steps: Steps, plan: Plan, prestarted: Prestarted) -> int:
     """Run the planned steps in order under one pipeline run, each in the interpreter started
     ahead for it when there is one; the exit code."""
@@ -269,6 +279,7 @@ def run_plan(config: DictConfig, steps: Steps, plan: Plan, prestarted: Prestarte
             steps, experiment_id, env_manager, run_id, plan.forced, lineage, origins, selected, prestarted
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+        mlflow.log_params(pipeline_params(steps, plan))
         mlflow.set_tags({PINNED_TAG + step: run_id for step, run_id in plan.pins.items()})
         try:
             for step in selected:

@@ -24,26 +24,38 @@ class StepResult:
     status: str  # ran, cached, pinned (an upstream run chosen by hand), failed
     seconds: float
     run_id: str | None
-    headline: str = ""
+    headline: dict[str, float] = field(default_factory=dict)  # the metric the step names, if logged
     cache_key: str = ""
     inputs: dict[str, str] = field(default_factory=dict)  # parameter -> artifact URI
     input_digests: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # artifact -> content digest
 
 
-def headline_of(run: str | Run) -> str:
-    """The metric a step named as its headline, formatted for the summary."""
+def headline_of(run: str | Run) -> dict[str, float]:
+    """The metric a step named as its headline, {name: value}; empty if it logged none."""
     data = (mlflow.get_run(run) if isinstance(run, str) else run).data
     name = data.tags.get(HEADLINE_TAG)
-    if name is None or name not in data.metrics:
-        return ""
-    value = data.metrics[name]
-    return f"{name}={value:.4f}" if not float(value).is_integer() else f"{name}={int(value)}"
+    return {name: data.metrics[name]} if name in data.metrics else {}
+
+
+def format_headline(headline: dict[str, float]) -> str:
+    return " ".join(
+        f"{name}={value:.4f}" if not float(value).is_integer() else f"{name}={int(value)}"
+        for name, value in headline.items()
+    )
+
+
+def pipeline_metrics(results: list[StepResult]) -> dict[str, float]:
+    """Each step's headline metric, named `<step>.<metric>` (`evaluate.test_accuracy`): logged on
+    the pipeline run, so that the runs table sorts and filters pipelines by them."""
+    return {f"{r.step}.{name}": value for r in results for name, value in r.headline.items()}
 
 
 def format_summary(results: list[StepResult]) -> str:
     rows = [("step", "status", "seconds", "mlflow run id", "headline")]
-    rows += [(r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", r.headline) for r in results]
+    rows += [
+        (r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", format_headline(r.headline)) for r in results
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -51,8 +63,10 @@ def format_summary(results: list[StepResult]) -> str:
 
 
 def log_lineage(pipeline_run_id: str, results: list[StepResult]) -> str:
-    """Log the summary table and the lineage manifest to the active pipeline run; returns the table."""
+    """Log the summary table, the lineage manifest and the steps' headline metrics to the active
+    pipeline run; returns the table."""
     summary = format_summary(results)
+    mlflow.log_metrics(pipeline_metrics(results))
     mlflow.log_text(summary + "\n", "summary.txt")
     manifest = {"pipeline_run_id": pipeline_run_id, "steps": [asdict(r) for r in results]}
     mlflow.log_dict(manifest, "lineage.json")
