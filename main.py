@@ -19,10 +19,11 @@ from omegaconf import DictConfig
 
 from sheldon.cli import fraction
 from sheldon.errors import StepError
-from sheldon.overrides import check_overrides, hydra_arguments
-from sheldon.pipeline import discard_launcher_run, run_pipeline
+from sheldon.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
+from sheldon.pipeline import discard_launcher_run, run_and_report
 from sheldon.processes import Interrupted, raise_on_signals
 from sheldon.steps import StepFacts, Steps
+from sheldon.sweep import current_trial, objective
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
 _steps = [
@@ -47,29 +48,22 @@ STEPS = Steps(tuple(_steps), _facts)
 
 
 @hydra.main(config_path=".", config_name="config", version_base=None)
-def go(config: DictConfig) -> None:
-    try:
-        code = run_pipeline(config, STEPS)
-    except StepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        discard_launcher_run()
-        code = 1
-    except Interrupted as stop:
-        where = f" during {stop.during}: its processes are stopped and its run KILLED" if stop.during else ""
-        print(
-            f"\nerror: {stop}{where}; nothing of it was kept, and the next run reuses the finished steps",
-            file=sys.stderr,
-        )
-        code = stop.exit_code
-    if code:
-        sys.exit(code)
+def go(config: DictConfig) -> float | None:
+    trial = current_trial()  # one pipeline of a sweep (`-m`), or None
+    outcome = run_and_report(config, STEPS, trial)
+    if trial is not None:
+        return objective(config, trial, outcome)  # what Optuna maximizes; NaN for a failed trial
+    if outcome.code:
+        sys.exit(outcome.code)
+    return None
 
 
 if __name__ == "__main__":
     raise_on_signals()
     sys.argv[1:] = hydra_arguments(sys.argv[1:])
     try:
-        check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+        multirun = bool(set(MULTIRUN_FLAGS) & set(sys.argv[1:]))
+        check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")], multirun)
     except StepError as err:
         print(f"error: {err}", file=sys.stderr)
         discard_launcher_run()

@@ -18,9 +18,18 @@ from sheldon.artifacts import digest_path
 from sheldon.cache import cache_key, code_digest, find_cached_run, output_digest
 from sheldon.errors import StepError, shorten
 from sheldon.launch import claim_launcher_run, fail_dead_runs, start
-from sheldon.lineage import CACHED, PINNED, RAN, StepResult, headline_of, log_lineage, source_state
+from sheldon.lineage import (
+    CACHED,
+    PINNED,
+    RAN,
+    StepResult,
+    headline_of,
+    log_lineage,
+    pipeline_metrics,
+    source_state,
+)
 from sheldon.paths import repo_path, step_dir
-from sheldon.pipeline import PREPARE_AHEAD, Plan, prepare
+from sheldon.pipeline import PREPARE_AHEAD, Outcome, Plan, Trial, prepare
 from sheldon.prestart import Prestarted
 from sheldon.processes import PIPELINE_ENV, Interrupted
 from sheldon.steps import StepConfig, Steps
@@ -36,9 +45,11 @@ from sheldon.vocabulary import (
     PINNED_TAG,
     PIPELINE_RUN_TAG,
     PROCESS_TAG,
+    RAN_STEPS_TAG,
     RUN_NAME_TAG,
     STEP_TAG,
     STOPPED_TAG,
+    TRIAL_TAG,
     runs_uri,
 )
 
@@ -226,12 +237,18 @@ def failure_hint(steps: Steps, failed: StepResult, selected: list[str], env_mana
     )
 
 
-def open_pipeline_run(experiment_id: str, launcher: str | None) -> mlflow.ActiveRun:
-    """The pipeline run (the launcher's run when it is in this experiment), tagged with this
-    process so that a later pipeline can tell whether it was left behind."""
+def open_pipeline_run(experiment_id: str, launcher: str | None, trial: Trial | None) -> mlflow.ActiveRun:
+    """The pipeline run (the launcher's run when it is in this experiment; a child of the sweep's
+    run for a trial), tagged with this process so that a later pipeline can tell whether it was
+    left behind."""
     if launcher:
         mlflow.MlflowClient().set_tag(launcher, RUN_NAME_TAG, "pipeline")
         run = mlflow.start_run(run_id=launcher)
+    elif trial:
+        tags = {TRIAL_TAG: trial.overrides}
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name="pipeline", parent_run_id=trial.sweep_run_id, tags=tags
+        )
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
     mlflow.set_tag(PROCESS_TAG, os.environ[PIPELINE_ENV])
@@ -257,9 +274,11 @@ def pipeline_params(steps: Steps, plan: Plan) -> dict[str, str]:
     }
 
 
-def run_plan(config: DictConfig, steps: Steps, plan: Plan, prestarted: Prestarted) -> int:
+def run_plan(
+    config: DictConfig, steps: Steps, plan: Plan, prestarted: Prestarted, trial: Trial | None = None
+) -> Outcome:
     """Run the planned steps in order under one pipeline run, each in the interpreter started
-    ahead for it when there is one; the exit code."""
+    ahead for it when there is one."""
     selected, env_manager = plan.selected, plan.env_manager
     configure_tracking()
     settle_wandb_mode()  # once for all steps: a rejected key or unreachable W&B means offline, said once
@@ -273,7 +292,8 @@ def run_plan(config: DictConfig, steps: Steps, plan: Plan, prestarted: Prestarte
     print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
 
     results: list[StepResult] = []
-    with open_pipeline_run(experiment_id, claim_launcher_run(experiment_id)) as pipeline:
+    launcher = None if trial else claim_launcher_run(experiment_id)  # a sweep's went to the sweep
+    with open_pipeline_run(experiment_id, launcher, trial) as pipeline:
         run_id, lineage = pipeline.info.run_id, source_state()
         context = PipelineContext(
             steps, experiment_id, env_manager, run_id, plan.forced, lineage, origins, selected, prestarted
@@ -292,11 +312,13 @@ def run_plan(config: DictConfig, steps: Steps, plan: Plan, prestarted: Prestarte
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
         summary = log_lineage(pipeline.info.run_id, upstream + results)
+        mlflow.set_tag(RAN_STEPS_TAG, ",".join(r.step for r in results if r.status == "ran"))
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
+        outcome = Outcome(0, run_id, pipeline_metrics(upstream + results))
         failed = [r for r in results if r.status == "failed"]
         if failed:
             mlflow.set_tag(FAILED_STEP_TAG, failed[0].step)
             print(failure_hint(steps, failed[0], selected, env_manager), file=sys.stderr)
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-            return 1
-    return 0
+            return Outcome(1, run_id, outcome.metrics)
+    return outcome

@@ -4,40 +4,40 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from sheldon.errors import StepError, first_line, shorten
 from sheldon.paths import REPO_ROOT
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
 
 def hydra_arguments(argv: list[str]) -> list[str]:
     """Make the command line Hydra's: `-P hydra_options="a=1 b='x y'"` arrives as one argument,
-    so split it on the spaces outside quotes (keeping the quotes for Hydra's parser), and quote
-    a list of steps (or of pins), which Hydra would otherwise read as a sweep (`main.steps=a,b`)."""
+    so split it on the spaces outside quotes (keeping the quotes for Hydra's parser); quote a list
+    of steps (or of pins), which Hydra would otherwise read as a sweep (`main.steps=a,b`); and put
+    `-m` first, where Hydra's parser wants it (`mlflow run` puts `main.steps=...` before it)."""
     token = re.compile(r"""(?:[^\s'"]|'[^']*'|"[^"]*")+""")
     parts = [part for arg in argv for part in token.findall(arg)]
     steps = re.compile(r"^(main\.(?:steps|force|pin))=([\w:,]+,[\w:,]*)$")
-    return [steps.sub(r"\1='\2'", part) for part in parts]
+    parts = [steps.sub(r"\1='\2'", part) for part in parts]
+    flags = [part for part in parts if part in MULTIRUN_FLAGS]
+    return flags + [part for part in parts if part not in MULTIRUN_FLAGS]
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Compose the config with the overrides before Hydra does, to turn a malformed override, an
     unknown key or a config.yaml that does not parse into one line naming it (Hydra prints several,
-    without the key for a parse error)."""
+    without the key for a parse error). A sweep (`-m`) is checked with its first trial's values,
+    and its search space (hydra.sweeper.params) key by key."""
     import yaml
     from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException, OverrideParseException
+    from hydra.errors import ConfigCompositionException
 
-    parser = OverridesParser.create()
-    for override in overrides:
-        try:
-            parser.parse_overrides([override])
-        except OverrideParseException as err:
-            problem = first_line(err.message)
-            raise StepError(f"malformed override {shorten(override)!r}: {problem}") from None
+    trial = [first_trial(override, multirun) for override in overrides]
     with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
         try:
-            compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
+            config = compose("config", overrides=[o for o in trial if o], return_hydra_config=True)
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark
             where = f"{Path(mark.name).name}, line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -47,3 +47,59 @@ def check_overrides(overrides: list[str]) -> None:
         except ConfigCompositionException as err:
             cause = f": {first_line(err.__cause__)}" if err.__cause__ else ""
             raise StepError(f"{first_line(err).rstrip('.')}{cause} (see config.yaml)") from None
+    if multirun:
+        check_search_space(config)
+
+
+def parse_override(text: str) -> Any:
+    """Hydra's reading of one override; a malformed one is one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides([text])[0]
+    except OverrideParseException as err:
+        raise StepError(f"malformed override {shorten(text)!r}: {first_line(err.message)}") from None
+
+
+def first_trial(text: str, multirun: bool) -> str:
+    """An override as the first trial of a sweep has it: `lr=0.1,0.3` as `lr=0.1`, an interval as
+    its start; "" for a glob over a config group, which only Hydra can expand."""
+    from hydra.core.override_parser.types import Glob
+
+    override = parse_override(text)
+    if not override.is_sweep_override():
+        return text
+    if not multirun:
+        raise StepError(
+            f"{shorten(text)!r} gives several values, a sweep: add -m (--multirun) to run a pipeline "
+            "for each, or quote the value to pass it as one string"
+        )
+    if isinstance(override.value(), Glob):
+        return ""
+    if override.is_interval_sweep():
+        interval = override.value()
+        if interval.start >= interval.end:
+            raise StepError(f"{shorten(text)!r}: an interval's start must be below its end")
+        return f"{override.get_key_element()}={interval.start}"
+    values = list(override.sweep_string_iterator())
+    if not values:
+        raise StepError(f"{shorten(text)!r}: the sweep has no values")
+    return f"{override.get_key_element()}={values[0]}"
+
+
+def check_search_space(config: Any) -> None:
+    """The sweeper's search space (hydra.sweeper.params, e.g. in hparams_search/optuna.yaml): each
+    key one of the config's, each range well-formed."""
+    from omegaconf import OmegaConf
+
+    space = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    for key, value in space.items():
+        text = f"{key}={value}"
+        first_trial(text, multirun=True)
+        name = str(key).lstrip("+~")
+        if not str(key).startswith("+") and OmegaConf.select(config, name, default=_ABSENT) is _ABSENT:
+            raise StepError(f"hydra.sweeper.params: {name} is not a key of config.yaml (searching {text!r})")
+
+
+_ABSENT = object()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -16,9 +16,10 @@ from omegaconf import DictConfig
 from sheldon.errors import StepError, shorten
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
-from sheldon.processes import PIPELINE_ENV, process_token
+from sheldon.processes import PIPELINE_ENV, Interrupted, process_token
 from sheldon.steps import StepConfig, Steps
 from sheldon.store import check_tracking_store, tracking_environment
+from sheldon.vocabulary import TRIAL_ENV
 
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 # Steps whose interpreters start while an earlier step works: two, so that a short step
@@ -80,9 +81,30 @@ def make_plan(config: DictConfig, steps: Steps) -> Plan:
     return Plan(selected, configs, pins, forced, resolve_env_manager(str(config.main.env_manager)))
 
 
-def set_up_environment(config: DictConfig) -> None:
+@dataclass(frozen=True)
+class Trial:
+    """One pipeline of a sweep (sheldon/sweep.py): its run nests under the sweep's run, and its
+    steps' W&B runs are grouped by the sweep and carry the trial's overrides."""
+
+    sweep_run_id: str
+    sweep_name: str
+    overrides: str  # the job's command-line overrides, e.g. "train_model.lr=0.003"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a pipeline ended: its exit code, its MLflow run (None if it never opened one), and the
+    metrics logged on that run (each step's headline, `<step>.<metric>`)."""
+
+    code: int
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def set_up_environment(config: DictConfig, trial: Trial | None = None) -> None:
     """What every step launched by this process inherits: the pipeline to watch, one tracking
-    store (checked), this interpreter's `python`, the W&B project and group."""
+    store (checked), this interpreter's `python`, the W&B project and group (a sweep's name, for
+    its trials), and a trial's overrides."""
     os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
     check_tracking_store(tracking_environment())
     # A step's command starts with `python`: the one beside this interpreter, so
@@ -91,7 +113,9 @@ def set_up_environment(config: DictConfig) -> None:
     if here not in path.split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join([here, path])
     os.environ["WANDB_PROJECT"] = str(config.main.project_name)
-    os.environ["WANDB_RUN_GROUP"] = str(config.main.experiment_name)
+    os.environ["WANDB_RUN_GROUP"] = trial.sweep_name if trial else str(config.main.experiment_name)
+    if trial:
+        os.environ[TRIAL_ENV] = trial.overrides
 
 
 def prepare(steps: list[str], env_manager: str, prestarted: Prestarted) -> None:
@@ -102,16 +126,34 @@ def prepare(steps: list[str], env_manager: str, prestarted: Prestarted) -> None:
             prestarted.prepare(step_dir(step))
 
 
-def run_pipeline(config: DictConfig, steps: Steps) -> int:
-    """Run the steps config.yaml selects, in order, under one pipeline run; the exit code."""
+def run_pipeline(config: DictConfig, steps: Steps, trial: Trial | None = None) -> Outcome:
+    """Run the steps config.yaml selects, in order, under one pipeline run."""
     plan = make_plan(config, steps)
-    set_up_environment(config)
+    set_up_environment(config, trial)
     with Prestarted() as prestarted:  # interpreters a stop or an error leaves unused are ended
         if plan.selected[0] in plan.forced:  # it will run: interpreters start while the engine loads
             prepare(plan.selected[:PREPARE_AHEAD], plan.env_manager, prestarted)
         from sheldon.engine import run_plan  # MLflow and the engine: ~1 s, the interpreters' head start
 
-        return run_plan(config, steps, plan, prestarted)
+        return run_plan(config, steps, plan, prestarted, trial)
+
+
+def run_and_report(config: DictConfig, steps: Steps, trial: Trial | None = None) -> Outcome:
+    """Run the pipeline; a bad setting or a stop signal ends it with one line, and an exit code."""
+    try:
+        return run_pipeline(config, steps, trial)
+    except StepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if trial is None:
+            discard_launcher_run()
+        return Outcome(1)
+    except Interrupted as stop:
+        where = f" during {stop.during}: its processes are stopped and its run KILLED" if stop.during else ""
+        print(
+            f"\nerror: {stop}{where}; nothing of it was kept, and the next run reuses the finished steps",
+            file=sys.stderr,
+        )
+        return Outcome(stop.exit_code)
 
 
 def discard_launcher_run() -> None:

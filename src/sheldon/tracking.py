@@ -43,6 +43,7 @@ from sheldon.vocabulary import (
     RUN_NAME_TAG,
     STEP_TAG,
     STOPPED_TAG,
+    TRIAL_ENV,
     UNCACHEABLE_TAG,
     parse_runs_uri,
     runs_uri,
@@ -112,6 +113,11 @@ def wandb_unusable(base_url: str, key: str, timeout: float = 5.0) -> str:
     asker.start()
     asker.join(timeout)
     return verdict[0]
+
+
+def trial_config() -> dict[str, str]:
+    """A sweep trial's overrides, for its steps' W&B config (empty outside a sweep)."""
+    return {"trial": os.environ[TRIAL_ENV]} if os.environ.get(TRIAL_ENV) else {}
 
 
 def settle_wandb_mode() -> str:
@@ -388,7 +394,7 @@ def step_run(
                 group=os.environ.get("WANDB_RUN_GROUP") or experiment,
                 job_type=job_type or step,
                 name=f"{step}-{active.info.run_id[:8]}",
-                config={**params, "mlflow_run_id": active.info.run_id},
+                config={**params, "mlflow_run_id": active.info.run_id, **trial_config()},
                 dir=os.environ["WANDB_DIR"],
                 mode=mode,
                 reinit="create_new",

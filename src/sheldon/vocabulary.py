@@ -29,9 +29,19 @@ DATA_MD5_TAG = "sheldon.data_md5"  # the DVC md5 data.dvc pins
 # On a pipeline's run
 PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
 FAILED_STEP_TAG = "sheldon.failed_step"
+RAN_STEPS_TAG = "sheldon.ran_steps"  # the steps that ran rather than being reused, comma-separated
+TRIAL_TAG = "sheldon.trial"  # a sweep's pipeline: the trial's overrides
+
+# On a sweep's run
+SWEEP_TAG = "sheldon.sweep"  # the sweep's name
+
+# In the environment
+TRIAL_ENV = "SHELDON_TRIAL"  # a sweep trial's overrides, for its steps' W&B config
+SWEEP_ENV = "SHELDON_SWEEP"  # "<run id> <name>" of the sweep the pipelines of this process belong to
 
 # MLflow's own, which sheldon sets
 RUN_NAME_TAG = "mlflow.runName"
+PARENT_RUN_TAG = "mlflow.parentRunId"
 BACKEND_TAG = "mlflow.project.backend"  # what launched a project run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on an experiment
 

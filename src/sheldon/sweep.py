@@ -1,0 +1,223 @@
+"""Sweeps: `python main.py -m train_model.lr=0.001,0.003` runs one pipeline per combination of
+values (Hydra's multirun), each a trial. The sweep is an MLflow run, named after the sweep, whose
+children are the trials' pipeline runs, whose children are the step runs. Trials reuse finished
+steps from the step cache, so a sweep of train_model's settings downloads and preprocesses at
+most once. When the sweep ends, a table of its trials, best first by `sweep.metric`, is printed
+and logged to MLflow and W&B; it is read back from the tracking store, so it shows what is
+recorded. A failed trial does not stop the sweep: the table marks it, and the sweep exits 1.
+
+Hydra calls SweepCallback (config.yaml's hydra.callbacks) in the process that launches the
+trials: it opens the sweep's run before the first trial and closes it after the last. `go`
+runs each trial and returns its objective, what Hydra's Optuna sweeper maximizes."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from sheldon.errors import first_line
+from sheldon.pipeline import Outcome, Trial
+from sheldon.vocabulary import (
+    PARENT_RUN_TAG,
+    PROCESS_TAG,
+    RAN_STEPS_TAG,
+    RUN_NAME_TAG,
+    STOPPED_TAG,
+    SWEEP_ENV,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
+
+TABLE_FILE = "sweep_trials.txt"
+TABLE_JSON = "sweep_trials.json"
+
+
+def current_trial() -> Trial | None:
+    """The trial this Hydra job is, when it is one of a sweep whose run is open; else None."""
+    sweep = os.environ.get(SWEEP_ENV, "")
+    if not sweep or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    run_id, _, name = sweep.partition(" ")
+    return Trial(run_id, name, " ".join(HydraConfig.get().overrides.task))
+
+
+def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
+    """The trial's value of `sweep.metric` (NaN when it failed: the sweep goes on). A stop signal
+    ends the sweep; so does a metric that a finished pipeline did not log, which no trial would."""
+    metric = str(config.sweep.metric)
+    if outcome.code > 128:  # stopped by a signal: the sweep stops with it
+        end_sweep(trial.sweep_run_id, "KILLED", f"stopped during trial {trial.overrides!r}")
+        sys.exit(outcome.code)
+    if outcome.code:
+        return math.nan
+    if metric not in outcome.metrics:
+        logged = ", ".join(sorted(outcome.metrics)) or "none"
+        print(
+            f"error: sweep.metric={metric!r} is not a metric of the pipeline runs (they log: {logged}): "
+            "name one of those",
+            file=sys.stderr,
+        )
+        end_sweep(trial.sweep_run_id, "FAILED", f"sweep.metric {metric!r} is not logged")
+        sys.exit(1)
+    return outcome.metrics[metric]
+
+
+def open_sweep(config: DictConfig) -> None:
+    """The sweep's MLflow run (the one `mlflow run .` opened, when it launched the sweep), for
+    the trials of this process and of the processes it starts (SWEEP_ENV)."""
+    import mlflow
+
+    from sheldon.engine import open_experiment
+    from sheldon.launch import claim_launcher_run
+    from sheldon.processes import process_token
+    from sheldon.store import check_tracking_store, tracking_environment
+    from sheldon.tracking import configure_tracking
+
+    check_tracking_store(tracking_environment())
+    configure_tracking()
+    name = str(config.sweep.name)
+    experiment_id = open_experiment(str(config.main.experiment_name))
+    client = mlflow.MlflowClient()
+    tags = {SWEEP_TAG: name, PROCESS_TAG: process_token(), RUN_NAME_TAG: name}
+    if launcher := claim_launcher_run(experiment_id):
+        for key, value in tags.items():
+            client.set_tag(launcher, key, value)
+        run_id = launcher
+    else:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    client.log_param(run_id, "sweep_overrides", " ".join(config.hydra.overrides.task)[:6000])
+    os.environ[SWEEP_ENV] = f"{run_id} {name}"
+    print(f"sweep {name!r}: MLflow run {run_id}; each trial is a pipeline run under it", flush=True)
+
+
+def end_sweep(run_id: str, status: str, why: str = "") -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if why:
+        client.set_tag(run_id, STOPPED_TAG, why)
+    client.set_terminated(run_id, status)
+
+
+def trial_rows(config: DictConfig, run_id: str) -> list[dict[str, Any]]:
+    """The sweep's trials as the tracking store has them, best first by `sweep.metric` (failed
+    trials and trials without the metric last)."""
+    import mlflow
+
+    sweep = mlflow.get_run(run_id)
+    metric, descending = str(config.sweep.metric), str(config.sweep.direction) == "maximize"
+    pipelines = mlflow.MlflowClient().search_runs(
+        [sweep.info.experiment_id],
+        f"tags.`{PARENT_RUN_TAG}` = '{run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    rows = []
+    for number, run in enumerate(pipelines, 1):
+        failed = run.info.status != "FINISHED"
+        ran = run.data.tags.get(RAN_STEPS_TAG)
+        rows.append(
+            {
+                "trial": number,
+                "overrides": run.data.tags.get(TRIAL_TAG, ""),
+                metric: run.data.metrics.get(metric),
+                "status": "failed" if failed else f"ran {ran}" if ran else "cached",
+                "pipeline_run_id": run.info.run_id,
+            }
+        )
+
+    # Show what tells the trials apart: an override every trial has is said once, above the table.
+    common = set.intersection(*(set(row["overrides"].split()) for row in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in common) or "-"
+
+    def rank(row: dict[str, Any]) -> tuple[bool, float]:
+        value = row[metric]
+        missing = value is None or row["status"] == "failed"
+        return missing, 0.0 if missing else (-value if descending else value)
+
+    return sorted(rows, key=rank)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)"
+    header = list(rows[0])
+    cells = [header] + [
+        ["-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+        for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def close_sweep(config: DictConfig) -> None:
+    """Print and log the table of the sweep's trials, and end its run: FAILED, with exit code 1,
+    when a trial failed."""
+    import mlflow
+
+    sweep = os.environ.pop(SWEEP_ENV, "")
+    if not sweep:
+        return
+    run_id, _, name = sweep.partition(" ")
+    rows = trial_rows(config, run_id)
+    table = format_table(rows)
+    client = mlflow.MlflowClient()
+    client.log_text(run_id, table + "\n", TABLE_FILE)
+    client.log_dict(run_id, {"metric": str(config.sweep.metric), "trials": rows}, TABLE_JSON)
+    metric = str(config.sweep.metric)
+    if rows and rows[0][metric] is not None and rows[0]["status"] != "failed":
+        client.log_metric(run_id, f"best.{metric}", rows[0][metric])
+        client.set_tag(run_id, "sheldon.best_trial", rows[0]["overrides"])
+    log_wandb_table(config, name, rows)
+    failed = [row for row in rows if row["status"] == "failed"]
+    print(f"\nsweep {name!r}: {len(rows)} trial(s), best first by {metric}\n\n{table}\n\nsweep run {run_id}")
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    if failed:
+        print(f"error: {len(failed)} of {len(rows)} trial(s) failed: see the table", file=sys.stderr)
+        sys.exit(1)
+
+
+def log_wandb_table(config: DictConfig, name: str, rows: list[dict[str, Any]]) -> None:
+    """The table as a W&B run of the sweep's group."""
+    import wandb
+
+    from sheldon.tracking import settle_wandb_mode
+
+    mode = settle_wandb_mode()
+    run = wandb.init(
+        project=str(config.main.project_name),
+        group=name,
+        job_type="sweep",
+        name=name,
+        dir=os.environ.get("WANDB_DIR"),
+        mode=mode,
+        reinit="create_new",
+    )
+    columns = list(rows[0]) if rows else ["trial"]
+    run.log({"trials": wandb.Table(columns=columns, data=[list(row.values()) for row in rows])})
+    run.finish()
+
+
+class SweepCallback(Callback):
+    """Hydra's hooks around a multirun: the sweep's run opens before the first trial and closes,
+    with the table, after the last."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            open_sweep(config)
+        except Exception as err:  # Hydra would print a warning and run the trials anyway
+            print(f"error: cannot open the sweep's MLflow run: {first_line(err)}", file=sys.stderr)
+            sys.exit(1)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        close_sweep(config)
