@@ -1,0 +1,143 @@
+"""Sweeps with the real Hydra multirun, in a temporary copy of the repo on the shrunk config (one
+epoch): the step cache across trials, the three levels of runs, the table, and what goes wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import make_project, wandb_records
+
+pytestmark = pytest.mark.e2e
+
+SHRUNK = ["train_model.epochs=1", "evaluate.min_accuracy=0.5"]
+GRID = ["train_model.lr=0.001,0.003", "train_model.batch_size=32,64"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A copy of the repo after a 2x2 sweep of train_model's lr and batch size."""
+    project = make_project(tmp_path_factory.mktemp("sweep"))
+    result = project.run("python", "main.py", "-m", *GRID, *SHRUNK)
+    assert result.returncode == 0, result.output[-4000:]
+    return project, result
+
+
+def sweep_runs(project) -> list:
+    return [r for r in project.runs() if "sheldon.sweep" in r.data.tags]
+
+
+def table_rows(output: str) -> list[dict[str, str]]:
+    """The rows of the last sweep table printed, by column (cut where the dashes under the header
+    are): trial, overrides, the metric, status, pipeline_run_id."""
+    header, dashes, *lines = output[output.rindex("best first by") :].split("\n\n")[1].splitlines()
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", dashes)]
+    spans[-1] = (spans[-1][0], None)
+    names = [header[a:b].strip() for a, b in spans]
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)} for line in lines]
+
+
+def test_a_grid_runs_a_pipeline_per_combination_reusing_the_upstream_steps(swept):
+    project, result = swept
+    assert len(project.step_runs("download_dataset")) == len(project.step_runs("preprocess")) == 1
+    assert len(project.step_runs("train_model")) == len(project.step_runs("evaluate")) == 4
+    rows = table_rows(result.stdout)
+    assert sorted(row["overrides"] for row in rows) == [
+        "train_model.lr=0.001 train_model.batch_size=32",
+        "train_model.lr=0.001 train_model.batch_size=64",
+        "train_model.lr=0.003 train_model.batch_size=32",
+        "train_model.lr=0.003 train_model.batch_size=64",
+    ]
+    values = [float(row["train_model.best_val_accuracy"]) for row in rows]
+    assert values == sorted(values, reverse=True)  # best first by best validation accuracy
+    assert "train_model.epochs=1" not in rows[0]["overrides"]  # said once, not on every row
+
+
+def test_a_sweep_is_a_run_whose_children_are_pipelines_whose_children_are_steps(swept):
+    project, result = swept
+    (sweep,) = sweep_runs(project)
+    assert sweep.info.status == "FINISHED" and sweep.info.run_name == sweep.data.tags["sheldon.sweep"]
+    pipelines = [r for r in project.runs() if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert len(pipelines) == 4 and {r.info.run_name for r in pipelines} == {"pipeline"}
+    for pipeline in pipelines:
+        trial = dict(o.split("=") for o in pipeline.data.tags["sheldon.trial"].split())
+        assert pipeline.data.params["train_model.lr"] == trial["train_model.lr"]
+        assert pipeline.data.params["train_model.batch_size"] == trial["train_model.batch_size"]
+        children = [
+            r for r in project.step_runs() if r.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+        ]
+        assert {r.data.tags["sheldon.step"] for r in children} <= {
+            "train_model",
+            "evaluate",
+            "download_dataset",
+            "preprocess",
+        }
+        assert "train_model.best_val_accuracy" in pipeline.data.metrics
+    best = max(p.data.metrics["train_model.best_val_accuracy"] for p in pipelines)
+    assert sweep.data.metrics["best.train_model.best_val_accuracy"] == best
+    logged = project.client().download_artifacts(sweep.info.run_id, "sweep_trials.json")
+    trials = json.loads(Path(logged).read_text())["trials"]
+    assert [t["pipeline_run_id"] for t in trials] == [
+        row["pipeline_run_id"] for row in table_rows(result.stdout)
+    ]
+
+
+def test_the_trials_step_runs_share_the_sweeps_wandb_group_and_carry_its_overrides(swept):
+    project, _ = swept
+    (sweep,) = sweep_runs(project)
+    seen = []
+    for run_dir in project.wandb_runs():
+        for record in wandb_records(run_dir):
+            if record.HasField("run"):
+                config = {item.key: json.loads(item.value_json) for item in record.run.config.update}
+                seen.append((record.run.run_group, record.run.job_type, config))
+    assert {group for group, _, _ in seen} == {sweep.info.run_name}
+    trained = [config for _, job, config in seen if job == "train_model"]
+    assert len(trained) == 4 and all("train_model.lr=" in config["trial"] for config in trained)
+    assert [job for _, job, _ in seen].count("sweep") == 1  # the table, as a W&B run of the group
+
+
+def test_a_sweep_run_again_is_all_cached(swept):
+    project, _ = swept
+    result = project.run("python", "main.py", "-m", *GRID, *SHRUNK)
+    assert result.returncode == 0, result.output[-3000:]
+    assert {row["status"] for row in table_rows(result.stdout)} == {"cached"}
+    assert len(project.step_runs("train_model")) == 4
+
+
+def test_a_failing_trial_is_marked_and_the_sweep_goes_on_then_exits_1(swept):
+    project, _ = swept
+    result = project.run(
+        "python", "main.py", "-m", "train_model.lr=0.003", "train_model.batch_size=64",
+        "train_model.epochs=1", "evaluate.min_accuracy=0.99,0.5",
+    )  # fmt: skip
+    assert result.returncode == 1, result.output[-3000:]
+    rows = table_rows(result.stdout)
+    assert [row["overrides"] for row in rows] == ["evaluate.min_accuracy=0.5", "evaluate.min_accuracy=0.99"]
+    assert [row["status"] for row in rows] == ["cached", "failed"]  # a failed trial ranks last
+    assert "error: 1 of 2 trial(s) failed: see the table" in result.stderr
+    assert sweep_runs(project)[-1].info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["-m", "train_model.lr=0.1,"], "malformed override 'train_model.lr=0.1,'"),
+        (["train_model.lr=0.1,0.2"], "gives several values, a sweep: add -m"),
+        (["-m", "train_model.typo=1,2"], "train_model.typo"),
+        (["-m", "train_model.lr=interval(0.1,0.01)"], "an interval's start must be below its end"),
+        (["-m", "hydra/sweeper=nosuch"], "hydra/sweeper"),
+    ],
+    ids=["malformed", "no-multirun", "unknown-key", "bad-interval", "unknown-sweeper"],
+)
+def test_a_bad_sweep_is_refused_before_anything_runs(swept, args, complaint):
+    project, _ = swept
+    before = len(project.runs())
+    result = project.run("python", "main.py", *args, *SHRUNK)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and complaint in lines[0], result.stderr
+    assert len(project.runs()) == before
+    assert not re.search(r"Traceback", result.output)
