@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_project, wandb_records
 
 pytestmark = pytest.mark.e2e
@@ -119,6 +120,23 @@ def test_a_failing_trial_is_marked_and_the_sweep_goes_on_then_exits_1(swept):
     assert [row["status"] for row in rows] == ["cached", "failed"]  # a failed trial ranks last
     assert "error: 1 of 2 trial(s) failed: see the table" in result.stderr
     assert sweep_runs(project)[-1].info.status == "FAILED"
+
+
+def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_each_trials_metric(swept):
+    project, _ = swept
+    search = ["-m", "hparams_search=optuna", "sweep.n_trials=3", "sweep.seed=7", *SHRUNK]
+    first = project.run("python", "main.py", *search)
+    assert first.returncode == 0, first.output[-3000:]
+    assert "FutureWarning" not in first.stderr
+    again = project.run("python", "main.py", *search)
+    assert again.returncode == 0, again.output[-3000:]
+    proposed = [sorted(row["overrides"] for row in table_rows(run.stdout)) for run in (first, again)]
+    assert proposed[0] == proposed[1] and len(set(proposed[0])) == 3
+    assert {row["status"] for row in table_rows(again.stdout)} == {"cached"}
+    # Optuna was told each trial's value: its best is the table's first row
+    results = sorted(project.root.glob("multirun/*/*/optimization_results.yaml"))[-1]
+    best = float(table_rows(again.stdout)[0]["train_model.best_val_accuracy"])
+    assert yaml.safe_load(results.read_text())["best_value"] == pytest.approx(best, abs=1e-4)
 
 
 @pytest.mark.parametrize(

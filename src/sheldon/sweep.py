@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -34,6 +35,10 @@ from sheldon.vocabulary import (
     SWEEP_TAG,
     TRIAL_TAG,
 )
+
+# hydra-optuna-sweeper 1.3.0, its latest release, builds Optuna's v2 distributions, which Optuna 4
+# converts to their successors: the warning it gives names nothing a user of sheldon could change.
+warnings.filterwarnings("ignore", message=r".*Distribution has been deprecated", category=FutureWarning)
 
 TABLE_FILE = "sweep_trials.txt"
 TABLE_JSON = "sweep_trials.json"
