@@ -48,8 +48,8 @@ STOPPABLE = """
 import signal, sys, time
 from sheldon.processes import Interrupted, raise_on_signals
 raise_on_signals()
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside: the test's first signal may land before the next line
     time.sleep(30)
 except Interrupted as stop:
     print(f"cleaning up after {stop}", flush=True)
