@@ -3,10 +3,16 @@ epoch): the step cache across trials, the three levels of runs, the table, and w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from conftest import make_project, wandb_records
@@ -122,6 +128,7 @@ def test_a_failing_trial_is_marked_and_the_sweep_goes_on_then_exits_1(swept):
     assert sweep_runs(project)[-1].info.status == "FAILED"
 
 
+@pytest.mark.slow  # a minute of trials
 def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_each_trials_metric(swept):
     project, _ = swept
     search = ["-m", "hparams_search=optuna", "sweep.n_trials=3", "sweep.seed=7", *SHRUNK]
@@ -137,6 +144,67 @@ def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_ea
     results = sorted(project.root.glob("multirun/*/*/optimization_results.yaml"))[-1]
     best = float(table_rows(again.stdout)[0]["train_model.best_val_accuracy"])
     assert yaml.safe_load(results.read_text())["best_value"] == pytest.approx(best, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory):
+    """A fresh copy of the repo after a sweep of two trials run at once (joblib, 2 workers)."""
+    project = make_project(tmp_path_factory.mktemp("parallel"))
+    result = project.run("python", "main.py", "-m", *JOBLIB, "train_model.lr=0.001,0.003", *SHRUNK)
+    assert result.returncode == 0, result.output[-4000:]
+    return project, result
+
+
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
+@pytest.mark.slow  # a minute of trials
+def test_trials_run_at_once_share_the_upstream_steps_and_match_a_sequential_sweep(parallel, swept):
+    project, result = parallel
+    assert len(project.step_runs("download_dataset")) == len(project.step_runs("preprocess")) == 1
+    assert "waiting to reuse it" in result.stdout  # the second trial waited for the first's upstream
+    at_once = {row["overrides"]: row["train_model.best_val_accuracy"] for row in table_rows(result.stdout)}
+    one_by_one = {
+        row["overrides"].split()[0]: row["train_model.best_val_accuracy"]
+        for row in table_rows(swept[1].stdout)
+        if row["overrides"].endswith("batch_size=64")
+    }
+    assert at_once == one_by_one  # same trials, same results
+
+
+@pytest.mark.slow  # a minute of trials
+def test_ctrl_c_during_a_parallel_sweep_stops_every_trial_and_leaves_nothing_running(parallel):
+    project, _ = parallel
+    args = ["python", "main.py", "-m", *JOBLIB, "train_model.lr=0.002,0.004", "train_model.epochs=4"]
+    sweep = subprocess.Popen(
+        args, cwd=project.root, env=project.env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and len(training(sweep.pid)) < 2:
+        time.sleep(0.3)
+    processes = psutil.Process(sweep.pid).children(recursive=True)
+    assert len(training(sweep.pid)) == 2  # both trials train at once
+    os.killpg(sweep.pid, signal.SIGINT)
+    _, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130
+    assert "Traceback" not in err and "the sweep and its trials are stopped" in err
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    assert [r.info.run_name for r in project.runs() if r.info.status == "RUNNING"] == []
+    assert sweep_runs(project)[-1].info.status == "KILLED"
+    again = project.run("python", "main.py", "-m", "train_model.lr=0.002", *SHRUNK)
+    assert "=== preprocess: cached" in again.stdout  # the next sweep reuses what finished
+
+
+def training(pid: int) -> list[psutil.Process]:
+    """The train_model steps running under a process."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.cwd().endswith("train_model") and "sheldon.prestart" in child.cmdline():
+                found.append(child)
+    return found
 
 
 @pytest.mark.parametrize(

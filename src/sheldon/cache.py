@@ -5,9 +5,12 @@ inputs, the pinned dependency set), so a finished run with the same key can stan
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -115,3 +118,19 @@ def find_cached_run(experiment_id: str, key: str) -> mlflow.entities.Run | None:
     """The latest FINISHED run with this key; running, failed and killed runs never count."""
     runs = finished_runs(experiment_id, KEY_TAG, key)
     return next((run for run in runs if UNCACHEABLE_TAG not in run.data.tags), None)
+
+
+@contextmanager
+def key_lock(key: str) -> Iterator[None]:
+    """Hold the machine-wide lock of a cache key while a pipeline looks the key up and runs or
+    reuses its step, so that pipelines running at once (Hydra's joblib launcher) run a step once
+    and the others find it cached. Released when the process ends, however it ends."""
+    folder = Path(tempfile.gettempdir()) / "sheldon-locks"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"{key}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("  (another pipeline runs this step with the same inputs: waiting to reuse it)", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sheldon.artifacts import digest_path
-from sheldon.cache import cache_key, code_digest, find_cached_run, output_digest
+from sheldon.cache import cache_key, code_digest, find_cached_run, key_lock, output_digest
 from sheldon.errors import StepError, shorten
 from sheldon.launch import claim_launcher_run, fail_dead_runs, start
 from sheldon.lineage import (
@@ -49,6 +49,7 @@ from sheldon.vocabulary import (
     RUN_NAME_TAG,
     STEP_TAG,
     STOPPED_TAG,
+    TRIAL_NUMBER_TAG,
     TRIAL_TAG,
     runs_uri,
 )
@@ -171,9 +172,12 @@ def workspace_changed(steps: Steps, step: str, params: dict[str, str], run: Run)
 def launch(step: str, params: dict[str, str], tags: dict[str, str], context: PipelineContext) -> StepResult:
     """Run a step, tagged with its lineage before it can finish, and wait for it."""
     started = time.perf_counter()
+    # The step itself too, when nothing prepared it (the steps before it were cached): started from
+    # the template, it runs in a process group of its own from its first moment, as every step.
+    after = context.selected.index(step) + 1
+    prepare(context.selected[after - 1 : after], context.env_manager, context.prestarted)
     launched = start(step, params, context.experiment_id, context.env_manager, context.prestarted)
     # The next steps' inputs are about to change, so they will most likely run too.
-    after = context.selected.index(step) + 1
     prepare(context.selected[after : after + PREPARE_AHEAD], context.env_manager, context.prestarted)
     status = "ran" if launched.wait(tags) else "failed"
     seconds = time.perf_counter() - started
@@ -181,43 +185,49 @@ def launch(step: str, params: dict[str, str], tags: dict[str, str], context: Pip
 
 
 def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: PipelineContext) -> StepResult:
-    """Reuse a finished run with the same cache key, or launch the step."""
+    """Reuse a finished run with the same cache key, or launch the step. Pipelines running at once
+    on this machine (a parallel sweep) take turns per key: one runs the step, the others reuse it."""
     steps = context.steps
     params, inputs = config
     key, uris, digests = step_key(steps, step, config, produced)
-    cached = None if step in context.forced else find_cached_run(context.experiment_id, key)
-    if cached is not None and (changed := workspace_changed(steps, step, params, cached)):
-        print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
-        cached = None
-    sources = {}
-    for param, ref in inputs.items():
-        upstream = steps.upstream(step, param, ref)[0]
-        sources[param] = f"{upstream} run {produced[upstream].info.run_id[:8]} ({context.origins[upstream]})"
-    print(f"\n=== {step}: cached, reusing run {cached.info.run_id} ===" if cached else f"\n=== {step} ===")
-    for param, source in sources.items():
-        print(f"  {param} <- {source}", flush=True)
-    if cached is not None:
-        result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
-    else:
-        tags = {
-            PIPELINE_RUN_TAG: context.pipeline_run_id,
-            PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
-            **context.lineage_tags,
-        }
-        tags |= {INPUT_DIGEST_TAG + name: digest for name, digest in digests.items()}
-        tags |= {INPUT_SOURCE_TAG + name: source for name, source in sources.items()}
-        result = launch(step, params | uris, tags, context)
-        if result.status == "ran":
-            # Only now, seen finished by its pipeline, may the run stand in for the step: a run whose
-            # pipeline was killed never gets its key, even if its own process reached the end.
-            mlflow.MlflowClient().set_tag(result.run_id, KEY_TAG, key)
-    context.origins[step] = CACHED if cached is not None else RAN
-    result.cache_key, result.inputs, result.input_digests = key, uris, digests
-    run = cached or mlflow.get_run(result.run_id)
-    logged = run.data.tags
-    result.outputs = {n.removeprefix(DIGEST_TAG): logged[n] for n in logged if n.startswith(DIGEST_TAG)}
-    produced[step] = run
-    return result
+    with key_lock(key):
+        cached = None if step in context.forced else find_cached_run(context.experiment_id, key)
+        if cached is not None and (changed := workspace_changed(steps, step, params, cached)):
+            print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
+            cached = None
+        sources = {}
+        for param, ref in inputs.items():
+            upstream = steps.upstream(step, param, ref)[0]
+            sources[param] = (
+                f"{upstream} run {produced[upstream].info.run_id[:8]} ({context.origins[upstream]})"
+            )
+        print(
+            f"\n=== {step}: cached, reusing run {cached.info.run_id} ===" if cached else f"\n=== {step} ==="
+        )
+        for param, source in sources.items():
+            print(f"  {param} <- {source}", flush=True)
+        if cached is not None:
+            result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
+        else:
+            tags = {
+                PIPELINE_RUN_TAG: context.pipeline_run_id,
+                PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
+                **context.lineage_tags,
+            }
+            tags |= {INPUT_DIGEST_TAG + name: digest for name, digest in digests.items()}
+            tags |= {INPUT_SOURCE_TAG + name: source for name, source in sources.items()}
+            result = launch(step, params | uris, tags, context)
+            if result.status == "ran":
+                # Only now, seen finished by its pipeline, may the run stand in for the step: a run whose
+                # pipeline was killed never gets its key, even if its own process reached the end.
+                mlflow.MlflowClient().set_tag(result.run_id, KEY_TAG, key)
+        context.origins[step] = CACHED if cached is not None else RAN
+        result.cache_key, result.inputs, result.input_digests = key, uris, digests
+        run = cached or mlflow.get_run(result.run_id)
+        logged = run.data.tags
+        result.outputs = {n.removeprefix(DIGEST_TAG): logged[n] for n in logged if n.startswith(DIGEST_TAG)}
+        produced[step] = run
+        return result
 
 
 def failure_hint(steps: Steps, failed: StepResult, selected: list[str], env_manager: str) -> str:
@@ -245,7 +255,7 @@ def open_pipeline_run(experiment_id: str, launcher: str | None, trial: Trial | N
         mlflow.MlflowClient().set_tag(launcher, RUN_NAME_TAG, "pipeline")
         run = mlflow.start_run(run_id=launcher)
     elif trial:
-        tags = {TRIAL_TAG: trial.overrides}
+        tags = {TRIAL_TAG: trial.overrides, TRIAL_NUMBER_TAG: str(trial.number)}
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name="pipeline", parent_run_id=trial.sweep_run_id, tags=tags
         )

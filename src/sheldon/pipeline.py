@@ -89,6 +89,7 @@ class Trial:
     sweep_run_id: str
     sweep_name: str
     overrides: str  # the job's command-line overrides, e.g. "train_model.lr=0.003"
+    number: int  # Hydra's job number, from 0
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import warnings
+from contextlib import suppress
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 
 from sheldon.errors import first_line
 from sheldon.pipeline import Outcome, Trial
+from sheldon.processes import raise_on_signals
 from sheldon.vocabulary import (
     PARENT_RUN_TAG,
     PROCESS_TAG,
@@ -32,7 +34,9 @@ from sheldon.vocabulary import (
     RUN_NAME_TAG,
     STOPPED_TAG,
     SWEEP_ENV,
+    SWEEP_PROCESS_ENV,
     SWEEP_TAG,
+    TRIAL_NUMBER_TAG,
     TRIAL_TAG,
 )
 
@@ -50,7 +54,10 @@ def current_trial() -> Trial | None:
     if not sweep or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     run_id, _, name = sweep.partition(" ")
-    return Trial(run_id, name, " ".join(HydraConfig.get().overrides.task))
+    job = HydraConfig.get().job
+    if os.getpid() != int(os.environ.get(SWEEP_PROCESS_ENV, os.getpid())):
+        raise_on_signals()  # a trial in a worker process (joblib): a stop signal stops it in order
+    return Trial(run_id, name, " ".join(HydraConfig.get().overrides.task), int(job.num))
 
 
 def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
@@ -99,6 +106,7 @@ def open_sweep(config: DictConfig) -> None:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     client.log_param(run_id, "sweep_overrides", " ".join(config.hydra.overrides.task)[:6000])
     os.environ[SWEEP_ENV] = f"{run_id} {name}"
+    os.environ[SWEEP_PROCESS_ENV] = str(os.getpid())
     print(f"sweep {name!r}: MLflow run {run_id}; each trial is a pipeline run under it", flush=True)
 
 
@@ -106,9 +114,38 @@ def end_sweep(run_id: str, status: str, why: str = "") -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
     if why:
         client.set_tag(run_id, STOPPED_TAG, why)
     client.set_terminated(run_id, status)
+
+
+def stop_sweep(stop: BaseException) -> None:
+    """The process that launched a sweep's trials was stopped, and its trials, which ran in worker
+    processes (Hydra's joblib launcher), with it: end the sweep's run and what its trials left
+    open KILLED (their steps, which stop on their own when their pipeline is gone, may say so too)."""
+    import mlflow
+
+    sweep = os.environ.get(SWEEP_ENV, "")
+    if sweep:
+        run_id = sweep.partition(" ")[0]
+        with suppress(Exception):  # the store is gone too: the next pipeline marks the runs FAILED
+            client = mlflow.MlflowClient()
+            experiment = client.get_run(run_id).info.experiment_id
+            parents = [run_id]
+            while parents:
+                children = client.search_runs(
+                    [experiment], f"tags.`{PARENT_RUN_TAG}` = '{parents.pop()}'", max_results=10000
+                )
+                parents += [child.info.run_id for child in children]
+                for child in children:
+                    end_sweep(child.info.run_id, "KILLED", f"the sweep was {stop}")
+            end_sweep(run_id, "KILLED", str(stop))
+    print(
+        f"\nerror: {stop}: the sweep and its trials are stopped; the next sweep reuses the finished steps",
+        file=sys.stderr,
+    )
 
 
 def trial_rows(config: DictConfig, run_id: str) -> list[dict[str, Any]]:
@@ -125,12 +162,12 @@ def trial_rows(config: DictConfig, run_id: str) -> list[dict[str, Any]]:
         max_results=10000,
     )
     rows = []
-    for number, run in enumerate(pipelines, 1):
+    for order, run in enumerate(pipelines):
         failed = run.info.status != "FINISHED"
         ran = run.data.tags.get(RAN_STEPS_TAG)
         rows.append(
             {
-                "trial": number,
+                "trial": int(run.data.tags.get(TRIAL_NUMBER_TAG, order)),
                 "overrides": run.data.tags.get(TRIAL_TAG, ""),
                 metric: run.data.metrics.get(metric),
                 "status": "failed" if failed else f"ran {ran}" if ran else "cached",

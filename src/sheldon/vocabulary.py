@@ -31,6 +31,7 @@ PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
 FAILED_STEP_TAG = "sheldon.failed_step"
 RAN_STEPS_TAG = "sheldon.ran_steps"  # the steps that ran rather than being reused, comma-separated
 TRIAL_TAG = "sheldon.trial"  # a sweep's pipeline: the trial's overrides
+TRIAL_NUMBER_TAG = "sheldon.trial_number"  # a sweep's pipeline: Hydra's job number, from 0
 
 # On a sweep's run
 SWEEP_TAG = "sheldon.sweep"  # the sweep's name
@@ -38,6 +39,7 @@ SWEEP_TAG = "sheldon.sweep"  # the sweep's name
 # In the environment
 TRIAL_ENV = "SHELDON_TRIAL"  # a sweep trial's overrides, for its steps' W&B config
 SWEEP_ENV = "SHELDON_SWEEP"  # "<run id> <name>" of the sweep the pipelines of this process belong to
+SWEEP_PROCESS_ENV = "SHELDON_SWEEP_PROCESS"  # pid of the process that launches the sweep's trials
 
 # MLflow's own, which sheldon sets
 RUN_NAME_TAG = "mlflow.runName"
