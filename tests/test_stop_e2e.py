@@ -105,7 +105,7 @@ def running_runs(project) -> list[str]:
         (["mlflow", "run", ".", "--env-manager", "local"], signal.SIGINT, 1, ()),  # CLI: "Aborted!", 1
         (["python", "main.py"], signal.SIGINT, 130, ()),
         (["python", "main.py"], signal.SIGTERM, 143, ()),
-        # the step must run, so it runs in an interpreter started ahead (sheldon/prestart.py)
+        # the step must run, so its interpreter starts before the engine has loaded (prestart.py)
         (["python", "main.py"], signal.SIGINT, 130, ("main.use_cache=false",)),
     ],
     ids=["ctrl-c-mlflow-run", "ctrl-c-main", "sigterm-main", "ctrl-c-main-started-ahead"],
@@ -128,7 +128,7 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
     finally:
         stop(state, httpd)
     assert proc.returncode == code, err[-3000:]
-    assert ("  command: python run.py " in out) == bool(extra)  # how the step was started
+    assert "  command: python run.py " in out  # a step forked from the template (sheldon/prestart.py)
     assert alive_after(processes, 10 - seconds) == []
     assert "Traceback" not in err
     assert f"stopped by {signal.Signals(signum).name} during download_dataset" in err
