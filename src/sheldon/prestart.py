@@ -196,6 +196,12 @@ class Prestarted:
             return None
         return forked
 
+    def release(self) -> None:
+        """Let go of the interpreters no step used, keeping the templates for later pipelines
+        (a sweep's trials): each ends once it sees that no launch will come."""
+        while self._waiting:
+            self._waiting.popitem()[1].close()
+
     def close(self) -> None:
         """Stop the interpreters no step used (they hold no run and no file, only their imports)
         and the templates; when this returns, none of their processes is left."""
