@@ -23,10 +23,13 @@ train_model = load_step("train_model")
 def test_score_reports_accuracy_macro_f1_and_per_class_precision_recall():
     y_true = np.array([0, 0, 1, 1, 2, 2])
     y_pred = np.array([0, 1, 1, 1, 2, 0])
-    metrics = evaluate.score(y_true, y_pred, 3)
+    metrics, per_class = evaluate.score(y_true, y_pred, 3)
+    assert set(metrics) == {"test_accuracy", "test_macro_f1"}  # per-class detail is a table
     assert metrics["test_accuracy"] == pytest.approx(4 / 6)
-    assert metrics["precision_1"] == pytest.approx(2 / 3) and metrics["recall_1"] == 1.0
-    assert metrics["precision_0"] == pytest.approx(1 / 2) and metrics["recall_0"] == pytest.approx(1 / 2)
+    rows = {row[0]: dict(zip(evaluate.PER_CLASS, row, strict=True)) for row in per_class}
+    assert rows[1]["precision"] == pytest.approx(2 / 3) and rows[1]["recall"] == 1.0
+    assert rows[0]["precision"] == pytest.approx(1 / 2) and rows[0]["recall"] == pytest.approx(1 / 2)
+    assert [rows[c]["support"] for c in range(3)] == [2, 2, 2]
     assert metrics["test_macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
 
 
@@ -117,14 +120,18 @@ def test_evaluate_logs_metrics_figures_and_predictions_to_mlflow_and_wandb(store
     run = latest_evaluate_run(tracking)
     metrics = run.data.metrics
     assert 0.3 < metrics["test_accuracy"] <= 1 and "test_macro_f1" in metrics
-    assert {f"precision_{c}" for c in range(10)} | {f"recall_{c}" for c in range(10)} <= set(metrics)
     artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id)}
     assert {
         "confusion_matrix.png",
         "learning_curves.png",
         "misclassified.png",
         "predictions.json",
+        "per_class.json",
     } <= artifacts
+    per_class = json.loads(Path(tracking.download_artifacts(run.info.run_id, "per_class.json")).read_text())
+    assert per_class["columns"] == ["class", "precision", "recall", "f1", "support"]
+    assert [row[0] for row in per_class["data"]] == list(range(10))
+    assert sum(row[4] for row in per_class["data"]) == store["test_size"]
     table = json.loads(Path(tracking.download_artifacts(run.info.run_id, "predictions.json")).read_text())
     assert table["columns"] == ["index", "label", "prediction", "confidence", "correct"]
     assert len(table["data"]) == store["test_size"]

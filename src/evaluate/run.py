@@ -40,17 +40,22 @@ class Settings(StepSettings):
     misclassified: int = parameter(32, "misclassified test images shown in the grid")
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy, macro-F1 and per-class precision, recall and F1."""
+PER_CLASS = ["class", "precision", "recall", "f1", "support"]
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[dict[str, float], list[list]]:
+    """Accuracy and macro-F1 (the run's metrics), and a row of precision, recall, F1 and support
+    per class (a table: as metrics, they would crowd the runs table with 3 columns a class)."""
     labels = list(range(num_classes))
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     metrics = {
         "test_accuracy": float((y_true == y_pred).mean()),
         "test_macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
     }
-    for c in labels:
-        metrics |= {f"precision_{c}": precision[c], f"recall_{c}": recall[c], f"f1_{c}": f1[c]}
-    return metrics
+    rows = [[c, float(precision[c]), float(recall[c]), float(f1[c]), int(support[c])] for c in labels]
+    return metrics, rows
 
 
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> plt.Figure:
@@ -162,8 +167,9 @@ def main(args: Settings) -> None:
         probabilities = probabilities.cpu().numpy()
         y_pred, confidence = probabilities.argmax(1), probabilities.max(1)
         num_classes = max(int(y.max()) + 1, args.num_classes)
-        metrics = score(y, y_pred, num_classes)
+        metrics, per_class = score(y, y_pred, num_classes)
         run.log_metrics(metrics)
+        run.log_table("per_class", PER_CLASS, per_class)
         train_run = train_run_of(args.model)
         with stages(4, "logging results") as begin:
             begin("confusion matrix")

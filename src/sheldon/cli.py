@@ -57,6 +57,15 @@ def optional_json(value: str) -> Any:
     return None if optional_str(value) is None else json_value(value)
 
 
+def text_table(rows: list[list[str]]) -> str:
+    """Rows of cells as aligned columns, the first row a header ruled off with dashes: the
+    pipeline's summary, a sweep's trials."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def progress(total: int | None, desc: str, unit: str = "it") -> Any:
     """A tqdm bar that redraws live on a terminal and only every 10 s in a log file."""
     from tqdm import tqdm

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import mlflow
 from mlflow.entities import Run
 
+from sheldon.cli import text_table
 from sheldon.paths import REPO_ROOT
 from sheldon.versioning import DVC_FILE, parse_pin
 from sheldon.vocabulary import DATA_MD5_TAG, GIT_DIRTY_TAG, HEADLINE_TAG
@@ -52,14 +53,11 @@ def pipeline_metrics(results: list[StepResult]) -> dict[str, float]:
 
 
 def format_summary(results: list[StepResult]) -> str:
-    rows = [("step", "status", "seconds", "mlflow run id", "headline")]
+    rows = [["step", "status", "seconds", "mlflow run id", "headline"]]
     rows += [
-        (r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", format_headline(r.headline)) for r in results
+        [r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", format_headline(r.headline)] for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def log_lineage(pipeline_run_id: str, results: list[StepResult]) -> str:

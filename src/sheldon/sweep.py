@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from sheldon.cli import text_table
 from sheldon.errors import first_line
 from sheldon.pipeline import Outcome, Trial
 from sheldon.processes import raise_on_signals
@@ -191,15 +192,11 @@ def trial_rows(config: DictConfig, run_id: str) -> list[dict[str, Any]]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)"
-    header = list(rows[0])
-    cells = [header] + [
+    cells = [
         ["-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
         for row in rows
     ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table([list(rows[0]), *cells])
 
 
 def close_sweep(config: DictConfig) -> None:
