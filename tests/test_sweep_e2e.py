@@ -146,6 +146,45 @@ def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_ea
     assert yaml.safe_load(results.read_text())["best_value"] == pytest.approx(best, abs=1e-4)
 
 
+def test_an_objective_metric_no_pipeline_logs_stops_the_sweep_naming_those_it_logs(swept):
+    project, _ = swept
+    args = [
+        "-m",
+        "train_model.lr=0.001,0.003",
+        "train_model.batch_size=32",
+        "sweep.metric=train_model.nosuch",
+    ]
+    result = project.run("python", "main.py", *args, *SHRUNK)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [
+        "error: sweep.metric='train_model.nosuch' is not a metric of the pipeline runs (they log: "
+        "download_dataset.bytes, evaluate.test_accuracy, preprocess.n_train, train_model.best_val_accuracy): "
+        "name one of those"
+    ]
+    assert len(re.findall(r"^pipeline run [0-9a-f]{32}", result.stdout, re.M)) == 1  # after one trial
+    assert sweep_runs(project)[-1].info.status == "FAILED"
+
+
+@pytest.mark.slow  # two trials of DistributedDataParallel on CPU
+def test_a_sweep_of_distributed_training_gives_one_model_per_trial(swept):
+    project, _ = swept
+    args = ["-m", "train_model.nproc_per_node=2", "train_model.lr=0.002,0.004", "train_model.batch_size=64"]
+    result = project.run("python", "main.py", *args, *SHRUNK, timeout=900)
+    assert result.returncode == 0, result.output[-3000:]
+    rows = table_rows(result.stdout)
+    assert [row["status"] for row in rows] == ["ran train_model,evaluate"] * 2
+    for row in rows:
+        (train,) = [
+            r
+            for r in project.step_runs("train_model")
+            if r.data.tags["mlflow.parentRunId"] == row["pipeline_run_id"]
+        ]
+        assert train.data.params["nproc_per_node"] == "2"
+        models = project.client().search_logged_models([train.info.experiment_id])
+        assert [m.source_run_id for m in models].count(train.info.run_id) == 1
+
+
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory):
     """A fresh copy of the repo after a sweep of two trials run at once (joblib, 2 workers)."""
