@@ -4,6 +4,7 @@ parameters, summary."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -77,6 +78,33 @@ def test_overrides_are_checked_before_anything_runs():
         check_overrides(["train_model.lr=="])
     with pytest.raises(StepError, match="train_model.typo"):
         check_overrides(["train_model.typo=3"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        (["train_model.lr=0.1,0.2"], "gives several values, a sweep: add -m"),
+        (["-m", "train_model.lr=range(1,"], "malformed override"),
+        (["-m", "train_model.typo=1,2"], "train_model.typo"),
+        (["-m", "train_model.lr=interval(0.1,0.01)"], "an interval's start must be below its end"),
+        (
+            ["-m", "hparams_search=optuna", "+hydra.sweeper.params.train_model.typo=interval(1,2)"],
+            "train_model.typo is not a key",
+        ),
+        (["-m", "hydra/launcher=nosuch"], "hydra/launcher/nosuch"),
+        (["-m", "hparams_search=nosuch"], "hparams_search"),
+    ],
+)
+def test_a_bad_sweep_is_one_line_before_anything_runs(overrides, complaint):
+    multirun = overrides[0] == "-m"
+    with pytest.raises(StepError, match=re.escape(complaint)):
+        check_overrides([o for o in overrides if o != "-m"], multirun)
+
+
+def test_a_good_sweep_passes_the_check():
+    check_overrides(["train_model.lr=0.001,0.003", "train_model.batch_size=range(32,129,32)"], multirun=True)
+    check_overrides(["hparams_search=optuna", "train_model.lr=interval(0.001,0.01)"], multirun=True)
+    check_overrides(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], multirun=True)
 
 
 def test_env_manager_follows_the_root_run(monkeypatch, tmp_path):

@@ -10,6 +10,7 @@ from sheldon.errors import StepError, first_line, shorten
 from sheldon.paths import REPO_ROOT
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+SEARCH_SPACE = "hydra.sweeper.params."
 
 
 def hydra_arguments(argv: list[str]) -> list[str]:
@@ -34,7 +35,8 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
-    trial = [first_trial(override, multirun) for override in overrides]
+    # A search-space entry set on the command line is the sweeper's to read: checked with the rest.
+    trial = [first_trial(o, multirun) for o in overrides if not o.lstrip("+").startswith(SEARCH_SPACE)]
     with initialize_config_dir(config_dir=str(REPO_ROOT), version_base=None):
         try:
             config = compose("config", overrides=[o for o in trial if o], return_hydra_config=True)
@@ -48,7 +50,12 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
             cause = f": {first_line(err.__cause__)}" if err.__cause__ else ""
             raise StepError(f"{first_line(err).rstrip('.')}{cause} (see config.yaml)") from None
     if multirun:
-        check_search_space(config)
+        entries = [
+            o.lstrip("+").removeprefix(SEARCH_SPACE)
+            for o in overrides
+            if o.lstrip("+").startswith(SEARCH_SPACE)
+        ]
+        check_search_space(config, entries)
 
 
 def parse_override(text: str) -> Any:
@@ -88,17 +95,18 @@ def first_trial(text: str, multirun: bool) -> str:
     return f"{override.get_key_element()}={values[0]}"
 
 
-def check_search_space(config: Any) -> None:
-    """The sweeper's search space (hydra.sweeper.params, e.g. in hparams_search/optuna.yaml): each
-    key one of the config's, each range well-formed."""
+def check_search_space(config: Any, entries: list[str]) -> None:
+    """The sweeper's search space (hydra.sweeper.params, e.g. in hparams_search/optuna.yaml, and
+    `entries`, `<key>=<range>` given on the command line): each key one of the config's, each
+    range well-formed."""
     from omegaconf import OmegaConf
 
     space = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    for key, value in space.items():
-        text = f"{key}={value}"
+    for text in [f"{key}={value}" for key, value in space.items()] + entries:
+        key = text.partition("=")[0]
         first_trial(text, multirun=True)
-        name = str(key).lstrip("+~")
-        if not str(key).startswith("+") and OmegaConf.select(config, name, default=_ABSENT) is _ABSENT:
+        name = key.lstrip("+~")
+        if not key.startswith("+") and OmegaConf.select(config, name, default=_ABSENT) is _ABSENT:
             raise StepError(f"hydra.sweeper.params: {name} is not a key of config.yaml (searching {text!r})")
 
 
