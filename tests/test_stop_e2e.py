@@ -127,7 +127,10 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
         seconds = time.monotonic() - signalled
     finally:
         stop(state, httpd)
-    assert proc.returncode == code, err[-3000:]
+    # MLflow's own CLI, when the second Ctrl-C reaches it as it exits (after "Aborted!"), ends by
+    # that signal rather than with 1: the clean-up below is done either way.
+    accepted = (code, -signal.SIGINT) if command[0] == "mlflow" else (code,)
+    assert proc.returncode in accepted, err[-3000:]
     assert "  command: python run.py " in out  # a step forked from the template (sheldon/prestart.py)
     assert alive_after(processes, 10 - seconds) == []
     assert "Traceback" not in err
