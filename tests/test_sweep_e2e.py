@@ -128,6 +128,22 @@ def test_a_failing_trial_is_marked_and_the_sweep_goes_on_then_exits_1(swept):
     assert sweep_runs(project)[-1].info.status == "FAILED"
 
 
+def test_a_trial_refused_before_its_pipeline_opens_is_in_the_table_as_failed(swept):
+    project, _ = swept
+    args = ["-m", "train_model.lr=0.003", "train_model.batch_size=64", "evaluate.min_accuracy=0.5,7"]
+    result = project.run("python", "main.py", *args, "train_model.epochs=1")
+    assert result.returncode == 1, result.output[-3000:]
+    rows = table_rows(result.stdout)
+    assert [(row["overrides"], row["status"]) for row in rows] == [
+        ("evaluate.min_accuracy=0.5", "cached"),
+        ("evaluate.min_accuracy=7", "failed"),
+    ]
+    (sweep,) = sweep_runs(project)[-1:]
+    (failed,) = [r for r in project.runs() if r.info.run_id == rows[1]["pipeline_run_id"]]
+    assert failed.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    assert "evaluate.min_accuracy" in failed.data.tags["sheldon.error"]
+
+
 @pytest.mark.slow  # a minute of trials
 def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_each_trials_metric(swept):
     project, _ = swept

@@ -96,12 +96,14 @@ class Trial:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a pipeline ended: its exit code, its MLflow run (None if it never opened one), and the
-    metrics logged on that run (each step's headline, `<step>.<metric>`)."""
+    """How a pipeline ended: its exit code, its MLflow run (None if it never opened one), the
+    metrics logged on that run (each step's headline, `<step>.<metric>`), and the one-line error
+    that stopped it before it opened one."""
 
     code: int
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
 
 
 def set_up_environment(config: DictConfig, trial: Trial | None = None) -> None:
@@ -169,7 +171,7 @@ def run_and_report(config: DictConfig, steps: Steps, trial: Trial | None = None)
         print(f"error: {err}", file=sys.stderr)
         if trial is None:
             discard_launcher_run()
-        return Outcome(1)
+        return Outcome(1, error=str(err))
     except Interrupted as stop:
         where = f" during {stop.during}: its processes are stopped and its run KILLED" if stop.during else ""
         print(

@@ -29,6 +29,7 @@ from sheldon.errors import first_line
 from sheldon.pipeline import Outcome, Trial
 from sheldon.processes import raise_on_signals
 from sheldon.vocabulary import (
+    ERROR_TAG,
     PARENT_RUN_TAG,
     PROCESS_TAG,
     RAN_STEPS_TAG,
@@ -69,6 +70,8 @@ def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
         end_sweep(trial.sweep_run_id, "KILLED", f"stopped during trial {trial.overrides!r}")
         sys.exit(outcome.code)
     if outcome.code:
+        if outcome.run_id is None:  # stopped before its pipeline run opened: the table must show it
+            record_failed_trial(trial, outcome.error)
         return math.nan
     if metric not in outcome.metrics:
         logged = ", ".join(sorted(outcome.metrics)) or "none"
@@ -80,6 +83,23 @@ def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
         end_sweep(trial.sweep_run_id, "FAILED", f"sweep.metric {metric!r} is not logged")
         sys.exit(1)
     return outcome.metrics[metric]
+
+
+def record_failed_trial(trial: Trial, error: str) -> None:
+    """A FAILED pipeline run under the sweep for a trial that failed before opening its own (a
+    bad setting), so that the sweep's table, read from the store, counts it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    sweep = client.get_run(trial.sweep_run_id)
+    tags = {
+        PARENT_RUN_TAG: trial.sweep_run_id,
+        TRIAL_TAG: trial.overrides,
+        TRIAL_NUMBER_TAG: str(trial.number),
+        ERROR_TAG: error[:5000],
+    }
+    run = client.create_run(sweep.info.experiment_id, run_name="pipeline", tags=tags)
+    client.set_terminated(run.info.run_id, "FAILED")
 
 
 def open_sweep(config: DictConfig) -> None:
