@@ -114,6 +114,7 @@ def test_a_sweep_run_again_is_all_cached(swept):
     assert len(project.step_runs("train_model")) == 4
 
 
+@pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's
 def test_a_failing_trial_is_marked_and_the_sweep_goes_on_then_exits_1(swept):
     project, _ = swept
     result = project.run(
@@ -128,6 +129,7 @@ def test_a_failing_trial_is_marked_and_the_sweep_goes_on_then_exits_1(swept):
     assert sweep_runs(project)[-1].info.status == "FAILED"
 
 
+@pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's
 def test_a_trial_refused_before_its_pipeline_opens_is_in_the_table_as_failed(swept):
     project, _ = swept
     args = ["-m", "train_model.lr=0.003", "train_model.batch_size=64", "evaluate.min_accuracy=0.5,7"]
@@ -162,6 +164,7 @@ def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_ea
     assert yaml.safe_load(results.read_text())["best_value"] == pytest.approx(best, abs=1e-4)
 
 
+@pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's
 def test_an_objective_metric_no_pipeline_logs_stops_the_sweep_naming_those_it_logs(swept):
     project, _ = swept
     args = [
