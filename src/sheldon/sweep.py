@@ -34,7 +34,6 @@ from sheldon.vocabulary import (
     PROCESS_TAG,
     RAN_STEPS_TAG,
     RUN_NAME_TAG,
-    STOPPED_TAG,
     SWEEP_ENV,
     SWEEP_PROCESS_ENV,
     SWEEP_TAG,
@@ -67,7 +66,7 @@ def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
     ends the sweep; so does a metric that a finished pipeline did not log, which no trial would."""
     metric = str(config.sweep.metric)
     if outcome.code > 128:  # stopped by a signal: the sweep stops with it
-        end_sweep(trial.sweep_run_id, "KILLED", f"stopped during trial {trial.overrides!r}")
+        end_run(trial.sweep_run_id, "KILLED", f"stopped during trial {trial.overrides!r}")
         sys.exit(outcome.code)
     if outcome.code:
         if outcome.run_id is None:  # stopped before its pipeline run opened: the table must show it
@@ -80,7 +79,7 @@ def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
             "name one of those",
             file=sys.stderr,
         )
-        end_sweep(trial.sweep_run_id, "FAILED", f"sweep.metric {metric!r} is not logged")
+        end_run(trial.sweep_run_id, "FAILED", f"sweep.metric {metric!r} is not logged")
         sys.exit(1)
     return outcome.metrics[metric]
 
@@ -131,15 +130,13 @@ def open_sweep(config: DictConfig) -> None:
     print(f"sweep {name!r}: MLflow run {run_id}; each trial is a pipeline run under it", flush=True)
 
 
-def end_sweep(run_id: str, status: str, why: str = "") -> None:
-    import mlflow
+def end_run(run_id: str, status: str, why: str) -> None:
+    """End a run of the sweep (its own, or a trial's) that is still open, saying why."""
+    from mlflow.entities import RunStatus
 
-    client = mlflow.MlflowClient()
-    if client.get_run(run_id).info.status != "RUNNING":
-        return
-    if why:
-        client.set_tag(run_id, STOPPED_TAG, why)
-    client.set_terminated(run_id, status)
+    from sheldon.launch import end_run_if_running
+
+    end_run_if_running(run_id, RunStatus.from_string(status), why)
 
 
 def stop_sweep(stop: BaseException) -> None:
@@ -161,8 +158,8 @@ def stop_sweep(stop: BaseException) -> None:
                 )
                 parents += [child.info.run_id for child in children]
                 for child in children:
-                    end_sweep(child.info.run_id, "KILLED", f"the sweep was {stop}")
-            end_sweep(run_id, "KILLED", str(stop))
+                    end_run(child.info.run_id, "KILLED", f"the sweep was {stop}")
+            end_run(run_id, "KILLED", str(stop))
     print(
         f"\nerror: {stop}: the sweep and its trials are stopped; the next sweep reuses the finished steps",
         file=sys.stderr,
