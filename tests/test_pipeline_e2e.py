@@ -177,6 +177,26 @@ def test_failure_in_the_middle_skips_later_steps(project, full_run):
     assert prestarted_left(project.root) == []  # evaluate's, started while train_model worked
 
 
+def test_steps_leave_nothing_in_the_temporary_folder(project, full_run, tmp_path):
+    """Each step downloads its inputs (the splits, the model: MBs a run) to the temporary folder:
+    the pipeline removes them when the step ends, and what MLflow makes there for a launch."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = project.env
+    project.env = env | {"TMPDIR": str(tmp)}
+    try:
+        result = project.run("python", "main.py", *SHRUNK.split(), "main.force=train_model")
+    finally:
+        project.env = env
+    assert result.returncode == 0, result.output[-3000:]
+    assert "train_model       ran" in result.stdout and "evaluate          ran" in result.stdout
+    # Left: the lock files of the step cache's keys, the (shared) folder of steps' inputs, empty,
+    # and torch's compile cache folder (empty here), made once for every later run.
+    kept = (tmp / "sheldon-locks", *tmp.glob("torchinductor_*"))
+    left = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if not any(p.is_relative_to(k) for k in kept)]
+    assert left == ["sheldon-inputs"], left
+
+
 def test_step_runs_alone_with_artifact_uris(project, full_run):
     raw = latest(project, "download_dataset")
     result = project.mlflow_step(

@@ -13,16 +13,38 @@ from pathlib import Path
 import mlflow
 
 from sheldon.errors import StepError
+from sheldon.processes import PIPELINE_ENV
 
 _CHUNK = 1 << 20
 
 
+_by_hand: list[tempfile.TemporaryDirectory] = []  # a step started by hand: its inputs, removed at exit
+
+
 def fetch_artifact(uri: str) -> Path:
-    """Download an MLflow artifact URI (runs:/, models:/, file:, s3:// ...) to a local path."""
+    """Download an MLflow artifact URI (runs:/, models:/, file:, s3:// ...) to a local path, in a
+    folder of its own under `inputs_folder()`. (MLflow's default, a new temporary folder that
+    nobody removes, would leave every step's inputs behind: the splits, the model, a step.)"""
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        folder = inputs_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(dir=folder))
+        )
     except Exception as err:
         raise StepError(f"cannot fetch input artifact {uri}: {err}") from None
+
+
+def inputs_folder(run_id: str | None = None) -> Path:
+    """Where a step's inputs are downloaded: for a step a pipeline launched, a folder named after
+    the step's run (this process's, or `run_id`), which the pipeline removes when the step ends,
+    however it ends; for a step started by hand, a temporary folder removed when it exits."""
+    run_id = run_id or (os.environ.get("MLFLOW_RUN_ID") if os.environ.get(PIPELINE_ENV) else None)
+    if run_id:
+        return Path(tempfile.gettempdir()) / "sheldon-inputs" / run_id
+    if not _by_hand:
+        _by_hand.append(tempfile.TemporaryDirectory(prefix="sheldon-inputs-"))
+    return Path(_by_hand[0].name)
 
 
 def sha256_file(path: Path) -> str:

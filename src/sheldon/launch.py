@@ -4,6 +4,7 @@ the one `mlflow run .` opens before the pipeline starts, and runs whose process 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import mlflow
@@ -25,6 +26,7 @@ from mlflow.projects.utils import (
     load_project,
 )
 
+from sheldon.artifacts import inputs_folder
 from sheldon.errors import StepError, first_line
 from sheldon.paths import step_dir
 from sheldon.prestart import Forked, Prestarted
@@ -43,6 +45,10 @@ class Launched:
         self.run_id = run_id
         self.process = process
 
+    def remove_inputs(self) -> None:
+        """Remove what the step downloaded (its inputs), once it has ended."""
+        shutil.rmtree(inputs_folder(self.run_id), ignore_errors=True)
+
     def wait(self, tags: dict[str, str]) -> bool:
         """Tag the run (before the step can finish, so no run of the pipeline goes untagged) and
         wait for the step; True when it succeeded. On a stop signal the step is stopped (it unwinds
@@ -57,6 +63,8 @@ class Launched:
                 stop_step(self.process.pid)
             end_run_if_running(self.run_id, RunStatus.KILLED, f"the pipeline was {stop}")
             raise
+        finally:
+            self.remove_inputs()
         if not ok:
             end_run_if_running(self.run_id, RunStatus.FAILED, "the step exited with an error")
         return ok
@@ -80,7 +88,7 @@ def start(
         client.set_tag(run_id, BACKEND_TAG, "local")
         process = None
         if env_manager == "local":
-            command = get_entry_point_command(project, ENTRY_POINT, params, None)[0]
+            command = get_entry_point_command(project, ENTRY_POINT, params, str(inputs_folder(run_id)))[0]
             env = os.environ | get_run_env_vars(run_id, experiment_id)
             if process := prestarted.run(step_dir(step), command, env):
                 print(f"  command: {command}  (MLflow run {run_id})", flush=True)
@@ -90,7 +98,7 @@ def start(
                 PROJECT_SYNCHRONOUS: True,  # start the command itself, not a second `mlflow run`
                 MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG: run_id,
                 PROJECT_DOCKER_ARGS: {},
-                PROJECT_STORAGE_DIR: None,
+                PROJECT_STORAGE_DIR: str(inputs_folder(run_id)),  # MLflow's for `path` parameters
                 PROJECT_BUILD_IMAGE: False,
                 PROJECT_DOCKER_AUTH: None,
             }
