@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 
 from sheldon.prestart import Prestarted, python_script
+from sheldon.vocabulary import SHARED_TEMPLATE_ENV
 
 SCRIPT = '''"""A step that reports what it sees."""
 import json
@@ -32,7 +33,7 @@ def warm_up():
 if __name__ == "__main__":
     Path("seen.json").write_text(json.dumps({
         "argv": sys.argv, "value": os.environ.get("SHELDON_TEST_VALUE"), "pid": os.getpid(),
-        "cwd": os.getcwd(), "group": os.getpgid(0), "path0": sys.path[0],
+        "cwd": os.getcwd(), "group": os.getpgid(0), "path0": sys.path[0], "parent": os.getppid(),
     }))
     sys.exit(int(os.environ.get("SHELDON_TEST_EXIT", "0")))
 '''
@@ -141,6 +142,46 @@ def test_interpreters_no_step_used_are_stopped_and_never_run_their_script(step):
     _, alive = psutil.wait_procs(waiting, timeout=10)
     assert alive == []
     assert not (step / "seen.json").exists() and not (other / "seen.json").exists()
+
+
+TRIAL = """import os, sys
+from pathlib import Path
+from sheldon.prestart import Prestarted
+
+step = Path(sys.argv[1])
+with Prestarted() as prestarted:
+    prestarted.prepare(step)
+    if sys.argv[2] == "launch":
+        process = prestarted.run(step, "python run.py --name trial --count 1", dict(os.environ))
+        sys.exit(process.wait(timeout=60))
+    warmed = step / "warmed"
+    while not (warmed.exists() and warmed.read_text()):  # its interpreter is ready; the trial ends
+        pass
+"""
+
+
+def test_a_sweeps_trials_in_other_processes_fork_their_steps_from_the_template_it_shares(step, monkeypatch):
+    """Hydra's joblib workers: one template for the sweep, not one each. A trial that ends
+    without launching the step it prepared leaves no interpreter behind, and the template serves on."""
+    monkeypatch.setenv(SHARED_TEMPLATE_ENV, "")  # share() names it to the processes started after
+    with Prestarted() as prestarted:
+        prestarted.share(shutil.which("python"))
+        [template] = started_ahead()
+        trial = [sys.executable, "-c", TRIAL, str(step)]
+        subprocess.run([*trial, "launch"], check=True, timeout=120)
+        seen = json.loads((step / "seen.json").read_text())
+        assert seen["argv"] == ["run.py", "--name", "trial", "--count", "1"]
+        assert seen["parent"] == template.pid  # forked from the shared template, started by nobody else
+        (step / "warmed").unlink()
+        subprocess.run([*trial, "prepare only"], check=True, timeout=120)
+        unused, deadline = int((step / "warmed").read_text()), time.monotonic() + 10
+        while psutil.pid_exists(unused) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(unused) and started_ahead() == [template]
+        (step / "seen.json").unlink()
+        subprocess.run([*trial, "launch"], check=True, timeout=120)  # it serves the trials after
+        assert json.loads((step / "seen.json").read_text())["parent"] == template.pid
+    assert started_ahead() == []
 
 
 def started_ahead() -> list[psutil.Process]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -112,15 +113,19 @@ def set_up_environment(config: DictConfig, trial: Trial | None = None) -> None:
     its trials), and a trial's overrides."""
     os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
     check_tracking_store(tracking_environment())
-    # A step's command starts with `python`: the one beside this interpreter, so
-    # `.venv/bin/python main.py` works without an activated venv.
-    here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
-    if here not in path.split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([here, path])
+    use_this_python()
     os.environ["WANDB_PROJECT"] = str(config.main.project_name)
     os.environ["WANDB_RUN_GROUP"] = trial.sweep_name if trial else str(config.main.experiment_name)
     if trial:
         os.environ[TRIAL_ENV] = trial.overrides
+
+
+def use_this_python() -> None:
+    """A step's command starts with `python`: the one beside this interpreter, so
+    `.venv/bin/python main.py` works without an activated venv."""
+    here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+    if here not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([here, path])
 
 
 def prepare(steps: list[str], env_manager: str, prestarted: Prestarted) -> None:
@@ -144,6 +149,20 @@ def run_pipeline(config: DictConfig, steps: Steps, trial: Trial | None = None) -
 
 
 _shared: list[Prestarted] = []  # a sweep's trials in this process: one template for them all
+
+
+def share_step_template(config: DictConfig) -> None:
+    """A sweep opens: start the template its trials' steps fork from (sheldon/prestart.py), shared
+    by the trials of this process and of the workers a launcher starts for them (Hydra's joblib),
+    which would each start one of their own (~3 s of CPU each, on the trials' time). Started now,
+    it imports while the launcher gets the trials going."""
+    if resolve_env_manager(str(config.main.env_manager)) != "local" or _shared:
+        return
+    use_this_python()
+    if python := shutil.which("python"):
+        _shared.append(Prestarted())
+        atexit.register(_shared[0].close)
+        _shared[0].share(python)
 
 
 @contextmanager

@@ -17,6 +17,10 @@ argument (train_model builds an optimizer, whose first construction imports ~800
 the script has ended and its exit handlers have run, the interpreter exits at once instead of
 tearing its modules down one by one (~1 s a step).
 
+A sweep shares one template among its trials, wherever they run: the process that launches them
+starts it listening on a socket (`Prestarted.share`), and trials in other processes (Hydra's joblib
+workers) fork their steps from it too, rather than each importing everything again.
+
 Only a plain `python <script>.py ...` command is started this way (every step sheldon makes);
 any other command starts as MLflow starts it. The script is imported ahead, so its top level
 should define things, not do them: the habit of keeping the work under `__main__`."""
@@ -31,6 +35,7 @@ import os
 import re
 import runpy
 import select
+import selectors
 import shlex
 import shutil
 import signal
@@ -39,11 +44,13 @@ import subprocess
 import sys
 import tempfile
 import weakref
-from contextlib import suppress
+from collections.abc import Iterable
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
 from sheldon.mlproject import entry_command
+from sheldon.vocabulary import SHARED_TEMPLATE_ENV
 
 _PYTHON = re.compile(r"python(\d+(\.\d+)?)?")
 _SHELL = set("$`|&;<>()*?[]{}~#\\")  # what a shell would expand or act on, rather than pass on
@@ -122,19 +129,53 @@ class Forked:
 
 
 class _Template:
-    """The template interpreter of one Python, seen from the pipeline: it forks, on request, an
-    interpreter for a step."""
+    """The template interpreter of one Python, seen from a pipeline: it forks, on request, an
+    interpreter for a step. Started by this process, or joined: a sweep's, started by the process
+    that launches its trials."""
 
-    def __init__(self, interpreter: str) -> None:
-        self._requests, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs:
-            self.process = subprocess.Popen(
-                [interpreter, "-m", "sheldon.prestart", str(theirs.fileno())],
+    def __init__(self, requests: socket.socket, process: subprocess.Popen | None = None) -> None:
+        self._requests = requests
+        self.process = process  # None when joined: its starter ends it
+        self._forks: list[Forked] = []
+        self._socket_folder: str | None = None
+
+    @classmethod
+    def start(cls, interpreter: str, share: bool = False) -> _Template:
+        """Start a template; `share`: listening, for the trials of a sweep in other processes,
+        on a socket that SHARED_TEMPLATE_ENV names to the processes this one starts after."""
+        requests, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listening, folder = _listening_socket() if share else (None, None)
+        passed = [sock.fileno() for sock in (theirs, listening) if sock]
+        with theirs, listening or nullcontext():
+            process = subprocess.Popen(
+                [interpreter, "-m", "sheldon.prestart", *map(str, passed)],
                 stdin=subprocess.DEVNULL,
-                pass_fds=[theirs.fileno()],
+                pass_fds=passed,
                 process_group=0,  # the terminal's Ctrl-C reaches the pipeline, which stops in order
             )
-        self._forks: list[Forked] = []
+        started = cls(requests, process)
+        if folder:
+            started._socket_folder = folder
+            os.environ[SHARED_TEMPLATE_ENV] = json.dumps(
+                {"python": interpreter, "socket": f"{folder}/socket"}
+            )
+        return started
+
+    @classmethod
+    def join(cls, interpreter: str) -> _Template | None:
+        """The shared template of this Python that SHARED_TEMPLATE_ENV names; None if there is
+        none, or it is gone."""
+        with suppress(ValueError):
+            shared = json.loads(os.environ.get(SHARED_TEMPLATE_ENV) or "{}")
+            if shared.get("python") == interpreter:
+                connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    connection.connect(shared["socket"])
+                except OSError:
+                    connection.close()
+                    return None
+                return cls(connection)
+        return None
 
     def fork(self, work_dir: Path, script: str) -> Forked | None:
         ours, theirs = socket.socketpair()
@@ -149,16 +190,36 @@ class _Template:
         return self._forks[-1]
 
     def close(self) -> None:
-        """End the template: it stops the forks no step took and exits (a launched step has
-        ended by now, or stops on its own when its pipeline is gone)."""
+        """Let go of the template; it stops the forks no step of ours took. A template we started
+        exits, stopping every fork left unlaunched (a launched step has ended by now, or stops on
+        its own when its pipeline is gone)."""
         for forked in self._forks:
             forked.close()
         self._requests.close()
+        if self.process is None:
+            return
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self._socket_folder:
+            shutil.rmtree(self._socket_folder, ignore_errors=True)
+
+
+def _listening_socket() -> tuple[socket.socket | None, str | None]:
+    """A socket listening in a new private folder, and the folder; (None, None) if the system has
+    no room for one (a socket path is at most ~100 bytes): the trials then start their own."""
+    folder = tempfile.mkdtemp(prefix="sheldon-template-")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listening.bind(f"{folder}/socket")
+        listening.listen()
+    except OSError:
+        listening.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        return None, None
+    return listening, folder
 
 
 class Prestarted:
@@ -183,9 +244,15 @@ class Prestarted:
             return
         interpreter, script = found
         if interpreter not in self._templates:
-            self._templates[interpreter] = _Template(interpreter)
+            self._templates[interpreter] = _Template.join(interpreter) or _Template.start(interpreter)
         if forked := self._templates[interpreter].fork(work_dir, script):
             self._waiting[work_dir] = forked
+
+    def share(self, interpreter: str) -> None:
+        """Start the template of `interpreter` now, for this process's pipelines and, through
+        SHARED_TEMPLATE_ENV, those of the processes it starts after: a sweep's trials."""
+        if interpreter not in self._templates:
+            self._templates[interpreter] = _Template.start(interpreter, share=True)
 
     def run(self, work_dir: Path, command: str, env: dict[str, str]) -> Forked | None:
         """Run `command` (the step's entry point, parameters filled in) in the interpreter started
@@ -260,58 +327,106 @@ def _exit_at_once() -> None:
     os._exit(_exit_code[0])
 
 
+_ended: set[int] = set()  # forks reaped since the template last looked
+
+
 def _reap(*_: object) -> None:
     """Collect ended forks at once: a stopped step is gone only once it is reaped."""
     with suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+        while (pid := os.waitpid(-1, os.WNOHANG)[0]) > 0:
+            _ended.add(pid)
 
 
-def template(requests: socket.socket) -> None:
+def template(owner: socket.socket, listening: socket.socket | None = None) -> None:
     """The template interpreter: import the common modules, then fork an interpreter for each
-    step asked for, importing the step's script first. When the pipeline closes the requests,
-    stop the forks no step was launched in, remove the temporary folders it kept, and exit."""
+    step asked for, importing the step's script first. Requests come from the pipeline that
+    started it (`owner`) and, when `listening`, from the pipelines that connect (a sweep's trials
+    in other processes). When a pipeline hangs up, stop the forks made for it that no step was
+    launched in; when the owner does, stop all those, remove the temporary folders kept, and exit."""
     signal.signal(signal.SIGCHLD, _reap)
     _import_common()
     kept = _keep_temporary_folders([])
-    forks: dict[int, int] = {}  # pid -> the read end of a pipe the fork closes once launched
-    while True:
-        received, fds, _, _ = socket.recv_fds(requests, 4096, 1)
-        if not received:
-            break
-        os.set_inheritable(fds[0], False)  # the step's own subprocesses must not hold it open
-        channel = socket.socket(fileno=fds[0])
-        request = json.loads(received)
-        if _hung_up(channel):  # the pipeline already gave this step up
-            channel.close()
-            continue
-        # Imported here, kept for the steps after; an error shows when the step runs.
-        with suppress(Exception), _script_path(request["dir"]):
-            _import_script(request["script"])
-        _keep_temporary_folders(kept)
-        launched_r, launched_w = os.pipe()
-        sys.stdout.flush()  # or what an import printed would be printed again by each fork
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            requests.close()
-            os.close(launched_r)
-            for other in forks.values():
-                os.close(other)
-            _serve_fork(request["dir"], request["script"], channel, launched_w)
-        os.close(launched_w)
-        channel.close()
-        forks[pid] = launched_r
+    # Each pipeline's forks: pid -> the read end of a pipe the fork closes once launched.
+    clients: dict[socket.socket, dict[int, int]] = {owner: {}}
+    selector = selectors.DefaultSelector()
+    for source in filter(None, (owner, listening)):
+        selector.register(source, selectors.EVENT_READ)
+    while owner in clients:
+        for key, _ in selector.select():
+            connection = key.fileobj
+            assert isinstance(connection, socket.socket)
+            if connection is listening:
+                client = listening.accept()[0]
+                selector.register(client, selectors.EVENT_READ)
+                clients[client] = {}
+                continue
+            received, fds, _, _ = socket.recv_fds(connection, 4096, 1)
+            if not received:  # the pipeline hung up
+                selector.unregister(connection)
+                _stop_unlaunched(clients.pop(connection))
+                connection.close()
+                if connection is owner:
+                    break
+                continue
+            inherited = [*clients, *filter(None, [listening])]
+            forked = _fork(json.loads(received), fds[0], inherited, clients.values(), kept)
+            if forked:
+                clients[connection][forked[0]] = forked[1]
+        for forks in clients.values():  # close the pipes of ended forks
+            for pid in forks.keys() & _ended:
+                os.close(forks.pop(pid))
+        _ended.clear()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for forks in clients.values():
+        _stop_unlaunched(forks)
+    for folder in kept:
+        folder.cleanup()
+    _exit_code[0] = 0
+
+
+def _fork(
+    request: dict[str, str],
+    fd: int,
+    inherited: list[socket.socket],
+    forks: Iterable[dict[int, int]],
+    kept: list[tempfile.TemporaryDirectory],
+) -> tuple[int, int] | None:
+    """Fork the interpreter of the step `request` names, handing it the channel `fd`: its pid
+    and the read end of the pipe it closes once launched; None if its pipeline already gave it up.
+    The fork closes what it inherits of the template's: `inherited` sockets, the `forks`' pipes."""
+    os.set_inheritable(fd, False)  # the step's own subprocesses must not hold it open
+    channel = socket.socket(fileno=fd)
+    if _hung_up(channel):
+        channel.close()
+        return None
+    # Imported here, kept for the steps after; an error shows when the step runs.
+    with suppress(Exception), _script_path(request["dir"]):
+        _import_script(request["script"])
+    _keep_temporary_folders(kept)
+    launched_r, launched_w = os.pipe()
+    sys.stdout.flush()  # or what an import printed would be printed again by each fork
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for sock in inherited:
+            sock.close()
+        for pipe in [launched_r, *(pipe for pipes in forks for pipe in pipes.values())]:
+            os.close(pipe)
+        _serve_fork(request["dir"], request["script"], channel, launched_w)
+    os.close(launched_w)
+    channel.close()
+    return pid, launched_r
+
+
+def _stop_unlaunched(forks: dict[int, int]) -> None:
+    """Stop the forks no step was launched in (they hold no run and no file), and close the pipes."""
     for pid, launched_r in forks.items():
-        if select.select([launched_r], [], [], 0)[0] == []:  # not launched: no run, no file
+        if select.select([launched_r], [], [], 0)[0] == []:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-    for folder in kept:
-        folder.cleanup()
-    _exit_code[0] = 0
+        os.close(launched_r)
 
 
 def _keep_temporary_folders(kept: list[tempfile.TemporaryDirectory]) -> list[tempfile.TemporaryDirectory]:
@@ -392,4 +507,5 @@ def _run_order(order: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     atexit.register(_exit_at_once)  # first, so called after every other exit handler
-    template(socket.socket(fileno=int(sys.argv[1])))
+    listening = socket.socket(fileno=int(sys.argv[2])) if len(sys.argv) > 2 else None
+    template(socket.socket(fileno=int(sys.argv[1])), listening)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from sheldon.cli import text_table
 from sheldon.errors import first_line
-from sheldon.pipeline import Outcome, Trial
+from sheldon.pipeline import Outcome, Trial, share_step_template
 from sheldon.processes import raise_on_signals
 from sheldon.vocabulary import (
     ERROR_TAG,
@@ -113,6 +113,7 @@ def open_sweep(config: DictConfig) -> None:
     from sheldon.tracking import configure_tracking
 
     check_tracking_store(tracking_environment())
+    share_step_template(config)
     configure_tracking()
     name = str(config.sweep.name)
     experiment_id = open_experiment(str(config.main.experiment_name))
