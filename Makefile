@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test test-slow lint contract new-data fashion-mnist clean
+.PHONY: setup run test test-slow lint contract new-data fashion-mnist serve predict ui clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,22 @@ fashion-mnist:
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq dataset-fashion-mnist \
 	    || echo "could not install dataset-fashion-mnist: the Fashion-MNIST test will be skipped"; \
 	else echo "no apt-get here: the Fashion-MNIST test will be skipped"; fi
+
+# The champion model (README, Models), served on 127.0.0.1:$(PORT): POST images to /invocations.
+PORT ?= 5001
+serve: setup
+	python -m sheldon.serve model --port $(PORT)
+
+# A CSV of the champion's predictions for a folder of images, an .npz or a .csv (README, Models).
+#   make predict INPUT=<folder | file.npz | file.csv> [OUTPUT=predictions.csv]
+OUTPUT ?= predictions.csv
+predict: setup
+	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<folder of images | .npz | .csv> [OUTPUT=...]" >&2; exit 2; }
+	python -m sheldon.predict "$(INPUT)" --output "$(OUTPUT)"
+
+# The MLflow UI on the repository's store, at http://127.0.0.1:5000 (README, Models).
+ui: setup
+	python -m sheldon.serve ui
 
 clean:
 	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts wandb outputs checkpoints

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -15,6 +16,7 @@ from conftest import load_step
 
 from sheldon.datasets import load_packaged, save_splits
 from sheldon.errors import StepError
+from sheldon.models import SmallCNN
 
 evaluate = load_step("evaluate")
 train_model = load_step("train_model")
@@ -101,7 +103,7 @@ def tracking(store, monkeypatch):
 def args(store, *extra: str):
     run_id = store["run_id"]
     return evaluate.parser().parse_args(
-        ["--model", f"runs:/{run_id}/model", "--splits", f"runs:/{run_id}/splits", "--device", "cpu", *extra]
+        ["--model", f"runs:/{run_id}/model", "--splits", f"runs:/{run_id}/splits", *extra]
     )
 
 
@@ -162,9 +164,77 @@ def test_accuracy_below_the_minimum_fails_but_keeps_what_was_measured(store, tra
     "extra, message",
     [
         (("--batch_size", "0"), "evaluate.batch_size must be positive, got 0"),
-        (("--device", "tpu"), "device='tpu': use one of auto, cuda, mps, cpu"),
     ],
 )
 def test_bad_parameters_are_one_clear_error(store, tracking, extra, message):
     with pytest.raises(StepError, match=f"^{message}"):
         evaluate.main(args(store, *extra))
+
+
+def log_untrained_model(store) -> str:
+    """A run holding a model no better than chance, beside the store's splits: its runs:/ URI."""
+    model = SmallCNN()
+    model(torch.zeros(2, 1, 28, 28))  # its lazy layer takes its size
+    with mlflow.start_run(run_name="train_model"):
+        train_model.log_model(model, np.zeros((4, 1, 28, 28), np.float32))
+        return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+
+def evaluate_as(store, model_uri: str, name: str, *extra: str):
+    """evaluate of `model_uri` on the store's test split, registering it as `name`: its run."""
+    evaluate.main(
+        evaluate.parser().parse_args(
+            [
+                "--model",
+                model_uri,
+                "--splits",
+                f"runs:/{store['run_id']}/splits",
+                "--registered_model_name",
+                name,
+            ]
+            + list(extra)
+        )
+    )
+    return latest_evaluate_run(mlflow.MlflowClient())
+
+
+def test_a_version_becomes_champion_only_by_beating_the_champion_on_the_same_test_split(store, tracking):
+    name = f"digits-{uuid.uuid4().hex[:8]}"
+    trained, chance = f"runs:/{store['run_id']}/model", log_untrained_model(store)
+    client = tracking
+
+    first = evaluate_as(store, chance, name, "--min_accuracy", "0")  # the first passing version wins
+    assert first.data.tags["sheldon.note"].startswith(f"{name} v1: promoted to champion, the first")
+    better = evaluate_as(store, trained, name, "--min_accuracy", "0")
+    ours, theirs = better.data.metrics["test_accuracy"], better.data.metrics["champion_test_accuracy"]
+    assert theirs == pytest.approx(first.data.metrics["test_accuracy"])  # scored again, same split
+    assert (
+        better.data.tags["sheldon.note"]
+        == f"{name} v2: promoted to champion: {ours:.4f} > champion v1's {theirs:.4f}"
+    )
+    assert client.get_model_version_by_alias(name, "champion").version == 2
+
+    worse = evaluate_as(store, chance, name, "--min_accuracy", "0")
+    assert worse.data.tags["sheldon.note"] == (
+        f"{name} v3: kept champion v2: {ours:.4f} >= {worse.data.metrics['test_accuracy']:.4f}"
+    )
+    assert client.get_model_version_by_alias(name, "champion").version == 2  # unchanged
+    assert client.get_model_version_by_alias(name, "challenger").version == 3
+
+    version = client.get_model_version(name, "2")
+    assert version.tags["sheldon.train_run"] == store["run_id"]
+    assert version.tags["sheldon.evaluate_run"] == better.info.run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(ours, abs=1e-6)
+    assert version.tags["wandb.artifact"] == f"model:mlflow-{store['run_id']}"  # W&B's side of it
+    assert better.data.tags["sheldon.registered_version"] == f"{name}/2"
+
+
+def test_a_version_below_min_accuracy_is_registered_but_never_champion(store, tracking):
+    name = f"digits-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(StepError, match="is below evaluate.min_accuracy=1.0"):
+        evaluate_as(store, f"runs:/{store['run_id']}/model", name, "--min_accuracy", "1")
+    run = latest_evaluate_run(tracking)
+    assert run.data.tags["sheldon.note"].startswith(f"{name} v1: not promoted: ")
+    assert tracking.get_model_version_by_alias(name, "challenger").version == 1
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        tracking.get_model_version_by_alias(name, "champion")

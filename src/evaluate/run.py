@@ -1,27 +1,31 @@
-"""evaluate: score the trained model on the test split (accuracy, macro-F1, per-class precision and
-recall), draw the confusion matrix, the training run's learning curves and a grid of misclassified
-test images, log a predictions table, and fail when accuracy is below evaluate.min_accuracy."""
+"""evaluate: score the trained model, as it is served (raw images in), on the test split (accuracy,
+macro-F1, per-class precision and recall), draw the confusion matrix, the training run's learning
+curves and a grid of misclassified test images, and log a predictions table. Then register the
+model as a new version of evaluate.registered_model_name, `challenger`, made `champion` when it
+passes evaluate.min_accuracy and beats the champion on the same test images (sheldon/registry.py);
+and fail when accuracy is below evaluate.min_accuracy."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: steps run without a display
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from sheldon.cli import fraction, progress, run_cli, stages
-from sheldon.datasets import load_split
+from sheldon.cli import fraction, run_cli, stages
+from sheldon.datasets import load_split, raw_images
 from sheldon.errors import StepError
+from sheldon.lineage import model_lineage
+from sheldon.predict import accuracy, classify, load_model
+from sheldon.registry import Decision, promote_if_better, register
 from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
 from sheldon.tracking import StepRun, step_run
-from sheldon.training import peak_memory_mb, predict, select_device
-from sheldon.vocabulary import parse_runs_uri
+from sheldon.training import peak_memory_mb
+from sheldon.vocabulary import PARENT_RUN_TAG, parse_runs_uri
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
@@ -35,9 +39,15 @@ class Settings(StepSettings):
     splits: str = artifact_input("MLflow URI of preprocess's splits artifact")
     batch_size: int = parameter(512, "samples per inference batch")
     num_classes: int = parameter(10, "classes shown in the metrics")
-    min_accuracy: float = parameter(0.0, "the step fails below this test accuracy (0 to 1)", parse=fraction)
-    device: str = parameter("auto", "auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    min_accuracy: float = parameter(
+        0.0,
+        "the step fails below this test accuracy (0 to 1), and no version below it is champion",
+        parse=fraction,
+    )
     misclassified: int = parameter(32, "misclassified test images shown in the grid")
+    registered_model_name: str = parameter(
+        "", "registered model the scored model becomes a version of; '' = none"
+    )
 
 
 PER_CLASS = ["class", "precision", "recall", "f1", "support"]
@@ -132,7 +142,8 @@ def curves_figure(history: dict[str, list[tuple[int, float]]], run_id: str) -> p
                 epochs, values = zip(*history[key], strict=True)
                 ax.plot(epochs, values, marker="o", label=key.split("_")[0])
         ax.set(xlabel="epoch", ylabel=name, title=name)
-        ax.legend()
+        if ax.lines:  # a run without a history (a model logged by hand) has nothing to name
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(f"Learning curves of train_model run {run_id[:8]}")
     fig.tight_layout()
@@ -145,26 +156,41 @@ def log_figure(run: StepRun, figure: plt.Figure | None, filename: str) -> None:
         plt.close(figure)
 
 
-def load_model(path: Path, device: torch.device) -> torch.nn.Module:
-    """Load an MLflow pytorch model folder (the fetched `model` input)."""
+def register_and_decide(
+    run: StepRun, args: Settings, score: float, images: np.ndarray, labels: np.ndarray
+) -> Decision:
+    """The model becomes a new version of the registered model, tagged with where it came from
+    and its test metrics; champion or not, the decision and both scores go to MLflow and W&B."""
     import mlflow
 
-    try:
-        return mlflow.pytorch.load_model(str(path), map_location=device)
-    except Exception as err:
-        raise StepError(f"cannot load the model in {path}: {err}") from None
+    this_run = mlflow.get_run(run.run_id)
+    train_run = train_run_of(args.model)
+    tags = model_lineage(train_run) if train_run else {}
+    tags |= {
+        "sheldon.pipeline_run": this_run.data.tags.get(PARENT_RUN_TAG, tags.get("sheldon.pipeline_run", "")),
+        "sheldon.evaluate_run": run.run_id,
+        **{name: f"{value:.6f}" for name, value in this_run.data.metrics.items() if name.startswith("test_")},
+    }
+    version = register(args.model, args.registered_model_name, {k: v for k, v in tags.items() if v})
+
+    def score_of(uri: str) -> float:
+        return accuracy(load_model(run.fetch_input("champion", uri)), images, labels)
+
+    decision = promote_if_better(version, score, args.min_accuracy, score_of)
+    if decision.champion_score is not None:
+        run.log_metrics({"champion_test_accuracy": decision.champion_score})
+    run.log_registration(decision.name, decision.version, decision.promoted, args.model, str(decision))
+    return decision
 
 
 def main(args: Settings) -> None:
     with step_run(STEP, args) as run:
-        device = select_device(args.device)
         if args.batch_size <= 0:
             raise StepError(f"evaluate.batch_size must be positive, got {args.batch_size}")
-        model = load_model(run.fetch_input("model", args.model), device)
+        model = load_model(run.fetch_input("model", args.model))
         x, y = load_split(run.fetch_input("splits", args.splits), "test")
-        with progress(len(x), "predicting", "image") as bar:
-            probabilities = predict(model, torch.from_numpy(x).to(device), args.batch_size, bar=bar)
-        probabilities = probabilities.cpu().numpy()
+        images = raw_images(x)  # as the model is served: raw images in
+        probabilities = classify(model, images, batch=args.batch_size)
         y_pred, confidence = probabilities.argmax(1), probabilities.max(1)
         num_classes = max(int(y.max()) + 1, args.num_classes)
         metrics, per_class = score(y, y_pred, num_classes)
@@ -193,12 +219,14 @@ def main(args: Settings) -> None:
         if train_run is None:
             print(f"no learning curves: {args.model} does not name a training run (runs:/<id>/model)")
         run.log_metrics({"peak_memory_mb": peak_memory_mb()})
-        accuracy = metrics["test_accuracy"]
-        run.headline("test_accuracy", accuracy)
-        print(f"test accuracy {accuracy:.4f}, macro-F1 {metrics['test_macro_f1']:.4f}")
-        if accuracy < args.min_accuracy:
+        accuracy_ = metrics["test_accuracy"]
+        run.headline("test_accuracy", accuracy_)
+        print(f"test accuracy {accuracy_:.4f}, macro-F1 {metrics['test_macro_f1']:.4f}")
+        if args.registered_model_name:
+            print(f"registry: {register_and_decide(run, args, accuracy_, images, y)}")
+        if accuracy_ < args.min_accuracy:
             raise StepError(
-                f"test accuracy {accuracy:.4f} is below evaluate.min_accuracy={args.min_accuracy}"
+                f"test accuracy {accuracy_:.4f} is below evaluate.min_accuracy={args.min_accuracy}"
             )
 
 

@@ -121,16 +121,19 @@ def find_cached_run(experiment_id: str, key: str) -> mlflow.entities.Run | None:
 
 
 @contextmanager
-def key_lock(key: str) -> Iterator[None]:
+def key_lock(
+    key: str, waiting: str = "another pipeline runs this step with the same inputs: waiting to reuse it"
+) -> Iterator[None]:
     """Hold the machine-wide lock of a cache key while a pipeline looks the key up and runs or
     reuses its step, so that pipelines running at once (Hydra's joblib launcher) run a step once
-    and the others find it cached. Released when the process ends, however it ends."""
+    and the others find it cached. Released when the process ends, however it ends. `waiting`:
+    what a pipeline that has to wait for it says."""
     folder = Path(tempfile.gettempdir()) / "sheldon-locks"
     folder.mkdir(exist_ok=True)
     with open(folder / f"{key}.lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print("  (another pipeline runs this step with the same inputs: waiting to reuse it)", flush=True)
+            print(f"  ({waiting})", flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield

@@ -466,6 +466,12 @@ def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], folder: Path) 
         np.savez(folder / f"{name}.npz", x=x, y=y)
 
 
+def raw_images(scaled: np.ndarray) -> np.ndarray:
+    """Images of a split (float32 in [0, 1], (N, 1, H, W)) as they were before preprocess scaled
+    them: uint8 (N, H, W), exactly (k / 255 in float32, times 255, rounds back to k)."""
+    return np.rint(scaled[:, 0] * 255.0).astype(np.uint8)
+
+
 def load_split(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one split of a `splits` artifact written by preprocess."""
     path = Path(folder) / f"{name}.npz"

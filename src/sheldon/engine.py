@@ -25,6 +25,7 @@ from sheldon.lineage import (
     StepResult,
     headline_of,
     log_lineage,
+    note_of,
     pipeline_metrics,
     source_state,
 )
@@ -181,7 +182,8 @@ def launch(step: str, params: dict[str, str], tags: dict[str, str], context: Pip
     prepare(context.selected[after : after + PREPARE_AHEAD], context.env_manager, context.prestarted)
     status = "ran" if launched.wait(tags) else "failed"
     seconds = time.perf_counter() - started
-    return StepResult(step, status, seconds, launched.run_id, headline_of(launched.run_id))
+    run = mlflow.get_run(launched.run_id)
+    return StepResult(step, status, seconds, launched.run_id, headline_of(run), note_of(run))
 
 
 def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: PipelineContext) -> StepResult:

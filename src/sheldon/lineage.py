@@ -13,7 +13,14 @@ from mlflow.entities import Run
 from sheldon.cli import text_table
 from sheldon.paths import REPO_ROOT
 from sheldon.versioning import DVC_FILE, parse_pin
-from sheldon.vocabulary import DATA_MD5_TAG, GIT_DIRTY_TAG, HEADLINE_TAG
+from sheldon.vocabulary import (
+    DATA_MD5_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    HEADLINE_TAG,
+    NOTE_TAG,
+    PARENT_RUN_TAG,
+)
 
 # Where a step's run came from, as printed beside each input and tagged on the runs that read it.
 RAN, CACHED, PINNED = "ran in this pipeline", "cached, same config", "pinned by hand"
@@ -26,10 +33,16 @@ class StepResult:
     seconds: float
     run_id: str | None
     headline: dict[str, float] = field(default_factory=dict)  # the metric the step names, if logged
+    note: str = ""  # the step's one-line verdict, when it ran (evaluate: the registry's decision)
     cache_key: str = ""
     inputs: dict[str, str] = field(default_factory=dict)  # parameter -> artifact URI
     input_digests: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # artifact -> content digest
+
+
+def note_of(run: Run) -> str:
+    """The one-line verdict a step left on its run ('' when none)."""
+    return run.data.tags.get(NOTE_TAG, "")
 
 
 def headline_of(run: str | Run) -> dict[str, float]:
@@ -37,6 +50,19 @@ def headline_of(run: str | Run) -> dict[str, float]:
     data = (mlflow.get_run(run) if isinstance(run, str) else run).data
     name = data.tags.get(HEADLINE_TAG)
     return {name: data.metrics[name]} if name in data.metrics else {}
+
+
+def model_lineage(run_id: str) -> dict[str, str]:
+    """Where a model came from, read from the run that trained it, as tags for the model and its
+    registered versions: that run, its pipeline run, the git commit and the data version (DVC md5)."""
+    tags = mlflow.get_run(run_id).data.tags
+    found = {
+        "sheldon.train_run": run_id,
+        "sheldon.pipeline_run": tags.get(PARENT_RUN_TAG, ""),
+        "sheldon.git_commit": tags.get(GIT_COMMIT_TAG, ""),
+        DATA_MD5_TAG: tags.get(DATA_MD5_TAG, ""),
+    }
+    return {name: value for name, value in found.items() if value}
 
 
 def format_headline(headline: dict[str, float]) -> str:
@@ -57,7 +83,8 @@ def format_summary(results: list[StepResult]) -> str:
     rows += [
         [r.step, r.status, f"{r.seconds:.1f}", r.run_id or "-", format_headline(r.headline)] for r in results
     ]
-    return text_table(rows)
+    notes = [f"{r.step}: {r.note}" for r in results if r.note]
+    return "\n\n".join([text_table(rows), *(["\n".join(notes)] if notes else [])])
 
 
 def log_lineage(pipeline_run_id: str, results: list[StepResult]) -> str:

@@ -52,3 +52,15 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class ServedClassifier(nn.Module):
+    """The model as it is served: raw uint8 images (N, height, width) in, class probabilities out,
+    scaled as preprocess scales them (to [0, 1], with a channel axis) before `network`."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.network(images.to(torch.float32).div(255.0).unsqueeze(1)), dim=1)

@@ -40,6 +40,9 @@ class Steps:
 
     order: tuple[str, ...]
     facts: Mapping[str, StepFacts] = field(default_factory=dict)
+    # Steps that run only when named, never by `all`, and then always (never from the cache):
+    # what they read changes outside the pipeline (test_model: the registry's champion).
+    on_request: frozenset[str] = frozenset()
 
     def fact(self, step: str) -> StepFacts:
         return self.facts.get(step, StepFacts())
@@ -51,7 +54,7 @@ class Steps:
         """Parse `main.steps` (comma-separated names, or `all`) into pipeline order.
         A unique prefix names a step too, so `steps=download` works."""
         if spec.strip() in ("all", ""):
-            return list(self.order)
+            return [s for s in self.order if s not in self.on_request]
         names = [n.strip() for n in spec.split(",")]
         if "" in names:
             raise StepError(f"main.steps={shorten(spec)!r} has an empty item: name steps between commas")
@@ -102,8 +105,10 @@ class Steps:
                     raise StepError(f"{setting}: {err}") from None
 
     def forced(self, spec: str, selected: list[str], configs: Mapping[str, StepConfig]) -> set[str]:
-        """`main.force`: the named steps and every selected step downstream of them."""
+        """`main.force`: the named steps, the steps run on request, and every selected step
+        downstream of them."""
         forced = set(self.select(spec)) & set(selected) if spec.strip() else set()
+        forced |= self.on_request & set(selected)
         for step in selected:
             if any(str(ref).split("/", 1)[0] in forced for ref in configs[step][1].values()):
                 forced.add(step)

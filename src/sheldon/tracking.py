@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import logging
 import netrc
 import os
 import re
@@ -39,7 +38,9 @@ from sheldon.vocabulary import (
     ERROR_TAG,
     HEADLINE_TAG,
     INPUT_TAG,
+    NOTE_TAG,
     PROCESS_TAG,
+    REGISTERED_TAG,
     RUN_NAME_TAG,
     STEP_TAG,
     STOPPED_TAG,
@@ -59,20 +60,6 @@ def configure_tracking() -> str:
     uri = tracking_environment()
     mlflow.set_tracking_uri(uri)
     return uri
-
-
-@contextmanager
-def without_message(logger: str, prefix: str) -> Iterator[None]:
-    """Silence one known message of a library's logger (and only it) while the block runs."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefix)
-
-    logging.getLogger(logger).addFilter(keep)
-    try:
-        yield
-    finally:
-        logging.getLogger(logger).removeFilter(keep)
 
 
 def allow_concurrent_runs(uri: str) -> None:
@@ -296,6 +283,38 @@ class StepRun:
         """Log the one metric the pipeline summary shows for this step."""
         mlflow.set_tag(HEADLINE_TAG, name)
         self.log_metrics({name: value})
+
+    def note(self, text: str) -> None:
+        """A one-line verdict of the step, shown under the pipeline's summary when it ran."""
+        mlflow.set_tag(NOTE_TAG, text)
+        self.wandb.summary["note"] = text
+
+    def log_registration(self, name: str, version: int, promoted: bool, model_uri: str, note: str) -> None:
+        """Record the registered version the model became, in MLflow (the run's tags, the
+        version's link to W&B's model artifact) and in W&B (linked to the registry online;
+        offline, recorded in the run's config for `wandb sync`)."""
+        reference = wandb_reference(model_uri)
+        mlflow.set_tag(REGISTERED_TAG, f"{name}/{version}")
+        self.note(note)
+        if reference:
+            mlflow.MlflowClient().set_model_version_tag(name, str(version), "wandb.artifact", reference)
+        aliases = ["champion"] if promoted else ["challenger"]
+        self.wandb.config.update(
+            {
+                "registered_model": name,
+                "registered_version": version,
+                "alias": aliases[0],
+                "wandb_model": reference,
+            },
+            allow_val_change=True,
+        )
+        if self.wandb.settings.mode == "online" and reference:
+            try:
+                self.wandb.link_artifact(
+                    self.wandb.use_artifact(reference), f"model-registry/{name}", aliases
+                )
+            except Exception as err:  # e.g. the model was logged without W&B
+                print(f"W&B: cannot link {reference} to the registry ({err})", file=sys.stderr)
 
     def fetch_input(self, name: str, uri: str) -> Path:
         """Download an input artifact (any MLflow artifact URI) and record where it came from."""

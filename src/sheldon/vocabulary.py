@@ -9,6 +9,8 @@ import re
 # On a step's run
 STEP_TAG = "sheldon.step"  # the step the run belongs to
 HEADLINE_TAG = "sheldon.headline"  # the metric a step's summary line shows
+NOTE_TAG = "sheldon.note"  # a step's one-line verdict, shown under the summary when it ran
+REGISTERED_TAG = "sheldon.registered_version"  # <registered model>/<version> evaluate made of the model
 ERROR_TAG = "sheldon.error"  # the one-line StepError a step failed with (a setting or input to fix)
 KEY_TAG = "sheldon.cache_key"
 DIGEST_TAG = "sheldon.digest."  # + artifact name: content digest of a logged output
@@ -45,6 +47,7 @@ SHARED_TEMPLATE_ENV = "SHELDON_SHARED_TEMPLATE"  # {"python", "socket"}: a sweep
 # MLflow's own, which sheldon sets
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 BACKEND_TAG = "mlflow.project.backend"  # what launched a project run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on an experiment
 

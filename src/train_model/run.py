@@ -1,11 +1,13 @@
 """train_model: build the model, optimizer and LR schedule named in config (Hydra `_target_`),
 train on the `splits` artifact with early stopping and a checkpoint every epoch, and log the best
-epoch's model with mlflow.pytorch (an MLflow 3 logged model) and in W&B as a `model` artifact.
+epoch's model as an MLflow 3 logged model that takes raw images and returns classes and
+probabilities (classifier.py), and in W&B as a `model` artifact.
 nproc_per_node > 1 re-launches this script under torchrun (DistributedDataParallel: gloo on CPU,
 nccl on GPU); only rank 0 logs to MLflow and W&B."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +18,12 @@ from torch import nn
 
 from sheldon.artifacts import fetch_artifact
 from sheldon.cli import run_cli
-from sheldon.datasets import load_split
+from sheldon.datasets import load_split, raw_images
 from sheldon.errors import StepError
+from sheldon.lineage import model_lineage
+from sheldon.models import ServedClassifier
 from sheldon.settings import SettingsParser, StepSettings, artifact_input, as_argv, parameter
-from sheldon.tracking import StepRun, missing_inputs, step_run, without_message
+from sheldon.tracking import StepRun, missing_inputs, step_run
 from sheldon.training import (
     CHECKPOINT,
     World,
@@ -59,25 +63,44 @@ class Settings(StepSettings):
     scheduler: dict[str, Any] | None = parameter(None, "LR schedule spec (_target_); '' = constant lr")
 
 
-def log_model(model: nn.Module, example: np.ndarray) -> ModelInfo:
-    """Log with signature and input example. Pickled (not pt2-exported) so evaluate and later
-    training get a plain nn.Module; requirements pinned rather than inferred, which is slow."""
+def log_model(model: nn.Module, example: np.ndarray, tags: dict[str, str] | None = None) -> ModelInfo:
+    """Log the model as it is served (classifier.py beside this file): raw uint8 images in, the
+    class and the class probabilities out. The network is exported by torch.export with
+    preprocess's scaling before it and softmax after, so neither sheldon nor anything else outside
+    the model is needed to use it. Requirements are pinned rather than inferred (slow)."""
     import mlflow
-    from mlflow.models import infer_signature
+    import pandas
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
-    model = model.cpu()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(example)).numpy()
-    # Pickle is this step's choice, made above: MLflow's caution about it, repeated on every run,
-    # would say nothing new. Its other warnings still show.
-    with without_message("mlflow.pytorch", "Saving pytorch model by Pickle"):
-        return mlflow.pytorch.log_model(
-            model,
+    images = raw_images(example)
+    outputs = [
+        ColSpec("long", "class"),
+        ColSpec("float", "probability"),
+        ColSpec(Array("float"), "probabilities"),
+    ]
+    signature = ModelSignature(
+        Schema([TensorSpec(np.dtype(np.uint8), (-1, *images.shape[1:]))]), Schema(outputs)
+    )
+    served = ServedClassifier(model.cpu().eval())
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(served, (torch.from_numpy(images),), dynamic_shapes={"images": {0: batch}})
+    with tempfile.TemporaryDirectory(prefix="sheldon-model-") as folder:
+        network = Path(folder) / "network.pt2"
+        torch.export.save(program, network)
+        return mlflow.pyfunc.log_model(
             name="model",
-            signature=infer_signature(example, logits),
-            input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            serialization_format="pickle",
+            python_model=Path(__file__).with_name("classifier.py"),
+            artifacts={"network": str(network)},
+            signature=signature,
+            input_example=images,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+                f"pandas=={pandas.__version__}",
+            ],
+            tags=tags,
         )
 
 
@@ -108,7 +131,7 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
         )
     if run is None:
         return
-    logged = log_model(model, train_xy[0][:4])
+    logged = log_model(model, train_xy[0][:4], model_lineage(run.run_id))
     run.log_logged_model(logged.model_uri, "model")
     best = max(h["val_accuracy"] for h in history)
     best_epoch = 1 + [h["val_accuracy"] for h in history].index(best)
@@ -139,8 +162,10 @@ def main(args: Settings) -> None:
 
 def warm_up() -> None:
     """Called ahead of the step when a pipeline starts its interpreter early (sheldon/prestart.py):
-    torch's first optimizer imports its compiler stack, ~1 s here, the same on every run."""
+    torch's first optimizer imports its compiler stack, and its first export the rest (~1 s
+    each here, the same on every run)."""
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])
+    torch.export.export(nn.Linear(1, 1), (torch.zeros(1, 1),))
 
 
 def parser() -> SettingsParser:

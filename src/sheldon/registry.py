@@ -1,0 +1,116 @@
+"""The model registry: every model evaluate scores becomes a new version of
+`evaluate.registered_model_name`, and two aliases say which version to use. `challenger` is the
+latest candidate that did not win; `champion` is the one to serve, replaced only by a version that
+passes `evaluate.min_accuracy` and beats it on the same test split, the champion scored again
+there rather than trusted from its tags. (MLflow 3's aliases; no stages.)"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from sheldon.cache import key_lock
+from sheldon.errors import StepError
+from sheldon.vocabulary import parse_runs_uri
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What became of a new version: promoted to champion or not, with both scores."""
+
+    name: str
+    version: int
+    score: float
+    promoted: bool
+    champion_version: int | None = None  # the champion it was compared with, if there was one
+    champion_score: float | None = None  # that champion's score on the same split, just now
+    why: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}: {self.why}"
+
+
+def logged_model_uri(model_uri: str) -> str:
+    """`models:/<model id>` of the logged model a `runs:/<run id>/<name>` URI names (MLflow 3
+    keeps logged models beside a run's artifacts, not among them); other URIs as they are."""
+    parsed = parse_runs_uri(model_uri)
+    if parsed:
+        run_id, name = parsed
+        found = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'", output_format="list"
+        )
+        if len(found) == 1:
+            return f"models:/{found[0].model_id}"
+    return model_uri
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
+    """Register the model at `model_uri` as a new version of `name` (made if new), tagged."""
+    try:
+        return mlflow.register_model(logged_model_uri(model_uri), name, tags=tags)
+    except MlflowException as err:
+        raise StepError(f"cannot register {model_uri} as {name!r}: {err.message}") from None
+
+
+def version_by_alias(name: str, alias: str) -> ModelVersion | None:
+    """The version of `name` that `alias` points at; None when there is none (or no such model)."""
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def champion_uri(name: str) -> str:
+    """`models:/<name>@champion`, once it exists; StepError with one line when it does not."""
+    if not mlflow.MlflowClient().search_registered_models(f"name = '{name}'"):
+        raise StepError(
+            f"no registered model {name!r}: run the pipeline; evaluate registers each model it scores"
+        )
+    if version_by_alias(name, CHAMPION) is None:
+        raise StepError(
+            f"{name!r} has no champion yet: no version has passed evaluate.min_accuracy; "
+            "run the pipeline until one does"
+        )
+    return f"models:/{name}@{CHAMPION}"
+
+
+def promote_if_better(
+    version: ModelVersion, score: float, min_score: float, score_of: Callable[[str], float]
+) -> Decision:
+    """Alias the new version `challenger`, then make it `champion` when its score passes
+    `min_score` and beats the champion's, which `score_of(model URI)` measures again on the same
+    split. Pipelines deciding at once (a parallel sweep) take turns."""
+    client, name, number = mlflow.MlflowClient(), version.name, int(version.version)
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    with key_lock(f"registry-{digest}", f"another pipeline is deciding on a version of {name}: waiting"):
+        client.set_registered_model_alias(name, CHALLENGER, str(number))
+        current = version_by_alias(name, CHAMPION)
+        theirs = score_of(f"models:/{name}/{current.version}") if current else None
+        if score < min_score:
+            why = f"not promoted: {score:.4f} is below evaluate.min_accuracy={min_score}"
+        elif current is None:
+            why = f"promoted to champion, the first ({score:.4f})"
+        elif theirs is not None and score > theirs:
+            why = f"promoted to champion: {score:.4f} > champion v{current.version}'s {theirs:.4f}"
+        else:
+            why = f"kept champion v{current.version}: {theirs:.4f} >= {score:.4f}"
+        promoted = why.startswith("promoted")
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, str(number))
+            client.delete_registered_model_alias(name, CHALLENGER)  # it no longer challenges
+        return Decision(
+            name,
+            number,
+            score,
+            promoted,
+            int(current.version) if current else None,
+            theirs,
+            why,
+        )
