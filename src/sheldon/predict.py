@@ -71,14 +71,14 @@ def read_inputs(path: Path, size: tuple[int, int]) -> Inputs:
     """Images from a folder of image files (converted to grayscale and resized to `size` when
     they differ; files that are no image are skipped and listed), an .npz (its `x`, `images` or
     only array) or a .csv (a row of height x width pixels each; a `label` column is ignored)."""
+    if not path.exists():
+        raise StepError(f"{path} does not exist: give a folder of images, an .npz or a .csv")
     if path.is_dir():
         return _read_folder(path, size)
     if path.suffix == ".npz":
         return _read_npz(path, size)
     if path.suffix == ".csv":
         return _read_csv(path, size)
-    if not path.exists():
-        raise StepError(f"{path} does not exist: give a folder of images, an .npz or a .csv")
     raise StepError(f"{path}: expected a folder of images, an .npz or a .csv")
 
 
