@@ -4,6 +4,7 @@ num_classes, hidden and dropout, so `train_model.model._target_=sheldon.models.M
 from __future__ import annotations
 
 import torch
+import torch._dynamo  # noqa: F401  (torch.export's tracer, ~1 s: imported ahead with train_model)
 from torch import nn
 
 

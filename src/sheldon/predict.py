@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+# What loading an exported network needs (~1 s of imports, the first time): at the top, so that a
+# step's interpreter started ahead (sheldon/prestart.py) has it before the step starts.
+import torch._dynamo  # noqa: F401
+import torch._export.serde.serialize  # noqa: F401
+
 from sheldon.cli import progress
 from sheldon.errors import StepError
 
