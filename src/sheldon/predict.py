@@ -91,19 +91,22 @@ def _read_folder(folder: Path, size: tuple[int, int]) -> Inputs:
     from PIL import Image, UnidentifiedImageError
 
     names, images, skipped, resized = [], [], [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = str(path.relative_to(folder))
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("L")
-        except (UnidentifiedImageError, OSError):
-            skipped.append(name)
-            continue
-        if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            resized.append(name)
-        names.append(name)
-        images.append(np.asarray(image, dtype=np.uint8))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    with progress(len(files), "reading", "file") as bar:
+        for path in files:
+            bar.update()
+            name = str(path.relative_to(folder))
+            try:
+                with Image.open(path) as opened:
+                    image = opened.convert("L")
+            except (UnidentifiedImageError, OSError):
+                skipped.append(name)
+                continue
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                resized.append(name)
+            names.append(name)
+            images.append(np.asarray(image, dtype=np.uint8))
     if not images:
         raise StepError(f"{folder} holds no image the model can read ({len(skipped)} other file(s))")
     return Inputs(names, np.stack(images), skipped, resized)
