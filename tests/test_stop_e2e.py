@@ -19,6 +19,7 @@ from conftest import SHRUNK, make_project, wandb_records
 from http_server import Route, start, stop
 from test_dvc import digits, git
 
+from sheldon.artifacts import inputs_folder
 from sheldon.vocabulary import STOPPED_TAG
 
 pytestmark = pytest.mark.e2e
@@ -176,6 +177,7 @@ def test_a_killed_pipeline_leaves_no_orphan_and_its_runs_are_failed_and_never_re
         and "ended without closing it" in pipeline_run.data.tags[STOPPED_TAG]
     )
     assert "sheldon.cache_key" not in left.data.tags  # so it can never stand in for the step
+    assert not inputs_folder(killed.info.run_id).exists()  # nor what it had downloaded
     finished = project.step_runs("train_model")[-1]
     assert finished.info.run_id != killed.info.run_id and finished.info.status == "FINISHED"
     assert np.isfinite(finished.data.metrics["val_accuracy"])

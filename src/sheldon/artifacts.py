@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -19,20 +21,32 @@ _CHUNK = 1 << 20
 
 
 _by_hand: list[tempfile.TemporaryDirectory] = []  # a step started by hand: its inputs, removed at exit
+_fetched: list[Path] = []  # the folders this process downloaded into, removed when it exits
 
 
 def fetch_artifact(uri: str) -> Path:
     """Download an MLflow artifact URI (runs:/, models:/, file:, s3:// ...) to a local path, in a
-    folder of its own under `inputs_folder()`. (MLflow's default, a new temporary folder that
-    nobody removes, would leave every step's inputs behind: the splits, the model, a step.)"""
+    folder of its own under `inputs_folder()`, removed when this process exits (and by the
+    pipeline when the step ends, were this process killed). MLflow's default, a new temporary
+    folder nobody removes, would leave every step's inputs behind: the splits, the model, a step."""
     try:
         folder = inputs_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(dir=folder))
-        )
+        if not _fetched:
+            atexit.register(_remove_fetched)
+        _fetched.append(Path(tempfile.mkdtemp(dir=folder)))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(_fetched[-1])))
     except Exception as err:
         raise StepError(f"cannot fetch input artifact {uri}: {err}") from None
+
+
+def _remove_fetched() -> None:
+    """This process's downloads, and its run's inputs folder once no other process (a DDP rank)
+    has one there."""
+    for folder in _fetched:
+        shutil.rmtree(folder, ignore_errors=True)
+        with suppress(OSError):
+            folder.parent.rmdir()
 
 
 def inputs_folder(run_id: str | None = None) -> Path:

@@ -130,6 +130,7 @@ def fail_dead_runs(experiment_ids: list[str]) -> None:
     for run in dead:
         why = f"its process ({run.data.tags[PROCESS_TAG]}) ended without closing it: killed or crashed"
         end_run_if_running(run.info.run_id, RunStatus.FAILED, why)
+        shutil.rmtree(inputs_folder(run.info.run_id), ignore_errors=True)  # what it had downloaded
     if dead:
         names = ", ".join(f"{r.info.run_name} {r.info.run_id[:8]}" for r in dead)
         print(f"marked {len(dead)} run(s) FAILED whose process is gone (never reused): {names}")
