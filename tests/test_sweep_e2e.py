@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import make_project, wandb_records
 
+from sheldon.artifacts import inputs_folder
+
 pytestmark = pytest.mark.e2e
 
 SHRUNK = ["train_model.epochs=1", "evaluate.min_accuracy=0.5"]
@@ -251,6 +253,7 @@ def test_ctrl_c_during_a_parallel_sweep_stops_every_trial_and_leaves_nothing_run
     assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
     assert [r.info.run_name for r in project.runs() if r.info.status == "RUNNING"] == []
     assert sweep_runs(project)[-1].info.status == "KILLED"
+    assert not [r for r in project.step_runs() if inputs_folder(r.info.run_id).exists()]  # nor downloads
     again = project.run("python", "main.py", "-m", "train_model.lr=0.002", *SHRUNK)
     assert "=== preprocess: cached" in again.stdout  # the next sweep reuses what finished
 

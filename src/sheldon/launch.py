@@ -111,11 +111,13 @@ def start(
 
 
 def end_run_if_running(run_id: str, status: RunStatus, why: str) -> None:
-    """End a run that its own process left open (killed, or stopped before it could), saying why."""
+    """End a run that its own process left open (killed, or stopped before it could), saying why,
+    and remove what its step had downloaded, which a killed process could not."""
     client = mlflow.MlflowClient()
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_tag(run_id, STOPPED_TAG, why)
         client.set_terminated(run_id, RunStatus.to_string(status))
+    shutil.rmtree(inputs_folder(run_id), ignore_errors=True)
 
 
 def fail_dead_runs(experiment_ids: list[str]) -> None:
@@ -130,7 +132,6 @@ def fail_dead_runs(experiment_ids: list[str]) -> None:
     for run in dead:
         why = f"its process ({run.data.tags[PROCESS_TAG]}) ended without closing it: killed or crashed"
         end_run_if_running(run.info.run_id, RunStatus.FAILED, why)
-        shutil.rmtree(inputs_folder(run.info.run_id), ignore_errors=True)  # what it had downloaded
     if dead:
         names = ", ".join(f"{r.info.run_name} {r.info.run_id[:8]}" for r in dead)
         print(f"marked {len(dead)} run(s) FAILED whose process is gone (never reused): {names}")
