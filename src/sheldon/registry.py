@@ -23,15 +23,13 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 @dataclass(frozen=True)
 class Decision:
-    """What became of a new version: promoted to champion or not, with both scores."""
+    """What became of a new version: promoted to champion or not, and why, with both scores."""
 
     name: str
     version: int
-    score: float
     promoted: bool
-    champion_version: int | None = None  # the champion it was compared with, if there was one
-    champion_score: float | None = None  # that champion's score on the same split, just now
-    why: str = ""
+    champion_score: float | None  # the champion it was compared with, scored again just now
+    why: str
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}: {self.why}"
@@ -69,10 +67,12 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
 
 def champion_uri(name: str) -> str:
     """`models:/<name>@champion`, once it exists; StepError with one line when it does not."""
-    if not mlflow.MlflowClient().search_registered_models(f"name = '{name}'"):
+    try:
+        mlflow.MlflowClient().get_registered_model(name)
+    except MlflowException:
         raise StepError(
             f"no registered model {name!r}: run the pipeline; evaluate registers each model it scores"
-        )
+        ) from None
     if version_by_alias(name, CHAMPION) is None:
         raise StepError(
             f"{name!r} has no champion yet: no version has passed evaluate.min_accuracy; "
@@ -93,24 +93,16 @@ def promote_if_better(
         client.set_registered_model_alias(name, CHALLENGER, str(number))
         current = version_by_alias(name, CHAMPION)
         theirs = score_of(f"models:/{name}/{current.version}") if current else None
+        promoted = score >= min_score and (theirs is None or score > theirs)
         if score < min_score:
             why = f"not promoted: {score:.4f} is below evaluate.min_accuracy={min_score}"
         elif current is None:
             why = f"promoted to champion, the first ({score:.4f})"
-        elif theirs is not None and score > theirs:
+        elif promoted:
             why = f"promoted to champion: {score:.4f} > champion v{current.version}'s {theirs:.4f}"
         else:
             why = f"kept champion v{current.version}: {theirs:.4f} >= {score:.4f}"
-        promoted = why.startswith("promoted")
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, str(number))
             client.delete_registered_model_alias(name, CHALLENGER)  # it no longer challenges
-        return Decision(
-            name,
-            number,
-            score,
-            promoted,
-            int(current.version) if current else None,
-            theirs,
-            why,
-        )
+        return Decision(name, number, promoted, theirs, why)
