@@ -49,13 +49,18 @@ def _remove_fetched() -> None:
             folder.parent.rmdir()
 
 
+def inputs_root() -> Path:
+    """The folder of the inputs folders of launched steps, one per run."""
+    return Path(tempfile.gettempdir()) / "sheldon-inputs"
+
+
 def inputs_folder(run_id: str | None = None) -> Path:
     """Where a step's inputs are downloaded: for a step a pipeline launched, a folder named after
     the step's run (this process's, or `run_id`), which the pipeline removes when the step ends,
     however it ends; for a step started by hand, a temporary folder removed when it exits."""
     run_id = run_id or (os.environ.get("MLFLOW_RUN_ID") if os.environ.get(PIPELINE_ENV) else None)
     if run_id:
-        return Path(tempfile.gettempdir()) / "sheldon-inputs" / run_id
+        return inputs_root() / run_id
     if not _by_hand:
         _by_hand.append(tempfile.TemporaryDirectory(prefix="sheldon-inputs-"))
     return Path(_by_hand[0].name)

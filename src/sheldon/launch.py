@@ -26,7 +26,7 @@ from mlflow.projects.utils import (
     load_project,
 )
 
-from sheldon.artifacts import inputs_folder
+from sheldon.artifacts import inputs_folder, inputs_root
 from sheldon.errors import StepError, first_line
 from sheldon.paths import step_dir
 from sheldon.prestart import Forked, Prestarted
@@ -122,7 +122,8 @@ def end_run_if_running(run_id: str, status: RunStatus, why: str) -> None:
 
 def fail_dead_runs(experiment_ids: list[str]) -> None:
     """Runs left RUNNING by a process that is gone (a pipeline killed with kill -9, a crashed
-    session on this host) can never finish: mark them FAILED, saying why."""
+    session on this host) can never finish: mark them FAILED, saying why, and remove the inputs
+    that ended runs' steps left behind."""
     client = mlflow.MlflowClient()
     dead = [
         run
@@ -132,9 +133,22 @@ def fail_dead_runs(experiment_ids: list[str]) -> None:
     for run in dead:
         why = f"its process ({run.data.tags[PROCESS_TAG]}) ended without closing it: killed or crashed"
         end_run_if_running(run.info.run_id, RunStatus.FAILED, why)
+    remove_left_inputs(client)
     if dead:
         names = ", ".join(f"{r.info.run_name} {r.info.run_id[:8]}" for r in dead)
         print(f"marked {len(dead)} run(s) FAILED whose process is gone (never reused): {names}")
+
+
+def remove_left_inputs(client: mlflow.MlflowClient) -> None:
+    """Remove the inputs folders of this store's runs that are over: what a step killed while it
+    cleaned up (after its run was closed) could not remove. Other stores' folders are left alone."""
+    for folder in inputs_root().glob("*") if inputs_root().is_dir() else ():
+        try:
+            over = client.get_run(folder.name).info.status != "RUNNING"
+        except MlflowException:  # not a run of this store
+            continue
+        if over:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def claim_launcher_run(experiment_id: str | None) -> str | None:
