@@ -114,11 +114,11 @@ def _read_folder(folder: Path, size: tuple[int, int]) -> Inputs:
 
 def _read_npz(path: Path, size: tuple[int, int]) -> Inputs:
     with np.load(path) as data:
-        keys = [k for k in ("x", "images") if k in data.files] or data.files
-        if len(keys) != 1 and not {"x", "images"} & set(data.files):
-            raise StepError(
-                f"{path}: name its images array `x` or `images` (it holds {', '.join(data.files)})"
-            )
+        named = [k for k in ("x", "images") if k in data.files]
+        keys = named or (data.files if len(data.files) == 1 else [])
+        if not keys:
+            held = ", ".join(data.files)
+            raise StepError(f"{path}: name its images array `x` or `images` (it holds {held})")
         images = data[keys[0]]
     return Inputs([str(i) for i in range(len(images))], _as_raw(images, size, path))
 
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_store(tracking_environment())
         uri = args.model or champion_uri(str(configured("evaluate").get("registered_model_name", "")))
         model = load_model(uri)
-        inputs = read_inputs(args.input, image_size(model))
+        size = image_size(model)
+        inputs = read_inputs(args.input, size)
         probabilities = classify(model, inputs.images)
         write_predictions(inputs, probabilities, args.output)
     except StepError as err:
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{len(inputs.names)} prediction(s) by {uri} written to {args.output}")
     if inputs.resized:
-        print(f"resized to {image_size(model)[0]}x{image_size(model)[1]}: {len(inputs.resized)} image(s)")
+        print(f"resized to {size[0]}x{size[1]}: {len(inputs.resized)} image(s)")
     if inputs.skipped:
         print(f"skipped {len(inputs.skipped)} file(s) that are no image: {', '.join(inputs.skipped)}")
     return 0
