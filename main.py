@@ -24,6 +24,7 @@ from sheldon.pipeline import discard_launcher_run, run_and_report
 from sheldon.processes import Interrupted, raise_on_signals
 from sheldon.steps import StepFacts, Steps
 from sheldon.sweep import current_trial, objective, stop_sweep
+from sheldon.versioning import restore_pinned
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
 _steps = [
@@ -37,8 +38,9 @@ _steps = [
 _facts = {
     # SEED.md named its section `data`; its outputs depend on the version data.dvc pins, and it
     # fills data/raw in the working tree with what it logs as raw_data.
+    # A fresh clone whose tracking store has its run pulls data/raw from the DVC remote instead.
     "download_dataset": StepFacts(
-        section="data", state_files=("data.dvc",), workspace=("raw_dir", "raw_data")
+        section="data", state_files=("data.dvc",), workspace=("raw_dir", "raw_data"), restore=restore_pinned
     ),
     "train_model": StepFacts(resume="train_model.resume=true"),
     "evaluate": StepFacts(early_checks={"min_accuracy": fraction}),

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 BIN = Path(sys.executable).parent
 SHRUNK = "train_model.epochs=1 evaluate.min_accuracy=0.5"  # a tiny CPU run
+STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]  # what `all` runs
 
 
 def load_step(step: str, root: Path = REPO, script: str = "run.py") -> ModuleType:
@@ -149,3 +150,12 @@ def said(stderr: str) -> list[str]:
     """What a command said to its user on stderr: its lines without MLflow's INFO log records."""
     logged = re.compile(r"\d{4}/\d\d/\d\d [\d:]+ INFO ")
     return [line for line in stderr.strip().splitlines() if not logged.match(line)]
+
+
+def summary_status(output: str) -> dict[str, str]:
+    """Each step's status in a pipeline's summary table: ran, cached, pinned or failed."""
+    return {
+        line.split()[0]: line.split()[1]
+        for line in output.splitlines()
+        if line.split()[:1] and line.split()[0] in STEPS and len(line.split()) > 2
+    }

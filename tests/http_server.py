@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from sheldon.server import free_port as free_port  # re-exported: the tests take their ports here
+
 
 @dataclass
 class Route:
@@ -104,13 +106,6 @@ def stop(state: Server, httpd: ThreadingHTTPServer) -> None:
     time.sleep(0.05)
     httpd.shutdown()
     httpd.server_close()
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (now)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def silent_listener() -> socket.socket:

@@ -7,11 +7,9 @@ import json
 import subprocess
 
 import pytest
-from conftest import SHRUNK, make_project
+from conftest import SHRUNK, STEPS, make_project, summary_status
 
 pytestmark = pytest.mark.e2e
-
-STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]
 
 
 def pipeline(project, *overrides: str):
@@ -31,14 +29,6 @@ def start_pipeline(project, overrides: list[str], **popen) -> subprocess.Popen:
 
 def ran(new_runs) -> list[str]:
     return [r.data.tags["sheldon.step"] for r in new_runs]
-
-
-def summary_status(output: str) -> dict[str, str]:
-    return {
-        line.split()[0]: line.split()[1]
-        for line in output.splitlines()
-        if line.split()[:1] and line.split()[0] in STEPS and len(line.split()) > 2
-    }
 
 
 def test_unchanged_rerun_launches_nothing(project, full_run):

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO, copy_repo, load_step, make_project
-from http_server import free_port
+from object_store import moto_s3
 
 from sheldon.datasets import Dataset, Split, load_raw, save_npz
 from sheldon.errors import StepError
@@ -424,41 +422,16 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen(
-        [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team-data")
-    yield endpoint
-    for key, value in old.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.terminate()
-    server.wait(10)
+def s3():
+    with moto_s3("team-data") as store:
+        old = {k: os.environ.get(k) for k in store.env}
+        os.environ.update(store.env)
+        yield store.endpoint
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def test_s3_source_and_s3_remote(s3, tmp_path):

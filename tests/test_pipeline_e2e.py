@@ -8,11 +8,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, SHRUNK, make_project, said
+from conftest import BIN, SHRUNK, STEPS, make_project, said
 
 pytestmark = pytest.mark.e2e
-
-STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]
 
 
 def latest(project, step):

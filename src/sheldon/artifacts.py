@@ -16,6 +16,7 @@ import mlflow
 
 from sheldon.errors import StepError
 from sheldon.processes import PIPELINE_ENV
+from sheldon.vocabulary import parse_runs_uri
 
 _CHUNK = 1 << 20
 
@@ -35,9 +36,27 @@ def fetch_artifact(uri: str) -> Path:
         if not _fetched:
             atexit.register(_remove_fetched)
         _fetched.append(Path(tempfile.mkdtemp(dir=folder)))
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(_fetched[-1])))
+        # A logged model straight from where it lies: through runs:/, MLflow first asks for it among
+        # the run's artifacts, which a server with an object store answers with errors it retries
+        # for ~4 min before MLflow looks beside the run.
+        source = logged_model_uri(uri)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(_fetched[-1])))
     except Exception as err:
         raise StepError(f"cannot fetch input artifact {uri}: {err}") from None
+
+
+def logged_model_uri(model_uri: str) -> str:
+    """`models:/<model id>` of the logged model a `runs:/<run id>/<name>` URI names (MLflow 3
+    keeps logged models beside a run's artifacts, not among them); other URIs as they are."""
+    parsed = parse_runs_uri(model_uri)
+    if parsed:
+        run_id, name = parsed
+        found = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'", output_format="list"
+        )
+        if len(found) == 1:
+            return f"models:/{found[0].model_id}"
+    return model_uri
 
 
 def _remove_fetched() -> None:

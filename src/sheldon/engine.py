@@ -34,6 +34,7 @@ from sheldon.pipeline import PREPARE_AHEAD, Outcome, Plan, Trial, prepare
 from sheldon.prestart import Prestarted
 from sheldon.processes import PIPELINE_ENV, Interrupted
 from sheldon.steps import StepConfig, Steps
+from sheldon.store import check_artifact_location
 from sheldon.tracking import allow_concurrent_runs, configure_tracking, settle_wandb_mode
 from sheldon.vocabulary import (
     DIGEST_TAG,
@@ -170,6 +171,20 @@ def workspace_changed(steps: Steps, step: str, params: dict[str, str], run: Run)
     return ""
 
 
+def restore_workspace(steps: Steps, step: str, params: dict[str, str], run: Run) -> str:
+    """Bring the step's folder in the working tree back to what `run` logged from it without running
+    the step, in the step's own way (StepFacts.restore): what was done, or '' if it was not."""
+    fact = steps.fact(step)
+    if fact.restore is None or fact.workspace is None:
+        return ""
+    try:
+        done = fact.restore(repo_path(params[fact.workspace[0]]))
+    except StepError as err:
+        print(f"  cannot bring it back without running {step}: {err}")
+        return ""
+    return done if done and not workspace_changed(steps, step, params, run) else ""
+
+
 def launch(step: str, params: dict[str, str], tags: dict[str, str], context: PipelineContext) -> StepResult:
     """Run a step, tagged with its lineage before it can finish, and wait for it."""
     started = time.perf_counter()
@@ -195,8 +210,11 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
     with key_lock(key):
         cached = None if step in context.forced else find_cached_run(context.experiment_id, key)
         if cached is not None and (changed := workspace_changed(steps, step, params, cached)):
-            print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
-            cached = None
+            if restored := restore_workspace(steps, step, params, cached):
+                print(f"\n=== {step}: cached, but {changed}: {restored} ===")
+            else:
+                print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
+                cached = None
         sources = {}
         for param, ref in inputs.items():
             upstream = steps.upstream(step, param, ref)[0]
@@ -268,8 +286,11 @@ def open_pipeline_run(experiment_id: str, launcher: str | None, trial: Trial | N
 
 
 def open_experiment(name: str) -> str:
-    """The pipeline's MLflow experiment (made if new), cleared of runs left behind by dead processes."""
-    experiment_id = mlflow.set_experiment(name).experiment_id
+    """The pipeline's MLflow experiment (made if new), cleared of runs left behind by dead processes.
+    Its artifact store, where the steps write to it themselves (an S3 bucket), is checked first."""
+    experiment = mlflow.set_experiment(name)
+    check_artifact_location(experiment.artifact_location)
+    experiment_id = experiment.experiment_id
     allow_concurrent_runs(mlflow.get_tracking_uri())
     mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
     fail_dead_runs([experiment_id])

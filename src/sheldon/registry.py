@@ -14,9 +14,9 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from sheldon.artifacts import logged_model_uri
 from sheldon.cache import key_lock
 from sheldon.errors import StepError
-from sheldon.vocabulary import parse_runs_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -33,20 +33,6 @@ class Decision:
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}: {self.why}"
-
-
-def logged_model_uri(model_uri: str) -> str:
-    """`models:/<model id>` of the logged model a `runs:/<run id>/<name>` URI names (MLflow 3
-    keeps logged models beside a run's artifacts, not among them); other URIs as they are."""
-    parsed = parse_runs_uri(model_uri)
-    if parsed:
-        run_id, name = parsed
-        found = mlflow.search_logged_models(
-            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'", output_format="list"
-        )
-        if len(found) == 1:
-            return f"models:/{found[0].model_id}"
-    return model_uri
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:

@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,9 @@ class StepFacts:
     # (the parameter naming a folder the step fills in the working tree, the artifact logged from it):
     # a cached run is reused only while that folder still holds that artifact
     workspace: tuple[str, str] | None = None
+    # brings a missing or empty workspace folder back without running the step (download_dataset:
+    # a DVC pull of the pinned version), so a fresh clone keeps its cache hit; what it did, '' if it could not
+    restore: Callable[[Path], str] | None = None
     resume: str = ""  # the override that makes a crashed run continue where it stopped
     # settings the step would refuse only once the steps before it ran: parsed before anything runs
     early_checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Is the tracking store usable? Checked before anything starts, and without importing MLflow
 (~1.7 s), so that an unreachable server or a broken db stops a run within seconds with one line
-instead of minutes of MLflow's retries and a traceback. The environment that points every process
-at that store is set here too.
+instead of minutes of MLflow's retries and a traceback. Its artifact store too: a server's
+proxied one, or an S3 bucket the steps write to themselves. The environment that points every
+process at that store is set here too.
 
     python -m sheldon.store        # checks MLFLOW_TRACKING_URI (default: the repo's mlflow.db)
 """
@@ -23,11 +24,14 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sheldon.errors import StepError
+from sheldon.errors import StepError, first_line, shorten
 from sheldon.paths import REPO_ROOT, absolute_tracking_uri
 
 TIMEOUT_S = 5.0
 PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+# The root of a server's proxied artifact store (`mlflow server --artifacts-destination`): listed
+# through the server, it fails there when the server cannot reach its object store.
+ARTIFACTS_PROBE = "/api/2.0/mlflow-artifacts/artifacts"
 MLFLOW_TABLES = {"experiments", "alembic_version"}
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 FIX_URI = "check MLFLOW_TRACKING_URI"
@@ -41,6 +45,9 @@ def tracking_environment() -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # costs ~0.8 s a run offline
     # One bar per fetched input, of files copied in milliseconds: noise in a step's output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A server proxying an object store (make server) would hand out presigned URLs of the bucket
+    # for downloads: every member would then need a route to the bucket. Proxied means proxied.
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     os.environ.setdefault("WANDB_DIR", str(REPO_ROOT))
     os.environ.setdefault("WANDB_SILENT", "true")
     return uri
@@ -70,20 +77,8 @@ def _shown(uri: str) -> str:
 
 def _check_server(uri: str, timeout: float) -> None:
     shown = _shown(uri)
-    parts = urlsplit(uri)
-    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/") + PROBE
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    # The credentials MLflow's REST client sends, in its order of preference.
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME") or parts.username
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password
-    if username and password:
-        basic = base64.b64encode(f"{username}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {basic}")
-    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=_tls_context()) as answer:
-            body = answer.read(1 << 20)
+        body = _get(uri, PROBE, timeout)
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
             raise StepError(
@@ -124,6 +119,45 @@ def _check_server(uri: str, timeout: float) -> None:
             f"{shown} is not an MLflow tracking server (its answer to {PROBE.split('?')[0]} is "
             f"not JSON): {FIX_URI}"
         )
+    _check_proxied_artifacts(uri, timeout)
+
+
+def _check_proxied_artifacts(uri: str, timeout: float) -> None:
+    """A server that proxies artifacts but cannot reach its object store (credentials the bucket
+    refuses, a bucket that is gone) would fail each step as it logs: say so before any starts."""
+    try:
+        _get(uri, ARTIFACTS_PROBE, timeout)
+    except urllib.error.HTTPError as err:
+        if err.code < 500:  # 404: a server that does not proxy artifacts (the steps write them)
+            return
+        try:
+            detail = json.loads(err.read(1 << 16)).get("message", "")
+        except (ValueError, AttributeError, OSError):
+            detail = ""
+        raise StepError(
+            f"tracking server {_shown(uri)} cannot reach its artifact store (HTTP {err.code}"
+            f"{': ' + shorten(first_line(detail)) if detail else ''}): check the server's object-store "
+            "credentials and bucket"
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return  # the server answered the probe before: a blip, which the steps' retries absorb
+
+
+def _get(uri: str, path: str, timeout: float) -> bytes:
+    """GET `path` of the server at `uri`, with the credentials MLflow's REST client would send."""
+    parts = urlsplit(uri)
+    url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/") + path
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    # The credentials MLflow's REST client sends, in its order of preference.
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME") or parts.username
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password
+    if username and password:
+        basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    with urllib.request.urlopen(request, timeout=timeout, context=_tls_context()) as answer:
+        return answer.read(1 << 20)
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -193,6 +227,48 @@ def _check_db_server(uri: str, timeout: float) -> None:
         ) from None
     except ValueError as err:  # a port that is not a number
         raise StepError(f"tracking URI {_shown(uri)} is malformed ({err}): {FIX_URI}") from None
+
+
+def check_artifact_location(location: str, timeout: float = TIMEOUT_S) -> None:
+    """Raise StepError, with one line, unless the S3 bucket of `location` (an experiment's artifact
+    location, or a server's destination) takes this process's credentials: missing or refused
+    credentials, a bucket that does not exist, an endpoint that does not answer. Other locations
+    (a server's proxied mlflow-artifacts:, a folder) are checked elsewhere or need no check."""
+    parts = urlsplit(location)
+    if parts.scheme != "s3":
+        return
+    import boto3  # here only: ~0.3 s, and S3 stores are the only ones that need it
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    bucket, endpoint = parts.netloc, s3_endpoint()
+    where = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
+    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
+        s3.list_objects_v2(Bucket=bucket, Prefix=parts.path.lstrip("/"), MaxKeys=1)
+    except NoCredentialsError:
+        raise StepError(
+            f"no credentials for the artifact store {where}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        ) from None
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket", "404"):
+            raise StepError(f"the artifact store's bucket {where} does not exist: create it") from None
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"):
+            raise StepError(
+                f"the artifact store {where} refused these credentials ({code}): check "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            ) from None
+        raise StepError(f"the artifact store {where} failed: {first_line(err)}") from None
+    except BotoCoreError as err:  # an endpoint that does not answer, a malformed one
+        raise StepError(f"the artifact store {where} is unreachable: {first_line(err)}") from None
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint MLflow uses (MinIO, moto ...); None means AWS itself."""
+    return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def _why(reason: object, timeout: float) -> str:

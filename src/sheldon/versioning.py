@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sheldon.errors import StepError, first_line, shorten
+from sheldon.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -211,6 +212,26 @@ def pull(repo: Repo, root: Path, md5: str) -> bool:
     except (DvcException, OSError) as err:
         raise StepError(f"cannot check out {DVC_FILE} from the DVC cache: {first_line(err)}") from None
     return True
+
+
+def restore_pinned(raw_dir: Path) -> str:
+    """Bring a missing or empty `raw_dir` (the folder data.dvc tracks) to the version data.dvc pins,
+    from the DVC cache or the default remote: what a fresh clone of the repository needs when its
+    tracking store already has the download_dataset run for that version. What it did, or '' when
+    it cannot (the remote lacks the version; `raw_dir` holds files, which only the step may replace)."""
+    root = REPO_ROOT
+    if raw_dir.is_dir() and any(raw_dir.iterdir()):
+        return ""
+    try:
+        if tracked_path(root) != raw_dir.resolve().relative_to(root.resolve()).as_posix():
+            return ""
+    except ValueError:  # outside the repository
+        return ""
+    repo = open_repo(root)
+    md5 = read_pin(root).md5
+    if not pull(repo, root, md5):
+        return ""
+    return f"pulled the data version {DVC_FILE} pins (md5 {md5}) from DVC remote {remote_url(repo)}"
 
 
 def download_to_cache(repo: Repo, root: Path, md5: str, commit: str | None = None) -> bool:
