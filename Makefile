@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test test-slow lint contract new-data fashion-mnist serve predict ui clean
+.PHONY: setup run test test-slow lint contract new-data fashion-mnist serve predict ui server clean
 
 setup: $(STAMP)
 
@@ -84,6 +84,14 @@ predict: setup
 # The MLflow UI on the repository's store, at http://127.0.0.1:5000 (README, Models).
 ui: setup
 	python -m sheldon.serve ui
+
+# A team's tracking server on 127.0.0.1:$(SERVER_PORT) (README, Working as a team): mlflow server with
+# a database and an S3 bucket for artifacts, which it proxies. Without AWS credentials or
+# AWS_ENDPOINT_URL, moto's S3 server stands in for the bucket, and the db is temporary.
+#   make server [SERVER_PORT=5000] [DB=postgresql://...] [ARTIFACTS=s3://bucket/prefix]
+SERVER_PORT ?= 5000
+server: setup
+	python -m sheldon.server --port $(SERVER_PORT) $(if $(DB),--db "$(DB)") $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
 
 clean:
 	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts wandb outputs checkpoints

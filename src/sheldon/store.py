@@ -128,7 +128,7 @@ def _check_proxied_artifacts(uri: str, timeout: float) -> None:
     try:
         _get(uri, ARTIFACTS_PROBE, timeout)
     except urllib.error.HTTPError as err:
-        if err.code < 500:  # 404: a server that does not proxy artifacts (the steps write them)
+        if err.code == 404:  # a server that does not proxy artifacts: the steps write them
             return
         try:
             detail = json.loads(err.read(1 << 16)).get("message", "")
@@ -136,7 +136,7 @@ def _check_proxied_artifacts(uri: str, timeout: float) -> None:
             detail = ""
         raise StepError(
             f"tracking server {_shown(uri)} cannot reach its artifact store (HTTP {err.code}"
-            f"{': ' + shorten(first_line(detail)) if detail else ''}): check the server's object-store "
+            f"{': ' + shorten(first_line(detail), 240) if detail else ''}): check the server's object-store "
             "credentials and bucket"
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException):
