@@ -1,0 +1,124 @@
+"""A step as a Kubernetes Job (main.backend=kubernetes), launched as MLflow's kubernetes backend
+launches a project (`mlflow run --backend kubernetes --build-image`), waited for and stopped through
+MLflow's KubernetesSubmittedRun. The steps' MLprojects name conda.yml, for local and conda runs;
+on Kubernetes, the backend config's step image stands as their docker_env (sheldon/backends.py)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import sys
+from typing import Any
+
+import kubernetes
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.projects._project_spec import Project
+from mlflow.projects.docker import build_docker_image, validate_docker_env, validate_docker_installation
+from mlflow.projects.kubernetes import KubernetesSubmittedRun, push_image_to_registry, run_kubernetes_job
+from mlflow.projects.utils import (
+    fetch_and_validate_project,
+    get_entry_point_command,
+    get_or_create_run,
+    get_run_env_vars,
+    load_project,
+)
+from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_ENV
+
+from sheldon.backends import STEP_IMAGE
+from sheldon.errors import StepError, first_line
+from sheldon.launch import ENTRY_POINT, Launched, end_run_if_running
+from sheldon.paths import step_dir
+from sheldon.processes import PIPELINE_ENV
+from sheldon.vocabulary import BACKEND_TAG, RUN_NAME_TAG, TRIAL_ENV
+
+# What the pipeline gives its steps through the environment (pipeline.set_up_environment), passed to
+# a step's pod, which sees nothing else of this machine's environment: secrets come from the job
+# template (deploy/kubernetes/job-template.yaml).
+JOB_ENV = (PIPELINE_ENV, TRIAL_ENV, "WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_MODE")
+
+
+class LaunchedJob(Launched):
+    """A step's MLflow run and the Kubernetes Job running its entry point."""
+
+    def __init__(self, run_id: str, job: KubernetesSubmittedRun) -> None:
+        self.run_id = run_id
+        self.job = job
+
+    def succeeded(self) -> bool:
+        try:
+            return self.job.wait()  # MLflow polls the Job's status every 5 s
+        except Exception as err:  # the cluster went out of reach (a stop signal is no Exception)
+            why = first_line(err)
+            end_run_if_running(self.run_id, RunStatus.FAILED, f"its Kubernetes Job went out of reach: {why}")
+            raise StepError(f"lost track of Kubernetes Job {self.job._job_name}: {why}") from None
+
+    def stop(self) -> None:
+        """Delete the Job and its pods: MLflow's cancel deletes the Job alone, whose running pods
+        Kubernetes then keeps (a Job's are orphaned unless the delete says otherwise)."""
+        try:
+            self.job.cancel()
+            kubernetes.client.CoreV1Api().delete_collection_namespaced_pod(
+                self.job._job_namespace, label_selector=f"job-name={self.job._job_name}"
+            )
+        except Exception as err:  # out of reach: its run is ended KILLED all the same
+            print(
+                f"warning: Kubernetes Job {self.job._job_name} not deleted: {first_line(err)}",
+                file=sys.stderr,
+            )
+
+
+def kubernetes_project(step: str, config: dict[str, Any]) -> Project:
+    """The step's MLflow project as the kubernetes backend takes it: the step image as its
+    docker_env, and a name Kubernetes accepts for the Job and its container (no `_`)."""
+    project = load_project(str(step_dir(step)))
+    project.docker_env = {"image": config[STEP_IMAGE]}
+    project.name = re.sub(r"[^a-z0-9-]+", "-", step.lower()).strip("-")
+    validate_docker_env(project)
+    return project
+
+
+def job_environment(run_id: str, experiment_id: str) -> dict[str, str]:
+    """The environment of a step's container: MLflow's for its run, and the pipeline's for its steps."""
+    return get_run_env_vars(run_id, experiment_id) | {n: os.environ[n] for n in JOB_ENV if n in os.environ}
+
+
+def start_job(step: str, params: dict[str, str], experiment_id: str, config: dict[str, Any]) -> LaunchedJob:
+    """Start src/<step>'s entry point as a Kubernetes Job, its run nested under the active run:
+    MLflow builds the step's folder into an image FROM the config's step image, pushes it to its
+    repository-uri and submits a Job made from its template. Docker is checked before the run
+    opens, so a machine without it is left no run."""
+    work_dir = str(step_dir(step))
+    try:
+        fetch_and_validate_project(work_dir, None, ENTRY_POINT, params)
+        project = kubernetes_project(step, config)
+        validate_docker_installation()
+    except MlflowException as err:
+        raise StepError(f"cannot launch {step} on Kubernetes: {first_line(err.message)}") from None
+    run = get_or_create_run(None, work_dir, experiment_id, work_dir, None, ENTRY_POINT, params)
+    run_id = run.info.run_id
+    client = mlflow.MlflowClient()
+    for name, value in {RUN_NAME_TAG: step, BACKEND_TAG: "kubernetes", MLFLOW_PROJECT_ENV: "docker"}.items():
+        client.set_tag(run_id, name, value)
+    try:
+        image = build_docker_image(work_dir, config["repository-uri"], config[STEP_IMAGE], run_id, True, None)
+        digest = push_image_to_registry(image.tags[0])
+        client.set_tag(run_id, MLFLOW_DOCKER_IMAGE_ID, digest)
+        job = run_kubernetes_job(
+            project.name,
+            run,
+            image.tags[0],
+            digest,
+            get_entry_point_command(project, ENTRY_POINT, params, None),
+            job_environment(run_id, experiment_id),
+            config.get("kube-context"),
+            copy.deepcopy(config["kube-job-template"]),  # MLflow fills it in: a fresh one per step
+        )
+    except Exception as err:  # Docker's or Kubernetes' (build, push, submission): the run must not stay open
+        why = first_line(getattr(err, "message", None) or err)
+        end_run_if_running(run_id, RunStatus.FAILED, f"could not be started on Kubernetes: {why}")
+        raise StepError(f"cannot launch {step} on Kubernetes: {why}") from None
+    print(f"  submitted as a Kubernetes Job (MLflow run {run_id})", flush=True)
+    return LaunchedJob(run_id, job)
