@@ -5,6 +5,7 @@ kubernetes backend (README, Steps on Kubernetes). MLflow loads only for `kuberne
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +33,14 @@ class Backend:
 
 def resolve_backend(name: str, config_path: str) -> Backend:
     """`main.backend` and `main.backend_config` (a JSON or YAML file, relative to the repo root),
-    checked as MLflow's backend will use them, and what it needs here: Docker, which builds each
-    step's image, and a tracking store the pods can reach. A StepError names what is wrong."""
+    checked as MLflow's backend will use them, with a tracking store the pods can reach. A
+    StepError names what is wrong."""
     if name not in BACKENDS:
         raise StepError(f"main.backend={shorten(name)!r}: use one of {', '.join(BACKENDS)}")
     if name == "local":
         return Backend()
     config = kubernetes_config(config_path)
     check_store_reachable()
-    check_docker()
     return Backend(name, config)
 
 
@@ -85,18 +85,25 @@ def parse_kubernetes_config(setting: str, settings: dict[str, Any]) -> dict[str,
 
 
 def check_job_template(config: dict[str, Any]) -> None:
-    """The job template holds what MLflow fills in and submits to: its namespace and a container."""
-    job = config["kube-job-template"]
+    """The job template is a Kubernetes Job, as the Kubernetes client reads one, with what MLflow
+    fills in and submits to: a container and a namespace."""
+    from kubernetes.client import ApiClient
+
+    where = f"{shorten(config[JOB_TEMPLATE])}: not a Kubernetes Job template"
     try:
-        fillable = job["metadata"]["namespace"] and isinstance(
-            job["spec"]["template"]["spec"]["containers"][0], dict
-        )
-    except (KeyError, IndexError, TypeError):
-        fillable = False
-    if not fillable:
+        job = ApiClient().deserialize(json.dumps(config["kube-job-template"], default=str), "V1Job", None)
+    except ValueError as err:  # the client's models are pydantic's: a ValidationError
+        problem = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": first_line(err)}
+        at = ".".join(str(part) for part in (getattr(err, "title", ""), *problem["loc"]) if part != "")
+        raise StepError(f"{where}: {at}: {problem['msg']}") from None
+    if (
+        job.kind != "Job"
+        or not (job.metadata and job.metadata.namespace)
+        or not (job.spec and job.spec.template.spec)
+    ):
         raise StepError(
-            f"{shorten(config[JOB_TEMPLATE])}: not a Job template MLflow can fill: it needs "
-            "metadata.namespace and spec.template.spec.containers (deploy/kubernetes/job-template.yaml)"
+            f"{where} MLflow can fill: it needs kind: Job, metadata.namespace and "
+            "spec.template.spec.containers (deploy/kubernetes/job-template.yaml)"
         )
 
 
@@ -113,8 +120,11 @@ def check_store_reachable() -> None:
         )
 
 
-def check_docker() -> None:
-    """MLflow builds and pushes each step's image with Docker, from this machine."""
+def check_machine(backend: Backend) -> None:
+    """What the backend needs on this machine: for kubernetes, Docker, with which MLflow builds and
+    pushes each step's image."""
+    if backend.name != "kubernetes":
+        return
     from mlflow.exceptions import MlflowException
     from mlflow.projects.docker import validate_docker_installation
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sheldon.backends import Backend, resolve_backend
+from sheldon.backends import Backend, check_machine, resolve_backend
 from sheldon.errors import StepError, shorten
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
@@ -145,6 +145,7 @@ def run_pipeline(config: DictConfig, steps: Steps, trial: Trial | None = None) -
     """Run the steps config.yaml selects, in order, under one pipeline run."""
     plan = make_plan(config, steps)
     set_up_environment(config, trial)
+    check_machine(plan.backend)
     with started_ahead(trial) as prestarted:  # interpreters a stop or an error leaves unused end
         if plan.selected[0] in plan.forced:  # it will run: interpreters start while the engine loads
             prepare(plan.selected[:PREPARE_AHEAD], plan.env_manager, prestarted, plan.backend)
