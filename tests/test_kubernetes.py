@@ -148,7 +148,7 @@ def without(key: str) -> dict:
         ("slurm", GOOD, "main.backend='slurm': use one of local, kubernetes"),
         ("kubernetes", None, "main.backend=kubernetes needs main.backend_config"),
         ("kubernetes", "missing.json", "main.backend_config=missing.json: no such file"),
-        ("kubernetes", "{not json: [", "cannot be read as JSON or YAML"),
+        ("kubernetes", "{not json: [", "not JSON or YAML: line 1, column 1"),
         ("kubernetes", "[1, 2]", "expected a mapping of settings, found list"),
         ("kubernetes", without("repository-uri"), "Could not find 'repository-uri' in backend_config."),
         (
@@ -190,7 +190,7 @@ def test_a_bad_backend_setting_is_one_line(tmp_path, pods_store, backend, settin
 @pytest.mark.parametrize(
     "template, complaint",
     [
-        ("kind: Job\nmetadata: {namespace: default}\nspec: [", "cannot be read"),
+        ("kind: Job\nmetadata: {namespace: default}\nspec: [", "is not YAML: line 3, column 8"),
         (
             "kind: Job\nmetadata: {name: x}\nspec: {template: {spec: {containers: [{name: x}]}}}",
             "it needs kind: Job, metadata.namespace",

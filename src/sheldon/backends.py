@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from sheldon.errors import StepError, first_line, shorten
+from sheldon.errors import StepError, first_line, shorten, yaml_problem
 from sheldon.paths import absolute_tracking_uri, repo_path
 
 BACKENDS = ("local", "kubernetes")
@@ -57,8 +57,10 @@ def kubernetes_config(config_path: str) -> dict[str, Any]:
         settings = yaml.safe_load(repo_path(config_path).read_text())  # JSON is YAML too
     except FileNotFoundError:
         raise StepError(f"{setting}: no such file ({shorten(repo_path(config_path))})") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise StepError(f"{setting}: cannot be read as JSON or YAML: {first_line(err)}") from None
+    except yaml.YAMLError as err:
+        raise StepError(f"{setting}: not JSON or YAML: {yaml_problem(err)}") from None
+    except OSError as err:
+        raise StepError(f"{setting}: cannot be read: {first_line(err)}") from None
     if not isinstance(settings, dict):
         raise StepError(f"{setting}: expected a mapping of settings, found {type(settings).__name__}")
     if settings.get(JOB_TEMPLATE):
@@ -79,7 +81,10 @@ def parse_kubernetes_config(setting: str, settings: dict[str, Any]) -> dict[str,
         return _parse_kubernetes_config(settings)
     except MlflowException as err:
         raise StepError(f"{setting}: {first_line(err.message)}") from None
-    except (OSError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:
+        template = shorten(settings[JOB_TEMPLATE])
+        raise StepError(f"{setting}: its job template {template} is not YAML: {yaml_problem(err)}") from None
+    except OSError as err:
         template = shorten(settings[JOB_TEMPLATE])
         raise StepError(f"{setting}: its job template {template} cannot be read: {first_line(err)}") from None
 
