@@ -5,7 +5,9 @@ kubernetes backend (README, Steps on Kubernetes). MLflow loads only for `kuberne
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,22 +92,28 @@ def parse_kubernetes_config(setting: str, settings: dict[str, Any]) -> dict[str,
 
 
 def check_job_template(config: dict[str, Any]) -> None:
-    """The job template is a Kubernetes Job, as the Kubernetes client reads one, with what MLflow
-    fills in and submits to: a container and a namespace."""
+    """The Job that MLflow makes of the template (its name, image, command and environment filled
+    in) is one, as the Kubernetes client reads a Job, in a namespace."""
     from kubernetes.client import ApiClient
+    from mlflow.projects.kubernetes import _get_kubernetes_job_definition
 
     where = f"{shorten(config[JOB_TEMPLATE])}: not a Kubernetes Job template"
+    mlflow_log = logging.getLogger("mlflow.projects.kubernetes")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.WARNING)  # not its "=== Creating Job ===": none is created
     try:
-        job = ApiClient().deserialize(json.dumps(config["kube-job-template"], default=str), "V1Job", None)
+        template = copy.deepcopy(config["kube-job-template"])
+        filled = _get_kubernetes_job_definition("step", "image", "sha256:0", ["python"], {}, template)
+        job = ApiClient().deserialize(json.dumps(filled, default=str), "V1Job", None)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        job = None
     except ValueError as err:  # the client's models are pydantic's: a ValidationError
         problem = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": first_line(err)}
         at = ".".join(str(part) for part in (getattr(err, "title", ""), *problem["loc"]) if part != "")
         raise StepError(f"{where}: {at}: {problem['msg']}") from None
-    if (
-        job.kind != "Job"
-        or not (job.metadata and job.metadata.namespace)
-        or not (job.spec and job.spec.template.spec)
-    ):
+    finally:
+        mlflow_log.setLevel(level)
+    if job is None or job.kind != "Job" or not (job.metadata and job.metadata.namespace):
         raise StepError(
             f"{where} MLflow can fill: it needs kind: Job, metadata.namespace and "
             "spec.template.spec.containers (deploy/kubernetes/job-template.yaml)"
