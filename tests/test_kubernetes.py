@@ -260,3 +260,9 @@ def test_the_example_config_goes_as_far_as_docker(project):
     assert len(said(result.stderr)) == 1, result.stderr
     assert re.match(r"error: main.backend=kubernetes: .*[Dd]ocker", result.stderr)
     assert len(project.runs()) == before
+
+
+def test_a_template_may_leave_out_what_mlflow_fills_in(tmp_path, pods_store):
+    template = "kind: Job\nmetadata: {namespace: ml}\nspec: {template: {spec: {containers: [{}]}}}"
+    settings = GOOD | {"kube-job-template-path": write(tmp_path / "job.yaml", template)}
+    assert resolve_backend("kubernetes", write(tmp_path / "backend.json", settings)).name == "kubernetes"
