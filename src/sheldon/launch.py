@@ -41,7 +41,7 @@ LOCAL = Backend()
 
 class Launched:
     """A step's MLflow run and the process running its entry point: a child of this process, or
-    an interpreter forked for it by sheldon/prestart.py's template."""
+    an interpreter forked for it by sheldon/prestart.py's template (a Kubernetes Job: sheldon/jobs.py)."""
 
     def __init__(self, run_id: str, process: subprocess.Popen | Forked) -> None:
         self.run_id = run_id
