@@ -18,14 +18,13 @@ import tomllib
 import yaml
 from conftest import REPO, said
 from kubernetes.client import ApiClient
-from mlflow.projects.kubernetes import _get_kubernetes_job_definition, _get_run_command
-from mlflow.projects.utils import get_entry_point_command
 from omegaconf import OmegaConf
 from test_one_step_e2e import default_experiment_is_empty
 
+from sheldon.artifacts import inputs_folder
 from sheldon.backends import Backend, kubernetes_config, resolve_backend
 from sheldon.errors import StepError
-from sheldon.jobs import job_environment, kubernetes_project
+from sheldon.jobs import job_definition, kubernetes_project
 from sheldon.launch import start
 from sheldon.pipeline import make_plan
 from sheldon.prestart import Prestarted
@@ -36,6 +35,7 @@ import main  # noqa: E402
 DEPLOY = REPO / "deploy" / "kubernetes"
 EXAMPLE = "deploy/kubernetes/backend-config.json"
 SERVER = "http://mlflow.example:5000"  # the store a cluster's pods log to; never contacted here
+IMAGE, DIGEST = "registry.example.com/sheldon/steps:abc1234", "sha256:" + "0" * 64  # what MLflow pushed
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # what Kubernetes takes as a name
 
 
@@ -80,26 +80,40 @@ def test_the_example_config_is_what_mlflows_kubernetes_backend_takes():
     assert {"kube-context", "repository-uri", "step-image"} <= config.keys()
 
 
-@pytest.mark.parametrize("step", main._steps)
-def test_each_steps_job_renders_into_a_job_kubernetes_accepts(config, step, monkeypatch, pods_store):
+@pytest.fixture
+def rendered(config, monkeypatch, pods_store):
+    """Each step's Job as a launch makes it, MLflow filling in the real template."""
     monkeypatch.setenv("WANDB_PROJECT", "sheldon")
-    backend = kubernetes_config(EXAMPLE)
-    project = kubernetes_project(step, backend)
-    command = _get_run_command(get_entry_point_command(project, "main", step_params(config, step), None))
-    template = copy.deepcopy(backend["kube-job-template"])
-    image, digest = "registry.example.com/sheldon/steps:abc1234", "sha256:" + "0" * 64
-    job = _get_kubernetes_job_definition(
-        project.name, image, digest, command, job_environment("1" * 32, "7"), template
-    )
+    backend, run_id = kubernetes_config(EXAMPLE), "1" * 32
+
+    def render(step: str) -> dict:
+        project = kubernetes_project(step, backend)
+        template = backend["kube-job-template"]
+        return job_definition(project, step_params(config, step), IMAGE, DIGEST, run_id, "7", template)
+
+    yield render
+    shutil.rmtree(inputs_folder(run_id), ignore_errors=True)  # MLflow's folder for `path` parameters
+    assert backend["kube-job-template"]["spec"]["template"]["spec"]["containers"][0]["env"] == []  # a copy
+
+
+@pytest.mark.parametrize("step", main._steps)
+def test_each_steps_job_is_one_kubernetes_accepts(rendered, step):
+    job = rendered(step)
     ApiClient().deserialize(json.dumps(job), "V1Job", None)  # raises on anything that is not a Job
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert DNS_LABEL.fullmatch(container["name"]) and DNS_LABEL.fullmatch(job["metadata"]["name"])
-    assert container["image"] == f"{image}@{digest}"
+    assert container["image"] == f"{IMAGE}@{DIGEST}"
     assert container["command"][:2] == ["python", "run.py"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == SERVER and env["MLFLOW_RUN_ID"] == "1" * 32
     assert env["MLFLOW_EXPERIMENT_ID"] == "7" and env["WANDB_PROJECT"] == "sheldon"
-    assert backend["kube-job-template"]["spec"]["template"]["spec"]["containers"][0]["env"] == []
+
+
+def test_a_json_parameter_reaches_the_script_as_it_is(rendered, config):
+    """A container's command is run without a shell: each argument must be the value itself."""
+    command = rendered("train_model")["spec"]["template"]["spec"]["containers"][0]["command"]
+    model = json.loads(command[command.index("--model") + 1])
+    assert model["_target_"] == config.train_model.model._target_
 
 
 def test_the_backend_of_config_yaml_is_the_plans(config, pods_store):

@@ -1,13 +1,17 @@
 """A step as a Kubernetes Job (main.backend=kubernetes), launched as MLflow's kubernetes backend
 launches a project (`mlflow run --backend kubernetes --build-image`), waited for and stopped through
 MLflow's KubernetesSubmittedRun. The steps' MLprojects name conda.yml, for local and conda runs;
-on Kubernetes, the backend config's step image stands as their docker_env (sheldon/backends.py)."""
+on Kubernetes, the backend config's step image stands as their docker_env (sheldon/backends.py).
+One difference: the Job's command is the step's argv. MLflow's run_kubernetes_job shell-quotes each
+argument, and no shell reads a container's command, so a JSON parameter (train_model's model spec)
+would reach the script wrapped in quotes."""
 
 from __future__ import annotations
 
 import copy
 import os
 import re
+import shlex
 import sys
 from typing import Any
 
@@ -17,7 +21,12 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.projects._project_spec import Project
 from mlflow.projects.docker import build_docker_image, validate_docker_env, validate_docker_installation
-from mlflow.projects.kubernetes import KubernetesSubmittedRun, push_image_to_registry, run_kubernetes_job
+from mlflow.projects.kubernetes import (
+    KubernetesSubmittedRun,
+    _get_kubernetes_job_definition,
+    _load_kube_context,
+    push_image_to_registry,
+)
 from mlflow.projects.utils import (
     fetch_and_validate_project,
     get_entry_point_command,
@@ -27,6 +36,7 @@ from mlflow.projects.utils import (
 )
 from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_ENV
 
+from sheldon.artifacts import inputs_folder
 from sheldon.backends import STEP_IMAGE
 from sheldon.errors import StepError, first_line
 from sheldon.launch import ENTRY_POINT, Launched, end_run_if_running
@@ -43,9 +53,10 @@ JOB_ENV = (PIPELINE_ENV, TRIAL_ENV, "WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_M
 class LaunchedJob(Launched):
     """A step's MLflow run and the Kubernetes Job running its entry point."""
 
-    def __init__(self, run_id: str, job: KubernetesSubmittedRun) -> None:
+    def __init__(self, run_id: str, job: KubernetesSubmittedRun, name: str, namespace: str) -> None:
         self.run_id = run_id
         self.job = job
+        self.name, self.namespace = name, namespace
 
     def succeeded(self) -> bool:
         try:
@@ -53,7 +64,7 @@ class LaunchedJob(Launched):
         except Exception as err:  # the cluster went out of reach (a stop signal is no Exception)
             why = first_line(err)
             end_run_if_running(self.run_id, RunStatus.FAILED, f"its Kubernetes Job went out of reach: {why}")
-            raise StepError(f"lost track of Kubernetes Job {self.job._job_name}: {why}") from None
+            raise StepError(f"lost track of Kubernetes Job {self.name}: {why}") from None
 
     def stop(self) -> None:
         """Delete the Job and its pods: MLflow's cancel deletes the Job alone, whose running pods
@@ -61,13 +72,10 @@ class LaunchedJob(Launched):
         try:
             self.job.cancel()
             kubernetes.client.CoreV1Api().delete_collection_namespaced_pod(
-                self.job._job_namespace, label_selector=f"job-name={self.job._job_name}"
+                self.namespace, label_selector=f"job-name={self.name}"
             )
         except Exception as err:  # out of reach: its run is ended KILLED all the same
-            print(
-                f"warning: Kubernetes Job {self.job._job_name} not deleted: {first_line(err)}",
-                file=sys.stderr,
-            )
+            print(f"warning: Kubernetes Job {self.name} not deleted: {first_line(err)}", file=sys.stderr)
 
 
 def kubernetes_project(step: str, config: dict[str, Any]) -> Project:
@@ -75,21 +83,33 @@ def kubernetes_project(step: str, config: dict[str, Any]) -> Project:
     docker_env, and a name Kubernetes accepts for the Job and its container (no `_`)."""
     project = load_project(str(step_dir(step)))
     project.docker_env = {"image": config[STEP_IMAGE]}
-    project.name = re.sub(r"[^a-z0-9-]+", "-", step.lower()).strip("-")
+    project.name = re.sub(r"[^a-z0-9]+", "-", step.lower()).strip("-")
     validate_docker_env(project)
     return project
 
 
-def job_environment(run_id: str, experiment_id: str) -> dict[str, str]:
-    """The environment of a step's container: MLflow's for its run, and the pipeline's for its steps."""
-    return get_run_env_vars(run_id, experiment_id) | {n: os.environ[n] for n in JOB_ENV if n in os.environ}
+def job_definition(
+    project: Project,
+    params: dict[str, str],
+    image: str,
+    digest: str,
+    run_id: str,
+    experiment_id: str,
+    template: dict,
+) -> dict[str, Any]:
+    """The Job of a step's run, as MLflow makes it from the template: the step's image (by digest),
+    its argv, MLflow's environment for the run and the pipeline's for its steps."""
+    commands = get_entry_point_command(project, ENTRY_POINT, params, str(inputs_folder(run_id)))
+    argv = [arg for command in commands for arg in shlex.split(command)]
+    env = get_run_env_vars(run_id, experiment_id) | {n: os.environ[n] for n in JOB_ENV if n in os.environ}
+    return _get_kubernetes_job_definition(project.name, image, digest, argv, env, copy.deepcopy(template))
 
 
 def start_job(step: str, params: dict[str, str], experiment_id: str, config: dict[str, Any]) -> LaunchedJob:
     """Start src/<step>'s entry point as a Kubernetes Job, its run nested under the active run:
-    MLflow builds the step's folder into an image FROM the config's step image, pushes it to its
-    repository-uri and submits a Job made from its template. Docker is checked before the run
-    opens, so a machine without it is left no run."""
+    MLflow builds the step's folder into an image FROM the config's step image and pushes it to its
+    repository-uri; the Job made from its template is submitted in the config's kube-context.
+    Docker is checked before the run opens, so a machine without it is left no run."""
     work_dir = str(step_dir(step))
     try:
         fetch_and_validate_project(work_dir, None, ENTRY_POINT, params)
@@ -106,19 +126,15 @@ def start_job(step: str, params: dict[str, str], experiment_id: str, config: dic
         image = build_docker_image(work_dir, config["repository-uri"], config[STEP_IMAGE], run_id, True, None)
         digest = push_image_to_registry(image.tags[0])
         client.set_tag(run_id, MLFLOW_DOCKER_IMAGE_ID, digest)
-        job = run_kubernetes_job(
-            project.name,
-            run,
-            image.tags[0],
-            digest,
-            get_entry_point_command(project, ENTRY_POINT, params, None),
-            job_environment(run_id, experiment_id),
-            config.get("kube-context"),
-            copy.deepcopy(config["kube-job-template"]),  # MLflow fills it in: a fresh one per step
+        job = job_definition(
+            project, params, image.tags[0], digest, run_id, experiment_id, config["kube-job-template"]
         )
+        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        _load_kube_context(context=config.get("kube-context"))
+        kubernetes.client.BatchV1Api().create_namespaced_job(namespace=namespace, body=job)
     except Exception as err:  # Docker's or Kubernetes' (build, push, submission): the run must not stay open
         why = first_line(getattr(err, "message", None) or err)
         end_run_if_running(run_id, RunStatus.FAILED, f"could not be started on Kubernetes: {why}")
         raise StepError(f"cannot launch {step} on Kubernetes: {why}") from None
-    print(f"  submitted as a Kubernetes Job (MLflow run {run_id})", flush=True)
-    return LaunchedJob(run_id, job)
+    print(f"  Kubernetes Job {name} in namespace {namespace} (MLflow run {run_id})", flush=True)
+    return LaunchedJob(run_id, KubernetesSubmittedRun(run_id, name, namespace), name, namespace)
