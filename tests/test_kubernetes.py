@@ -11,20 +11,23 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import kubernetes
 import mlflow
 import pytest
 import tomllib
 import yaml
 from conftest import REPO, said
 from kubernetes.client import ApiClient
+from mlflow.projects.kubernetes import KubernetesSubmittedRun
 from omegaconf import OmegaConf
 from test_one_step_e2e import default_experiment_is_empty
 
 from sheldon.artifacts import inputs_folder
 from sheldon.backends import Backend, kubernetes_config, resolve_backend
 from sheldon.errors import StepError
-from sheldon.jobs import job_definition, kubernetes_project
+from sheldon.jobs import LaunchedJob, job_definition, kubernetes_project
 from sheldon.launch import start
 from sheldon.pipeline import make_plan
 from sheldon.prestart import Prestarted
@@ -99,7 +102,8 @@ def rendered(config, monkeypatch, pods_store):
 @pytest.mark.parametrize("step", main._steps)
 def test_each_steps_job_is_one_kubernetes_accepts(rendered, step):
     job = rendered(step)
-    ApiClient().deserialize(json.dumps(job), "V1Job", None)  # raises on anything that is not a Job
+    read = ApiClient().deserialize(SimpleNamespace(data=json.dumps(job)), "V1Job")  # raises if not a Job
+    assert read.spec.template.spec.containers[0].env[0].name == "MLFLOW_RUN_ID"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert DNS_LABEL.fullmatch(container["name"]) and DNS_LABEL.fullmatch(job["metadata"]["name"])
     assert container["image"] == f"{IMAGE}@{DIGEST}"
@@ -211,7 +215,7 @@ def test_a_bad_backend_setting_is_one_line(tmp_path, pods_store, backend, settin
         ),
         (
             "kind: Job\nmetadata: {namespace: default}\nspec: {template: {spec: {containers: [{env: [x]}]}}}",
-            "not a Kubernetes Job template: V1EnvVar: Input should be a valid dictionary",
+            "not a Kubernetes Job template: Invalid value for `name`, must not be `None`",
         ),
     ],
     ids=["not-yaml", "no-namespace", "env-not-a-list-of-variables"],
@@ -280,3 +284,35 @@ def test_a_template_may_leave_out_what_mlflow_fills_in(tmp_path, pods_store):
     template = "kind: Job\nmetadata: {namespace: ml}\nspec: {template: {spec: {containers: [{}]}}}"
     settings = GOOD | {"kube-job-template-path": write(tmp_path / "job.yaml", template)}
     assert resolve_backend("kubernetes", write(tmp_path / "backend.json", settings)).name == "kubernetes"
+
+
+@pytest.fixture
+def cluster_gone(project):
+    """A Kubernetes API where nothing listens, and a step run of a Job of it in a real store."""
+    previous = kubernetes.client.Configuration.get_default_copy()
+    gone = kubernetes.client.Configuration(host="http://127.0.0.1:1")
+    kubernetes.client.Configuration.set_default(gone)
+    mlflow.set_tracking_uri(project.tracking_uri)
+    experiment_id = mlflow.set_experiment("kubernetes-faults").experiment_id
+    run_id = mlflow.MlflowClient().create_run(experiment_id).info.run_id
+    try:
+        job = KubernetesSubmittedRun(run_id, "train-model-1", "default")
+        yield LaunchedJob(run_id, job, "train-model-1", "default")
+    finally:
+        kubernetes.client.Configuration.set_default(previous)
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_cluster_gone_while_a_step_runs_fails_its_run_with_one_line(cluster_gone, project):
+    with pytest.raises(StepError, match=r"^lost track of Kubernetes Job train-model-1: .*") as stopped:
+        cluster_gone.wait({"sheldon.step": "train_model"})
+    assert "\n" not in str(stopped.value)
+    run = project.client().get_run(cluster_gone.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["sheldon.step"] == "train_model"
+    assert run.data.tags["sheldon.stopped"].startswith("its Kubernetes Job went out of reach")
+
+
+def test_stopping_a_job_out_of_reach_warns_and_goes_on(cluster_gone, capsys):
+    cluster_gone.stop()
+    [warning] = said(capsys.readouterr().err)  # and MLflow's own INFO line, "Cancelling job."
+    assert warning.startswith("warning: Kubernetes Job train-model-1 not deleted: ") and "refused" in warning

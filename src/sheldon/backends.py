@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -104,13 +105,12 @@ def check_job_template(config: dict[str, Any]) -> None:
     try:
         template = copy.deepcopy(config["kube-job-template"])
         filled = _get_kubernetes_job_definition("step", "image", "sha256:0", ["python"], {}, template)
-        job = ApiClient().deserialize(json.dumps(filled, default=str), "V1Job", None)
+        # Read as the client reads a Job the cluster sends: its models check their required fields.
+        job = ApiClient().deserialize(SimpleNamespace(data=json.dumps(filled, default=str)), "V1Job")
     except (KeyError, IndexError, TypeError, AttributeError):
         job = None
-    except ValueError as err:  # the client's models are pydantic's: a ValidationError
-        problem = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": first_line(err)}
-        at = ".".join(str(part) for part in (getattr(err, "title", ""), *problem["loc"]) if part != "")
-        raise StepError(f"{where}: {at}: {problem['msg']}") from None
+    except ValueError as err:
+        raise StepError(f"{where}: {first_line(err)}") from None
     finally:
         mlflow_log.setLevel(level)
     if job is None or job.kind != "Job" or not (job.metadata and job.metadata.namespace):

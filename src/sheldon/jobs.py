@@ -38,7 +38,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_ENV
 
 from sheldon.artifacts import inputs_folder
 from sheldon.backends import STEP_IMAGE
-from sheldon.errors import StepError, first_line
+from sheldon.errors import StepError, first_line, shorten
 from sheldon.launch import ENTRY_POINT, Launched, end_run_if_running
 from sheldon.paths import step_dir
 from sheldon.processes import PIPELINE_ENV
@@ -62,7 +62,7 @@ class LaunchedJob(Launched):
         try:
             return self.job.wait()  # MLflow polls the Job's status every 5 s
         except Exception as err:  # the cluster went out of reach (a stop signal is no Exception)
-            why = first_line(err)
+            why = shorten(first_line(err))
             end_run_if_running(self.run_id, RunStatus.FAILED, f"its Kubernetes Job went out of reach: {why}")
             raise StepError(f"lost track of Kubernetes Job {self.name}: {why}") from None
 
@@ -75,7 +75,8 @@ class LaunchedJob(Launched):
                 self.namespace, label_selector=f"job-name={self.name}"
             )
         except Exception as err:  # out of reach: its run is ended KILLED all the same
-            print(f"warning: Kubernetes Job {self.name} not deleted: {first_line(err)}", file=sys.stderr)
+            why = shorten(first_line(err))
+            print(f"warning: Kubernetes Job {self.name} not deleted: {why}", file=sys.stderr)
 
 
 def kubernetes_project(step: str, config: dict[str, Any]) -> Project:
@@ -133,7 +134,7 @@ def start_job(step: str, params: dict[str, str], experiment_id: str, config: dic
         _load_kube_context(context=config.get("kube-context"))
         kubernetes.client.BatchV1Api().create_namespaced_job(namespace=namespace, body=job)
     except Exception as err:  # Docker's or Kubernetes' (build, push, submission): the run must not stay open
-        why = first_line(getattr(err, "message", None) or err)
+        why = shorten(first_line(getattr(err, "message", None) or err))
         end_run_if_running(run_id, RunStatus.FAILED, f"could not be started on Kubernetes: {why}")
         raise StepError(f"cannot launch {step} on Kubernetes: {why}") from None
     print(f"  Kubernetes Job {name} in namespace {namespace} (MLflow run {run_id})", flush=True)
