@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -316,3 +317,50 @@ def test_stopping_a_job_out_of_reach_warns_and_goes_on(cluster_gone, capsys):
     cluster_gone.stop()
     [warning] = said(capsys.readouterr().err)  # and MLflow's own INFO line, "Cancelling job."
     assert warning.startswith("warning: Kubernetes Job train-model-1 not deleted: ") and "refused" in warning
+
+
+@pytest.fixture
+def kubeconfig(tmp_path) -> dict[str, str]:
+    """The environment of a process whose kubeconfig's context docker-desktop names a cluster where
+    nothing listens (the client reads KUBECONFIG once, when it is imported: hence a process)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "gone", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "users": [{"name": "me", "user": {"token": "t"}}],
+        "contexts": [{"name": "docker-desktop", "context": {"cluster": "gone", "user": "me"}}],
+        "current-context": "docker-desktop",
+    }
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    return env | {"KUBECONFIG": write(tmp_path / "kubeconfig", yaml.safe_dump(config))}
+
+
+def python(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+
+
+def test_a_job_is_submitted_to_the_kube_context_of_the_config(rendered, kubeconfig, tmp_path):
+    job = write(tmp_path / "job.json", rendered("preprocess"))
+    submit = (
+        "import json, sys; from sheldon.jobs import submit; submit(json.load(open(sys.argv[1])), sys.argv[2])"
+    )
+    result = python(submit, kubeconfig, job, kubernetes_config(EXAMPLE)["kube-context"])
+    # The client took the Job, and sent it to the context's cluster, which is gone.
+    assert "MaxRetryError" in result.stderr, result.stderr
+    assert re.search(r"127\.0\.0\.1.*/apis/batch/v1/namespaces/default/jobs", result.stderr)
+
+
+@pytest.mark.parametrize(
+    "context, kubeconfig_file, complaint",
+    [
+        ("docker-desktop", True, ""),
+        ("prod", True, "kube-context 'prod' is not in the kubeconfig (its contexts: docker-desktop)"),
+        ("docker-desktop", False, "kube-context 'docker-desktop', but no kubeconfig: Invalid kube-config"),
+    ],
+    ids=["in-it", "not-in-it", "no-kubeconfig"],
+)
+def test_the_kube_context_is_checked(kubeconfig, tmp_path, context, kubeconfig_file, complaint):
+    env = kubeconfig if kubeconfig_file else kubeconfig | {"KUBECONFIG": str(tmp_path / "none")}
+    check = "import sys; from sheldon.backends import check_kube_context; check_kube_context(sys.argv[1])"
+    result = python(f"{check}; print('fine')", env, context)
+    assert complaint in result.stderr if complaint else result.stdout == "fine\n", result.stderr

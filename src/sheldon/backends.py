@@ -135,9 +135,32 @@ def check_store_reachable() -> None:
 
 def check_machine(backend: Backend) -> None:
     """What the backend needs on this machine: for kubernetes, Docker, with which MLflow builds and
-    pushes each step's image."""
+    pushes each step's image, and the kube-context it names."""
     if backend.name != "kubernetes":
         return
+    check_docker()
+    check_kube_context(backend.config.get("kube-context"))
+
+
+def check_kube_context(context: str | None) -> None:
+    """A kube-context named is one of the kubeconfig's (KUBECONFIG, or ~/.kube/config). MLflow falls
+    back to the in-cluster config when it is not, which only a pipeline inside a pod has; left out,
+    MLflow takes the current context, or the in-cluster config."""
+    from kubernetes.config import ConfigException, list_kube_config_contexts
+
+    if not context or os.environ.get("KUBERNETES_SERVICE_HOST"):  # in a pod: the in-cluster config
+        return
+    where = f"main.backend=kubernetes: kube-context {context!r}"
+    try:
+        names = [c["name"] for c in list_kube_config_contexts()[0]]
+    except ConfigException as err:
+        raise StepError(f"{where}, but no kubeconfig: {first_line(err)}") from None
+    if context not in names:
+        raise StepError(f"{where} is not in the kubeconfig (its contexts: {', '.join(names) or 'none'})")
+
+
+def check_docker() -> None:
+    """Docker runs here (`docker info`), as MLflow checks it."""
     from mlflow.exceptions import MlflowException
     from mlflow.projects.docker import validate_docker_installation
 

@@ -106,6 +106,14 @@ def job_definition(
     return _get_kubernetes_job_definition(project.name, image, digest, argv, env, copy.deepcopy(template))
 
 
+def submit(job: dict[str, Any], kube_context: str | None) -> tuple[str, str]:
+    """Create the Job in the cluster of the kube context, as MLflow does; its name and namespace."""
+    _load_kube_context(context=kube_context)
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    kubernetes.client.BatchV1Api().create_namespaced_job(namespace=namespace, body=job)
+    return name, namespace
+
+
 def start_job(step: str, params: dict[str, str], experiment_id: str, config: dict[str, Any]) -> LaunchedJob:
     """Start src/<step>'s entry point as a Kubernetes Job, its run nested under the active run:
     MLflow builds the step's folder into an image FROM the config's step image and pushes it to its
@@ -130,9 +138,7 @@ def start_job(step: str, params: dict[str, str], experiment_id: str, config: dic
         job = job_definition(
             project, params, image.tags[0], digest, run_id, experiment_id, config["kube-job-template"]
         )
-        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-        _load_kube_context(context=config.get("kube-context"))
-        kubernetes.client.BatchV1Api().create_namespaced_job(namespace=namespace, body=job)
+        name, namespace = submit(job, config.get("kube-context"))
     except Exception as err:  # Docker's or Kubernetes' (build, push, submission): the run must not stay open
         why = shorten(first_line(getattr(err, "message", None) or err))
         end_run_if_running(run_id, RunStatus.FAILED, f"could not be started on Kubernetes: {why}")
