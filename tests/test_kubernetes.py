@@ -30,7 +30,8 @@ from sheldon.backends import Backend, kubernetes_config, resolve_backend
 from sheldon.errors import StepError
 from sheldon.jobs import LaunchedJob, job_definition, kubernetes_project
 from sheldon.launch import start
-from sheldon.pipeline import make_plan
+from sheldon.paths import step_dir
+from sheldon.pipeline import PREPARE_AHEAD, make_plan, prepare
 from sheldon.prestart import Prestarted
 
 sys.path.insert(0, str(REPO))
@@ -364,3 +365,10 @@ def test_the_kube_context_is_checked(kubeconfig, tmp_path, context, kubeconfig_f
     check = "import sys; from sheldon.backends import check_kube_context; check_kube_context(sys.argv[1])"
     result = python(f"{check}; print('fine')", env, context)
     assert complaint in result.stderr if complaint else result.stdout == "fine\n", result.stderr
+
+
+def test_no_interpreter_starts_ahead_for_a_step_that_runs_in_a_pod(pods_store):
+    backend = Backend("kubernetes", kubernetes_config(EXAMPLE))
+    with Prestarted() as prestarted:
+        prepare(main._steps[:PREPARE_AHEAD], "local", prestarted, backend)
+        assert all(prestarted.run(step_dir(step), "python run.py", {}) is None for step in main._steps)
