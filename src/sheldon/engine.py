@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sheldon.artifacts import digest_path
+from sheldon.backends import Backend
 from sheldon.cache import cache_key, code_digest, find_cached_run, key_lock, output_digest
 from sheldon.errors import StepError, shorten
 from sheldon.launch import claim_launcher_run, fail_dead_runs, start
@@ -70,6 +71,7 @@ class PipelineContext:
     origins: dict[str, str]  # step -> where its run came from (RAN, CACHED, PINNED)
     selected: list[str]  # the steps this pipeline runs, in order
     prestarted: Prestarted  # interpreters started ahead for steps about to launch
+    backend: Backend  # where every step launches (main.backend)
 
 
 def pinned_run(step: str, run_id: str) -> Run:
@@ -191,10 +193,13 @@ def launch(step: str, params: dict[str, str], tags: dict[str, str], context: Pip
     # The step itself too, when nothing prepared it (the steps before it were cached): started from
     # the template, it runs in a process group of its own from its first moment, as every step.
     after = context.selected.index(step) + 1
-    prepare(context.selected[after - 1 : after], context.env_manager, context.prestarted)
-    launched = start(step, params, context.experiment_id, context.env_manager, context.prestarted)
+    prepare(context.selected[after - 1 : after], context.env_manager, context.prestarted, context.backend)
+    launched = start(
+        step, params, context.experiment_id, context.env_manager, context.prestarted, context.backend
+    )
     # The next steps' inputs are about to change, so they will most likely run too.
-    prepare(context.selected[after : after + PREPARE_AHEAD], context.env_manager, context.prestarted)
+    ahead = context.selected[after : after + PREPARE_AHEAD]
+    prepare(ahead, context.env_manager, context.prestarted, context.backend)
     status = "ran" if launched.wait(tags) else "failed"
     seconds = time.perf_counter() - started
     run = mlflow.get_run(launched.run_id)
@@ -322,14 +327,24 @@ def run_plan(
         StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, r.info.run_id, headline_of(r))
         for s, r in produced.items()
     ]
-    print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, env {env_manager})")
+    where = f"env {env_manager}" if plan.backend.name == "local" else f"backend {plan.backend.name}"
+    print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, {where})")
 
     results: list[StepResult] = []
     launcher = None if trial else claim_launcher_run(experiment_id)  # a sweep's went to the sweep
     with open_pipeline_run(experiment_id, launcher, trial) as pipeline:
         run_id, lineage = pipeline.info.run_id, source_state()
         context = PipelineContext(
-            steps, experiment_id, env_manager, run_id, plan.forced, lineage, origins, selected, prestarted
+            steps,
+            experiment_id,
+            env_manager,
+            run_id,
+            plan.forced,
+            lineage,
+            origins,
+            selected,
+            prestarted,
+            plan.backend,
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         mlflow.log_params(pipeline_params(steps, plan))

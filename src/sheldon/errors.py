@@ -33,6 +33,13 @@ def first_line(message: object) -> str:
     return type(message).__name__ if isinstance(message, BaseException) else ""
 
 
+def yaml_problem(err: Exception) -> str:
+    """Where a YAML (or JSON) text does not parse, and why: `line 3, column 5: <problem>`."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + str(getattr(err, "problem", None) or getattr(err, "context", None) or first_line(err))
+
+
 def usable_folder(setting: str, value: str | os.PathLike, replaced: bool = False) -> Path:
     """The folder a path setting names (relative to the repo), once it is known that the step can
     write there: it is a folder, or can be created as one. `replaced`: the step swaps the whole

@@ -27,6 +27,7 @@ from mlflow.projects.utils import (
 )
 
 from sheldon.artifacts import inputs_folder, inputs_root
+from sheldon.backends import Backend
 from sheldon.errors import StepError, first_line
 from sheldon.paths import step_dir
 from sheldon.prestart import Forked, Prestarted
@@ -35,11 +36,12 @@ from sheldon.tracking import delete_launcher_run
 from sheldon.vocabulary import BACKEND_TAG, PROCESS_TAG, RUN_NAME_TAG, STOPPED_TAG
 
 ENTRY_POINT = "main"  # the entry point of every step's MLproject
+LOCAL = Backend()
 
 
 class Launched:
     """A step's MLflow run and the process running its entry point: a child of this process, or
-    an interpreter forked for it by sheldon/prestart.py's template."""
+    an interpreter forked for it by sheldon/prestart.py's template (a Kubernetes Job: sheldon/jobs.py)."""
 
     def __init__(self, run_id: str, process: subprocess.Popen | Forked) -> None:
         self.run_id = run_id
@@ -57,10 +59,9 @@ class Launched:
             client = mlflow.MlflowClient()
             for name, value in tags.items():
                 client.set_tag(self.run_id, name, value)
-            ok = self.process.wait() == 0
+            ok = self.succeeded()
         except Interrupted as stop:
-            if self.process.pid is not None:
-                stop_step(self.process.pid)
+            self.stop()
             end_run_if_running(self.run_id, RunStatus.KILLED, f"the pipeline was {stop}")
             raise
         finally:
@@ -69,14 +70,32 @@ class Launched:
             end_run_if_running(self.run_id, RunStatus.FAILED, "the step exited with an error")
         return ok
 
+    def succeeded(self) -> bool:
+        """Wait for the step to end; True when it succeeded."""
+        return self.process.wait() == 0
+
+    def stop(self) -> None:
+        """Stop the step and all it started (it unwinds and closes its runs)."""
+        if self.process.pid is not None:
+            stop_step(self.process.pid)
+
 
 def start(
-    step: str, params: dict[str, str], experiment_id: str, env_manager: str, prestarted: Prestarted
+    step: str,
+    params: dict[str, str],
+    experiment_id: str,
+    env_manager: str,
+    prestarted: Prestarted,
+    backend: Backend = LOCAL,
 ) -> Launched:
     """Start src/<step>'s entry point as an MLflow project run nested under the active run, as
     MLflow's local backend does, in the interpreter started ahead for it when there is one
-    (sheldon/prestart.py). `mlflow.projects.run(synchronous=False)` would start each step through a
-    second `mlflow run` process (~3.7 s a step here)."""
+    (sheldon/prestart.py); on Kubernetes, as a Job (sheldon/jobs.py). `mlflow.projects.run(
+    synchronous=False)` would start each step through a second `mlflow run` process (~3.7 s a step here)."""
+    if backend.name == "kubernetes":
+        from sheldon.jobs import start_job  # the Kubernetes and Docker clients load for it alone
+
+        return start_job(step, params, experiment_id, backend.config)
     work_dir = str(step_dir(step))
     client = mlflow.MlflowClient()
     try:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sheldon.errors import StepError, first_line, shorten
+from sheldon.errors import StepError, first_line, shorten, yaml_problem
 from sheldon.paths import REPO_ROOT
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -41,11 +41,8 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
         try:
             config = compose("config", overrides=[o for o in trial if o], return_hydra_config=True)
         except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark
-            where = f"{Path(mark.name).name}, line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise StepError(
-                f"{where or 'config.yaml'}: {err.problem or err.context}: fix the YAML there"
-            ) from None
+            file = Path(err.problem_mark.name).name if err.problem_mark else "config.yaml"
+            raise StepError(f"{file}, {yaml_problem(err)}: fix the YAML there") from None
         except ConfigCompositionException as err:
             cause = f": {first_line(err.__cause__)}" if err.__cause__ else ""
             raise StepError(f"{first_line(err).rstrip('.')}{cause} (see config.yaml)") from None

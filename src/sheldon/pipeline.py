@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sheldon.backends import Backend, check_machine, resolve_backend
 from sheldon.errors import StepError, shorten
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
@@ -39,6 +40,7 @@ class Plan:
     pins: dict[str, str]  # step -> run id chosen by hand (main.pin), for steps it does not run
     forced: set[str]  # steps that run even when a cached run exists
     env_manager: str
+    backend: Backend = field(default_factory=Backend)  # where every step launches (main.backend)
 
 
 def resolve_env_manager(setting: str) -> str:
@@ -81,7 +83,9 @@ def make_plan(config: DictConfig, steps: Steps) -> Plan:
     pins = parse_pins(steps, str(config.main.pin), selected)
     use_cache = bool(config.main.use_cache)
     forced = steps.forced(str(config.main.force), selected, configs) if use_cache else set(selected)
-    return Plan(selected, configs, pins, forced, resolve_env_manager(str(config.main.env_manager)))
+    env_manager = resolve_env_manager(str(config.main.env_manager))
+    backend = resolve_backend(str(config.main.backend), str(config.main.backend_config))
+    return Plan(selected, configs, pins, forced, env_manager, backend)
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,11 @@ def use_this_python() -> None:
         os.environ["PATH"] = os.pathsep.join([here, path])
 
 
-def prepare(steps: list[str], env_manager: str, prestarted: Prestarted) -> None:
-    """Start these steps' interpreters ahead of their launch (under env manager `local`: another
-    env manager makes an environment of its own at launch)."""
-    if env_manager == "local":
+def prepare(steps: list[str], env_manager: str, prestarted: Prestarted, backend: Backend) -> None:
+    """Start these steps' interpreters ahead of their launch (under env manager `local` on this
+    machine: another env manager makes an environment of its own at launch, another backend runs
+    the step elsewhere)."""
+    if env_manager == "local" and backend.name == "local":
         for step in steps:
             prestarted.prepare(step_dir(step))
 
@@ -140,9 +145,10 @@ def run_pipeline(config: DictConfig, steps: Steps, trial: Trial | None = None) -
     """Run the steps config.yaml selects, in order, under one pipeline run."""
     plan = make_plan(config, steps)
     set_up_environment(config, trial)
+    check_machine(plan.backend)
     with started_ahead(trial) as prestarted:  # interpreters a stop or an error leaves unused end
         if plan.selected[0] in plan.forced:  # it will run: interpreters start while the engine loads
-            prepare(plan.selected[:PREPARE_AHEAD], plan.env_manager, prestarted)
+            prepare(plan.selected[:PREPARE_AHEAD], plan.env_manager, prestarted, plan.backend)
         from sheldon.engine import run_plan  # MLflow and the engine: ~1 s, the interpreters' head start
 
         return run_plan(config, steps, plan, prestarted, trial)
@@ -156,7 +162,11 @@ def share_step_template(config: DictConfig) -> None:
     by the trials of this process and of the workers a launcher starts for them (Hydra's joblib),
     which would each start one of their own (~3 s of CPU each, on the trials' time). Started now,
     it imports while the launcher gets the trials going."""
-    if resolve_env_manager(str(config.main.env_manager)) != "local" or _shared:
+    if (
+        resolve_env_manager(str(config.main.env_manager)) != "local"
+        or config.main.backend != "local"
+        or _shared
+    ):
         return
     use_this_python()
     if python := shutil.which("python"):
