@@ -12,6 +12,7 @@ constraints), so that e.g. torch==2.13.0 is the local CPU wheel pip takes, not a
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import subprocess
@@ -29,6 +30,7 @@ PIP_TO_UV = {
     "index-url": ("UV_INDEX_URL", " "),
     "extra-index-url": ("UV_EXTRA_INDEX_URL", " "),
     "constraint": ("UV_CONSTRAINT", " "),
+    "no-index": ("UV_NO_INDEX", " "),
     "cert": ("SSL_CERT_FILE", " "),
 }
 # pip's settings by precedence: its environment variables, then the install command's, then global
@@ -36,14 +38,15 @@ SECTIONS = (":env:", "install", "global")
 
 
 def pip_settings(listing: str) -> dict[str, list[str]]:
-    """The settings of `pip config list` output (lines `section.key='value'`), each key's values
+    """The settings of `pip config list` output (lines `section.key='value'`, the value as Python
+    writes a string), each key's values
     from the section that takes precedence."""
     found: dict[str, dict[str, list[str]]] = {}
     for line in listing.splitlines():
         name, _, value = line.partition("=")
         section, _, key = name.rpartition(".")
         if section in SECTIONS and value:
-            found.setdefault(key, {})[section] = value.strip("'\"").split()
+            found.setdefault(key, {})[section] = str(ast.literal_eval(value)).split()  # pip splits on space
     return {key: next(by[s] for s in SECTIONS if s in by) for key, by in found.items()}
 
 
