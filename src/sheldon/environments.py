@@ -38,9 +38,8 @@ SECTIONS = (":env:", "install", "global")
 
 
 def pip_settings(listing: str) -> dict[str, list[str]]:
-    """The settings of `pip config list` output (lines `section.key='value'`, the value as Python
-    writes a string), each key's values
-    from the section that takes precedence."""
+    """The settings in `pip config list` output (lines `section.key='value'`, the value as Python
+    writes a string), each key's values from the section that takes precedence."""
     found: dict[str, dict[str, list[str]]] = {}
     for line in listing.splitlines():
         name, _, value = line.partition("=")
