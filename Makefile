@@ -31,7 +31,7 @@ $(STAMP):
 run: export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
 run: export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
 # ENV_MANAGER=uv builds each step an environment of its own from its conda.yml (README,
-# Environments); uv gets the package sources pip is configured with, the root run's build included.
+# Environment); uv gets the package sources pip is configured with, the root run's build included.
 ENV_MANAGER ?= local
 run: setup
 	@python -m sheldon.store
