@@ -30,9 +30,13 @@ $(STAMP):
 # that goes away mid-run fails within ~20 s instead.
 run: export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
 run: export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
+# ENV_MANAGER=uv builds each step an environment of its own from its conda.yml (README,
+# Environment); uv gets the package sources pip is configured with, the root run's build included.
+ENV_MANAGER ?= local
 run: setup
 	@python -m sheldon.store
-	mlflow run . --env-manager local
+	@sources=$$(python -m sheldon.environments $(ENV_MANAGER)) && eval "$$sources" && \
+	  echo "mlflow run . --env-manager $(ENV_MANAGER)" && mlflow run . --env-manager $(ENV_MANAGER)
 
 test: setup
 	pytest

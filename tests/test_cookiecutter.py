@@ -71,13 +71,16 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
     assert bare.returncode == 0, bare.output
 
     steps = ["scale_check", "copy_digits", "bare"]
+    template_env = (
+        project.root / "cookie-mlflow-step" / "{{ cookiecutter.step_name }}" / "conda.yml"
+    ).read_text()
     made = sorted(p.name for p in (src / "copy_digits").iterdir())
     assert made == ["MLproject", "conda.yml", "transform.py"]
     tests = [project.root / "tests" / f"test_{step}.py" for step in steps]  # where every step's tests live
     for step, test in zip(steps, tests, strict=True):
         for path in [*(src / step).iterdir(), test]:
             assert "{{" not in path.read_text() and "{%" not in path.read_text(), path
-        assert (src / step / "conda.yml").read_text() == (src / "preprocess" / "conda.yml").read_text()
+        assert (src / step / "conda.yml").read_text() == template_env
     assert (
         '    threshold: float = parameter(0.5, "float argument of process()")\n'
         in (src / "scale_check" / "run.py").read_text()

@@ -25,9 +25,11 @@ from mlflow.projects.utils import (
     get_run_env_vars,
     load_project,
 )
+from mlflow.utils.process import ShellCommandException
 
 from sheldon.artifacts import inputs_folder, inputs_root
 from sheldon.backends import Backend
+from sheldon.environments import building
 from sheldon.errors import StepError, first_line
 from sheldon.paths import step_dir
 from sheldon.prestart import Forked, Prestarted
@@ -121,11 +123,17 @@ def start(
                 PROJECT_BUILD_IMAGE: False,
                 PROJECT_DOCKER_AUTH: None,
             }
-            uri = mlflow.get_tracking_uri()
-            submitted = LocalBackend().run(work_dir, ENTRY_POINT, params, None, config, uri, experiment_id)
+            uri, local = mlflow.get_tracking_uri(), LocalBackend()
+            with building(env_manager):
+                submitted = local.run(work_dir, ENTRY_POINT, params, None, config, uri, experiment_id)
             process = submitted.command_proc
     except MlflowException as err:
         raise StepError(first_line(f"cannot launch {step}: {err.message}")) from None
+    except (ShellCommandException, FileNotFoundError) as err:  # the env manager's own error is above
+        why = f"{env_manager} could not build its environment from src/{step}/conda.yml"
+        end_run_if_running(run_id, RunStatus.FAILED, why)
+        cause = "" if isinstance(err, ShellCommandException) else f": {first_line(err)}"
+        raise StepError(f"{step}: {why}{cause or ' (its error is above)'}") from None
     return Launched(run_id, process)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sheldon.backends import Backend, check_machine, resolve_backend
+from sheldon.environments import built_by
 from sheldon.errors import StepError, shorten
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
@@ -45,16 +46,13 @@ class Plan:
 
 def resolve_env_manager(setting: str) -> str:
     """The env manager the root run uses, so every step runs under the same one
-    (MLflow does not pass it down): MLflow's own envs live in prefixes named mlflow-<hash>."""
+    (MLflow does not pass it down)."""
     if setting != "auto":
         if setting not in ENV_MANAGERS:
             choices = ", ".join(ENV_MANAGERS)
             raise StepError(f"main.env_manager={shorten(setting)!r}: use auto or one of {choices}")
         return setting
-    prefix = Path(sys.prefix)
-    if prefix.name.startswith("mlflow-"):
-        return "conda" if (prefix / "conda-meta").exists() else "virtualenv"
-    return "local"
+    return built_by(Path(sys.prefix)) or "local"
 
 
 def parse_pins(steps: Steps, spec: str, selected: list[str]) -> dict[str, str]:
