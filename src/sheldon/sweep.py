@@ -7,7 +7,8 @@ and logged to MLflow and W&B; it is read back from the tracking store, so it sho
 recorded. A failed trial does not stop the sweep: the table marks it, and the sweep exits 1.
 
 Hydra calls SweepCallback (config.yaml's hydra.callbacks) in the process that launches the
-trials: it opens the sweep's run before the first trial and closes it after the last. `go`
+trials: it opens the sweep's run before the first trial and closes it after the last. Trials run
+as Ray tasks (hydra/launcher=ray) get what they need of that process (sheldon/ray_cluster.py). `go`
 runs each trial and returns its objective, what Hydra's Optuna sweeper maximizes."""
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sheldon.cli import text_table
-from sheldon.errors import first_line
-from sheldon.pipeline import Outcome, Trial, share_step_template
+from sheldon.errors import StepError, first_line
+from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import raise_on_signals
+from sheldon.ray_cluster import check_ray_cluster, runs_on_ray, send_environment
 from sheldon.vocabulary import (
     ERROR_TAG,
     PARENT_RUN_TAG,
@@ -270,11 +272,21 @@ class SweepCallback(Callback):
     with the table, after the last."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        on_ray = runs_on_ray(config)
+        if on_ray:
+            try:
+                check_ray_cluster(config)
+            except StepError as err:
+                print(f"error: {err}", file=sys.stderr)
+                discard_launcher_run()
+                sys.exit(1)
         try:
             open_sweep(config)
         except Exception as err:  # Hydra would print a warning and run the trials anyway
             print(f"error: cannot open the sweep's MLflow run: {first_line(err)}", file=sys.stderr)
             sys.exit(1)
+        if on_ray:
+            send_environment(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_sweep(config)
