@@ -23,7 +23,7 @@ from sheldon.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
 from sheldon.pipeline import discard_launcher_run, run_and_report
 from sheldon.processes import Interrupted, raise_on_signals
 from sheldon.steps import StepFacts, Steps
-from sheldon.sweep import current_trial, objective, stop_sweep
+from sheldon.sweep import current_trial, end_open_sweep, objective, stop_sweep
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
 _steps = [
@@ -79,6 +79,9 @@ if __name__ == "__main__":
     except Interrupted as stop:  # a sweep's launching process, its trials in workers (joblib)
         stop_sweep(stop)
         sys.exit(stop.exit_code)
+    except (Exception, SystemExit):  # a sweep's launcher failed (Ray's, say): Hydra has said why
+        end_open_sweep("FAILED", "the sweep ended before its table: see its output", "its sweep failed")
+        raise
     finally:
         # Exit without a last garbage collection over MLflow's large heap: ~1 s of an all-cached run.
         gc.freeze()

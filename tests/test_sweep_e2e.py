@@ -301,21 +301,21 @@ def test_a_ray_cluster_that_is_not_there_stops_the_sweep_in_seconds_naming_its_a
     before = len(project.runs())
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
-    result = project.run("python", "main.py", "-m", "hydra/launcher=ray", "train_model.lr=0.001,0.003")
-    result_env = project.run(
-        "env", f"RAY_ADDRESS={address}", "python", "main.py", "-m", "hydra/launcher=ray", "train_model.lr=0.1"
+    result = project.run(
+        "env",
+        f"RAY_ADDRESS={address}",
+        "python",
+        "main.py",
+        "-m",
+        "hydra/launcher=ray",
+        "train_model.lr=0.1,0.2",
     )
-    elapsed = time.monotonic() - started
+    assert time.monotonic() - started < 20  # a start of main.py; Ray would retry its connection for minutes
+    assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        "error: hydra/launcher=ray runs the trials on a running Ray cluster: set RAY_ADDRESS=<head>:6379 "
-        "or hydra.launcher.ray.init.address (`ray start --head` starts one)"
-    ]
-    assert result_env.returncode == result.returncode == 1
-    assert [line for line in result_env.stderr.splitlines() if line.strip()] == [
         f"error: Ray cluster {address} is unreachable (connection refused): start it (ray start --head), "
         "or check RAY_ADDRESS or hydra.launcher.ray.init.address"
     ]
-    assert elapsed < 30  # two starts of main.py; Ray itself would retry its connection for minutes
     assert len(project.runs()) == before
 
 

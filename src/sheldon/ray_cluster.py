@@ -39,15 +39,18 @@ def ray_address(config: DictConfig) -> str:
 
 def check_ray_cluster(config: DictConfig, timeout: float = TIMEOUT_S) -> None:
     """Raise StepError, with one line naming the address, unless the cluster's head accepts a
-    connection. `auto` (the cluster this machine runs) and `local` (a new one) are Ray's to find."""
+    connection."""
     address = ray_address(config)
     if not address:
         raise StepError(
             "hydra/launcher=ray runs the trials on a running Ray cluster: set RAY_ADDRESS=<head>:6379 "
             "or hydra.launcher.ray.init.address (`ray start --head` starts one)"
         )
-    if address in ("auto", "local"):
-        return
+    if address in ("auto", "local"):  # Ray's words for the cluster it finds on this machine, or a new one
+        raise StepError(
+            f"Ray address {address!r}: name the running cluster's head, <host>:<port> (RAY_ADDRESS or "
+            "hydra.launcher.ray.init.address)"
+        )
     parts = urlsplit(address if "://" in address else f"//{address}")  # ray://host:10001, host:port
     try:
         host, port = parts.hostname, parts.port or RAY_PORT

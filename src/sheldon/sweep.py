@@ -146,27 +146,34 @@ def stop_sweep(stop: BaseException) -> None:
     """The process that launched a sweep's trials was stopped, and its trials, which ran in worker
     processes (Hydra's joblib launcher), with it: end the sweep's run and what its trials left
     open KILLED (their steps, which stop on their own when their pipeline is gone, may say so too)."""
-    import mlflow
-
-    sweep = os.environ.get(SWEEP_ENV, "")
-    if sweep:
-        run_id = sweep.partition(" ")[0]
-        with suppress(Exception):  # the store is gone too: the next pipeline marks the runs FAILED
-            client = mlflow.MlflowClient()
-            experiment = client.get_run(run_id).info.experiment_id
-            parents = [run_id]
-            while parents:
-                children = client.search_runs(
-                    [experiment], f"tags.`{PARENT_RUN_TAG}` = '{parents.pop()}'", max_results=10000
-                )
-                parents += [child.info.run_id for child in children]
-                for child in children:
-                    end_run(child.info.run_id, "KILLED", f"the sweep was {stop}")
-            end_run(run_id, "KILLED", str(stop))
+    end_open_sweep("KILLED", str(stop), f"the sweep was {stop}")
     print(
         f"\nerror: {stop}: the sweep and its trials are stopped; the next sweep reuses the finished steps",
         file=sys.stderr,
     )
+
+
+def end_open_sweep(status: str, why: str, why_trials: str) -> None:
+    """End the sweep this process opened, if it has not closed, and every run under it still open
+    (with Ray, a trial's worker that died leaves its runs open)."""
+    sweep = os.environ.get(SWEEP_ENV, "")
+    if not sweep:
+        return
+    import mlflow
+
+    run_id = sweep.partition(" ")[0]
+    with suppress(Exception):  # the store is gone too: the next pipeline marks the runs FAILED
+        client = mlflow.MlflowClient()
+        experiment = client.get_run(run_id).info.experiment_id
+        parents = [run_id]
+        while parents:
+            children = client.search_runs(
+                [experiment], f"tags.`{PARENT_RUN_TAG}` = '{parents.pop()}'", max_results=10000
+            )
+            parents += [child.info.run_id for child in children]
+            for child in children:
+                end_run(child.info.run_id, status, why_trials)
+        end_run(run_id, status, why)
 
 
 def trial_rows(config: DictConfig, run_id: str) -> list[dict[str, Any]]:
