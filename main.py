@@ -21,7 +21,7 @@ from sheldon.cli import fraction
 from sheldon.errors import StepError
 from sheldon.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
 from sheldon.pipeline import discard_launcher_run, run_and_report
-from sheldon.processes import Interrupted, raise_on_signals
+from sheldon.processes import Interrupted, as_interrupted, raise_on_signals
 from sheldon.steps import StepFacts, Steps
 from sheldon.sweep import current_trial, end_open_sweep, objective, stop_sweep
 
@@ -76,7 +76,8 @@ if __name__ == "__main__":
         sys.exit(stop.exit_code)
     try:
         go()
-    except Interrupted as stop:  # a sweep's launching process, its trials in workers (joblib)
+    except KeyboardInterrupt as signalled:  # a sweep's launching process, its trials in workers (joblib, Ray)
+        stop = as_interrupted(signalled)
         stop_sweep(stop)
         sys.exit(stop.exit_code)
     except (Exception, SystemExit):  # a sweep's launcher failed (Ray's, say): Hydra has said why
