@@ -301,15 +301,8 @@ def test_a_ray_cluster_that_is_not_there_stops_the_sweep_in_seconds_naming_its_a
     before = len(project.runs())
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
-    result = project.run(
-        "env",
-        f"RAY_ADDRESS={address}",
-        "python",
-        "main.py",
-        "-m",
-        "hydra/launcher=ray",
-        "train_model.lr=0.1,0.2",
-    )
+    ray = ["-m", "hydra/launcher=ray", "train_model.lr=0.1,0.2"]
+    result = project.run("env", f"RAY_ADDRESS={address}", "python", "main.py", *ray)
     assert time.monotonic() - started < 20  # a start of main.py; Ray would retry its connection for minutes
     assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
@@ -355,17 +348,20 @@ def ray_head(cwd: Path, env: dict[str, str]) -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow  # a Ray head and two trials at once
-def test_a_sweeps_trials_run_as_ray_tasks_and_report_to_the_sweeps_store(tmp_path):
+@pytest.mark.slow  # a Ray head, and two sweeps of two trials at once
+def test_a_sweeps_trials_run_as_ray_tasks_report_to_its_store_and_stop_with_it(tmp_path):
     project = make_project(tmp_path)
     project.env |= ONE_MACHINE_RAY
     # The head knows nothing of the tracking store or W&B: the trials get them from the sweep.
     bare = {k: v for k, v in project.env.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
     with ray_head(project.root, bare) as address:
-        args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}"]
-        result = project.run("python", "main.py", *args, "train_model.lr=0.001,0.003", *SHRUNK, timeout=300)
+        args = ["python", "main.py", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}"]
+        result = project.run(*args, "train_model.lr=0.001,0.003", *SHRUNK, timeout=300)
+        stopped = ctrl_c_when_both_train(
+            project, [*args, "train_model.lr=0.002,0.004", "train_model.epochs=6"]
+        )
     assert result.returncode == 0, result.output[-4000:]
-    (sweep,) = sweep_runs(project)
+    sweep = sweep_runs(project)[0]
     rows = table_rows(result.stdout)
     assert sorted(row["overrides"] for row in rows) == ["train_model.lr=0.001", "train_model.lr=0.003"]
     pipelines = {
@@ -387,3 +383,39 @@ def test_a_sweeps_trials_run_as_ray_tasks_and_report_to_the_sweeps_store(tmp_pat
         if record.HasField("run")
     }
     assert (sweep.info.run_name, "train_model") in groups
+
+    # Ctrl-C: the sweep, its trials' pipelines and their steps end KILLED, and no step is left
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "the sweep and its trials are stopped" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert [r.info.run_name for r in project.runs() if r.info.status == "RUNNING"] == []
+    assert sweep_runs(project)[-1].info.status == "KILLED"
+    deadline = time.monotonic() + 30
+    while steps_running(project.root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert steps_running(project.root) == []
+
+
+def ctrl_c_when_both_train(project, args: list[str]) -> subprocess.CompletedProcess:
+    """Start a sweep of two trials, and Ctrl-C it once both train (their runs are open)."""
+    sweep = subprocess.Popen(
+        args, cwd=project.root, env=project.env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sweep.poll() is None:
+        if len([r for r in project.step_runs("train_model") if r.info.status == "RUNNING"]) == 2:
+            break
+        time.sleep(0.5)
+    os.killpg(sweep.pid, signal.SIGINT)
+    out, err = sweep.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, sweep.returncode, out, err)
+
+
+def steps_running(root: Path) -> list[psutil.Process]:
+    """The step processes working in this copy of the repo (a Ray worker's are not the sweep's children)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.cwd().startswith(str(root / "src")):
+                found.append(process)
+    return found
