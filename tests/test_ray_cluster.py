@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from sheldon.errors import StepError
-from sheldon.ray_cluster import check_ray_cluster, runs_on_ray, send_environment
+from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
 from sheldon.vocabulary import SWEEP_ENV
 
 REPO_CONFIG = str(REPO)
@@ -72,10 +72,17 @@ def test_the_trials_get_the_sweeps_tracking_and_wandb_settings_and_keep_their_ow
     monkeypatch.setenv(SWEEP_ENV, "0123 sweep-x")
     monkeypatch.setenv("HOME", "/home/driver")
     config = launcher("+hydra.launcher.ray.init.runtime_env.env_vars.WANDB_MODE=online")
-    send_environment(config)
+    prepare_tasks(config)
     init = config.hydra.launcher.ray.init
     env = init.runtime_env.env_vars
     assert env.MLFLOW_TRACKING_URI == "http://tracking:5000" and env[SWEEP_ENV] == "0123 sweep-x"
     assert env.WANDB_MODE == "online"  # the launcher's own setting wins
     assert "HOME" not in env  # a node's own
     assert init.object_store_memory is None  # Ray refuses one when it joins a running cluster
+    assert config.hydra.launcher.ray.remote.max_retries == 0  # a trial runs once
+
+
+def test_a_trial_may_be_retried_when_the_launcher_says_so():
+    config = launcher("+hydra.launcher.ray.remote.max_retries=2")
+    prepare_tasks(config)
+    assert config.hydra.launcher.ray.remote.max_retries == 2

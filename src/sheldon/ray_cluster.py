@@ -65,15 +65,20 @@ def check_ray_cluster(config: DictConfig, timeout: float = TIMEOUT_S) -> None:
         ) from None
 
 
-def send_environment(config: DictConfig) -> None:
-    """Give the Ray tasks this process's variables that a trial reads (a runtime_env of the
-    launcher's own wins), once the sweep's run is open (SHELDON_SWEEP names it)."""
-    init = config.hydra.launcher.ray.init
-    with read_write(config.hydra), open_dict(init):
-        runtime_env = OmegaConf.to_container(init.get("runtime_env") or OmegaConf.create({}), resolve=True)
+def prepare_tasks(config: DictConfig) -> None:
+    """Once the sweep's run is open (SHELDON_SWEEP names it): give the trials' Ray tasks this
+    process's variables that a trial reads (entries of the launcher's own runtime_env win), and
+    run each trial once: Ray retries a task whose worker died (3 times by default), and a trial
+    that ends the sweep (sys.exit) would run again as a new pipeline of it."""
+    ray = config.hydra.launcher.ray
+    with read_write(config.hydra), open_dict(ray.init), open_dict(ray.remote):
+        runtime_env = OmegaConf.to_container(
+            ray.init.get("runtime_env") or OmegaConf.create({}), resolve=True
+        )
         sent = {name: value for name, value in os.environ.items() if name.startswith(SENT_PREFIXES)}
         runtime_env["env_vars"] = sent | dict(runtime_env.get("env_vars") or {})
-        init.runtime_env = runtime_env
+        ray.init.runtime_env = runtime_env
         # The launcher asks for an object store of its size otherwise, which Ray refuses when it
         # joins a running cluster: the cluster's own is used.
-        init.object_store_memory = None
+        ray.init.object_store_memory = None
+        ray.remote.setdefault("max_retries", 0)

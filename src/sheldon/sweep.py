@@ -29,7 +29,7 @@ from sheldon.cli import text_table
 from sheldon.errors import StepError, first_line
 from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import raise_on_signals
-from sheldon.ray_cluster import check_ray_cluster, runs_on_ray, send_environment
+from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
 from sheldon.vocabulary import (
     ERROR_TAG,
     PARENT_RUN_TAG,
@@ -293,7 +293,7 @@ class SweepCallback(Callback):
             print(f"error: cannot open the sweep's MLflow run: {first_line(err)}", file=sys.stderr)
             sys.exit(1)
         if on_ray:
-            send_environment(config)
+            prepare_tasks(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_sweep(config)
