@@ -5,7 +5,7 @@ as a Ray task (Hydra's Ray launcher) on a cluster that is already running, at th
 Before the sweep opens, the cluster's address is checked (a TCP connection, ~ms): Ray's own
 connect retries for minutes. A Ray worker does not inherit the sweep's environment, so what a
 trial needs of it (the tracking store, W&B, the sweep's run, sheldon's settings, S3 credentials)
-goes with the tasks as Ray's runtime_env."""
+goes with the tasks as Ray's runtime_env; and each trial runs once (no retry by Ray)."""
 
 from __future__ import annotations
 
