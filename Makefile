@@ -21,6 +21,10 @@ $(STAMP):
 	# Hydra's Optuna sweeper (hparams_search=optuna): its last release asks for optuna<3, yet runs on
 	# the Optuna 4 pinned above, so it goes in without its own requirements.
 	$(BIN)/python -m pip install --quiet --no-deps hydra-optuna-sweeper==1.3.0
+	# Hydra's Ray launcher (hydra/launcher=ray): it asks for cloudpickle<3, which only its AWS
+	# launcher needs, and pip would take MLflow's cloudpickle 3 back to 2.2; Ray, pinned above, is
+	# all it uses to run trials on a running cluster.
+	$(BIN)/python -m pip install --quiet --no-deps hydra-ray-launcher==1.2.2
 	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 

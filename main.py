@@ -21,9 +21,9 @@ from sheldon.cli import fraction
 from sheldon.errors import StepError
 from sheldon.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
 from sheldon.pipeline import discard_launcher_run, run_and_report
-from sheldon.processes import Interrupted, raise_on_signals
+from sheldon.processes import Interrupted, as_interrupted, raise_on_signals
 from sheldon.steps import StepFacts, Steps
-from sheldon.sweep import current_trial, objective, stop_sweep
+from sheldon.sweep import current_trial, end_open_sweep, objective, stop_sweep
 from sheldon.versioning import restore_pinned
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
@@ -78,9 +78,13 @@ if __name__ == "__main__":
         sys.exit(stop.exit_code)
     try:
         go()
-    except Interrupted as stop:  # a sweep's launching process, its trials in workers (joblib)
+    except KeyboardInterrupt as signalled:  # a sweep's launching process, its trials in workers (joblib, Ray)
+        stop = as_interrupted(signalled)
         stop_sweep(stop)
         sys.exit(stop.exit_code)
+    except (Exception, SystemExit):  # a sweep's launcher failed (Ray's, say): Hydra has said why
+        end_open_sweep("FAILED", "the sweep ended before its table: see its output", "its sweep failed")
+        raise
     finally:
         # Exit without a last garbage collection over MLflow's large heap: ~1 s of an all-cached run.
         gc.freeze()

@@ -72,7 +72,7 @@ def step_params(config, step: str) -> dict[str, str]:
 
 def test_the_step_image_installs_the_pins_of_pyproject():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    installed = re.findall(r"^\s+([A-Za-z0-9_.-]+==[^\s\\]+)", dockerfile, re.MULTILINE)
+    installed = re.findall(r"^\s+\"?([A-Za-z0-9_.\[\]-]+==[^\s\\\"]+)", dockerfile, re.MULTILINE)
     pinned = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(installed) == sorted(pinned)
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile  # CPU torch, a build arg

@@ -7,15 +7,20 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 from conftest import make_project, wandb_records
+from http_server import free_port
 
 from sheldon.artifacts import inputs_folder
 
@@ -276,8 +281,9 @@ def training(pid: int) -> list[psutil.Process]:
         (["-m", "train_model.typo=1,2"], "train_model.typo"),
         (["-m", "train_model.lr=interval(0.1,0.01)"], "an interval's start must be below its end"),
         (["-m", "hydra/sweeper=nosuch"], "hydra/sweeper"),
+        (["-m", "hydra/launcher=nosuch"], "hydra/launcher"),
     ],
-    ids=["malformed", "no-multirun", "unknown-key", "bad-interval", "unknown-sweeper"],
+    ids=["malformed", "no-multirun", "unknown-key", "bad-interval", "unknown-sweeper", "unknown-launcher"],
 )
 def test_a_bad_sweep_is_refused_before_anything_runs(swept, args, complaint):
     project, _ = swept
@@ -288,3 +294,128 @@ def test_a_bad_sweep_is_refused_before_anything_runs(swept, args, complaint):
     assert len(lines) == 1 and lines[0].startswith("error: ") and complaint in lines[0], result.stderr
     assert len(project.runs()) == before
     assert not re.search(r"Traceback", result.output)
+
+
+def test_a_ray_cluster_that_is_not_there_stops_the_sweep_in_seconds_naming_its_address(swept):
+    project, _ = swept
+    before = len(project.runs())
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    ray = ["-m", "hydra/launcher=ray", "train_model.lr=0.1,0.2"]
+    result = project.run("env", f"RAY_ADDRESS={address}", "python", "main.py", *ray)
+    assert time.monotonic() - started < 20  # a start of main.py; Ray would retry its connection for minutes
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"error: Ray cluster {address} is unreachable (connection refused): start it (ray start --head), "
+        "or check RAY_ADDRESS or hydra.launcher.ray.init.address"
+    ]
+    assert len(project.runs()) == before
+
+
+# Ray on 127.0.0.1 alone: without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its head and its drivers
+# take this machine's network address for 127.0.0.1, which the head does not listen on.
+ONE_MACHINE_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@contextlib.contextmanager
+def ray_head(cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with 2 CPUs, started in `cwd` (its workers' folder) with `env`; its
+    address. Its processes, workers included, are ended on the way out."""
+    port, temp = free_port(), tempfile.mkdtemp(prefix="ray-")  # short: Ray's sockets live under it
+    head = subprocess.Popen(
+        [
+            "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+            "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
+            "--object-store-memory", str(80 * 2**20), "--temp-dir", temp,
+            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+        ],
+        cwd=cwd, env=env | ONE_MACHINE_RAY, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and head.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        processes = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(processes, timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow  # a Ray head, and two sweeps of two trials at once
+def test_a_sweeps_trials_run_as_ray_tasks_report_to_its_store_and_stop_with_it(tmp_path):
+    project = make_project(tmp_path)
+    project.env |= ONE_MACHINE_RAY
+    # The head knows nothing of the tracking store or W&B: the trials get them from the sweep.
+    bare = {k: v for k, v in project.env.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
+    with ray_head(project.root, bare) as address:
+        args = ["python", "main.py", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}"]
+        result = project.run(*args, "train_model.lr=0.001,0.003", *SHRUNK, timeout=300)
+        stopped = ctrl_c_when_both_train(
+            project, [*args, "train_model.lr=0.002,0.004", "train_model.epochs=6"]
+        )
+    assert result.returncode == 0, result.output[-4000:]
+    sweep = sweep_runs(project)[0]
+    rows = table_rows(result.stdout)
+    assert sorted(row["overrides"] for row in rows) == ["train_model.lr=0.001", "train_model.lr=0.003"]
+    pipelines = {
+        r.info.run_id: r for r in project.runs() if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id
+    }
+    assert set(pipelines) == {row["pipeline_run_id"] for row in rows}
+    for row in rows:
+        steps = [
+            r for r in project.step_runs() if r.data.tags["mlflow.parentRunId"] == row["pipeline_run_id"]
+        ]
+        assert "train_model" in {r.data.tags["sheldon.step"] for r in steps}
+        assert float(row["train_model.best_val_accuracy"]) > 0.5
+    assert len(project.step_runs("download_dataset")) == 1  # one trial waited for the other's
+    assert sweep.info.status == "FINISHED"
+    groups = {
+        (record.run.run_group, record.run.job_type)
+        for run_dir in project.wandb_runs()
+        for record in wandb_records(run_dir)
+        if record.HasField("run")
+    }
+    assert (sweep.info.run_name, "train_model") in groups
+
+    # Ctrl-C: the sweep, its trials' pipelines and their steps end KILLED, and no step is left
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "the sweep and its trials are stopped" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert [r.info.run_name for r in project.runs() if r.info.status == "RUNNING"] == []
+    assert sweep_runs(project)[-1].info.status == "KILLED"
+    deadline = time.monotonic() + 30
+    while steps_running(project.root) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert steps_running(project.root) == []
+
+
+def ctrl_c_when_both_train(project, args: list[str]) -> subprocess.CompletedProcess:
+    """Start a sweep of two trials, and Ctrl-C it once both train (their runs are open)."""
+    sweep = subprocess.Popen(
+        args, cwd=project.root, env=project.env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sweep.poll() is None:
+        if len([r for r in project.step_runs("train_model") if r.info.status == "RUNNING"]) == 2:
+            break
+        time.sleep(0.5)
+    os.killpg(sweep.pid, signal.SIGINT)
+    out, err = sweep.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, sweep.returncode, out, err)
+
+
+def steps_running(root: Path) -> list[psutil.Process]:
+    """The step processes working in this copy of the repo (a Ray worker's are not the sweep's children)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.cwd().startswith(str(root / "src")):
+                found.append(process)
+    return found

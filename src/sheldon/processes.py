@@ -45,10 +45,22 @@ def raise_on_signals() -> None:
     def handler(signum: int, _frame: object) -> None:
         for each in _SIGNALS:
             signal.signal(each, signal.SIG_IGN)
+        _received.append(signum)
         raise Interrupted(signum)
 
     for signum in _SIGNALS:
         signal.signal(signum, handler)
+
+
+_received: list[int] = []  # the stop signal raise_on_signals turned into Interrupted
+
+
+def as_interrupted(stop: KeyboardInterrupt) -> Interrupted:
+    """The Interrupted a stop signal raised, also where a library waiting on it (Ray's wait for its
+    tasks) raised a plain KeyboardInterrupt in its place."""
+    if isinstance(stop, Interrupted):
+        return stop
+    return Interrupted(_received[0] if _received else signal.SIGINT)
 
 
 def process_token() -> str:

@@ -101,7 +101,7 @@ def _check_server(uri: str, timeout: float) -> None:
                 "MLFLOW_TRACKING_SERVER_CERT_PATH, or MLFLOW_TRACKING_INSECURE_TLS=true"
             ) from None
         raise StepError(
-            f"tracking server {shown} is unreachable ({_why(reason, timeout)}): start it, or {FIX_URI}"
+            f"tracking server {shown} is unreachable ({why_failed(reason, timeout)}): start it, or {FIX_URI}"
         ) from None
     except (ValueError, http.client.InvalidURL) as err:  # e.g. a port that is not a number
         raise StepError(f"tracking URI {shown} is malformed ({err}): {FIX_URI}") from None
@@ -223,7 +223,8 @@ def _check_db_server(uri: str, timeout: float) -> None:
         ).close()
     except OSError as err:
         raise StepError(
-            f"tracking db server {_shown(uri)} is unreachable ({_why(err, timeout)}): start it, or {FIX_URI}"
+            f"tracking db server {_shown(uri)} is unreachable ({why_failed(err, timeout)}): "
+            f"start it, or {FIX_URI}"
         ) from None
     except ValueError as err:  # a port that is not a number
         raise StepError(f"tracking URI {_shown(uri)} is malformed ({err}): {FIX_URI}") from None
@@ -271,7 +272,7 @@ def s3_endpoint() -> str | None:
     return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def _why(reason: object, timeout: float) -> str:
+def why_failed(reason: object, timeout: float) -> str:
     """A connection failure in a few words: 'connection refused', 'no answer within 5 s'."""
     if isinstance(reason, TimeoutError):
         return f"no answer within {timeout:g} s"

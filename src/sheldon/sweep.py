@@ -7,7 +7,8 @@ and logged to MLflow and W&B; it is read back from the tracking store, so it sho
 recorded. A failed trial does not stop the sweep: the table marks it, and the sweep exits 1.
 
 Hydra calls SweepCallback (config.yaml's hydra.callbacks) in the process that launches the
-trials: it opens the sweep's run before the first trial and closes it after the last. `go`
+trials: it opens the sweep's run before the first trial and closes it after the last. Trials run
+as Ray tasks (hydra/launcher=ray) get what they need of that process (sheldon/ray_cluster.py). `go`
 runs each trial and returns its objective, what Hydra's Optuna sweeper maximizes."""
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sheldon.cli import text_table
-from sheldon.errors import first_line
-from sheldon.pipeline import Outcome, Trial, share_step_template
+from sheldon.errors import StepError, first_line
+from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import raise_on_signals
+from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
 from sheldon.vocabulary import (
     ERROR_TAG,
     PARENT_RUN_TAG,
@@ -144,27 +146,34 @@ def stop_sweep(stop: BaseException) -> None:
     """The process that launched a sweep's trials was stopped, and its trials, which ran in worker
     processes (Hydra's joblib launcher), with it: end the sweep's run and what its trials left
     open KILLED (their steps, which stop on their own when their pipeline is gone, may say so too)."""
-    import mlflow
-
-    sweep = os.environ.get(SWEEP_ENV, "")
-    if sweep:
-        run_id = sweep.partition(" ")[0]
-        with suppress(Exception):  # the store is gone too: the next pipeline marks the runs FAILED
-            client = mlflow.MlflowClient()
-            experiment = client.get_run(run_id).info.experiment_id
-            parents = [run_id]
-            while parents:
-                children = client.search_runs(
-                    [experiment], f"tags.`{PARENT_RUN_TAG}` = '{parents.pop()}'", max_results=10000
-                )
-                parents += [child.info.run_id for child in children]
-                for child in children:
-                    end_run(child.info.run_id, "KILLED", f"the sweep was {stop}")
-            end_run(run_id, "KILLED", str(stop))
+    end_open_sweep("KILLED", str(stop), f"the sweep was {stop}")
     print(
         f"\nerror: {stop}: the sweep and its trials are stopped; the next sweep reuses the finished steps",
         file=sys.stderr,
     )
+
+
+def end_open_sweep(status: str, why: str, why_trials: str) -> None:
+    """End the sweep this process opened, if it has not closed, and every run under it still open
+    (with Ray, a trial's worker that died leaves its runs open)."""
+    sweep = os.environ.get(SWEEP_ENV, "")
+    if not sweep:
+        return
+    import mlflow
+
+    run_id = sweep.partition(" ")[0]
+    with suppress(Exception):  # the store is gone too: the next pipeline marks the runs FAILED
+        client = mlflow.MlflowClient()
+        experiment = client.get_run(run_id).info.experiment_id
+        parents = [run_id]
+        while parents:
+            children = client.search_runs(
+                [experiment], f"tags.`{PARENT_RUN_TAG}` = '{parents.pop()}'", max_results=10000
+            )
+            parents += [child.info.run_id for child in children]
+            for child in children:
+                end_run(child.info.run_id, status, why_trials)
+        end_run(run_id, status, why)
 
 
 def trial_rows(config: DictConfig, run_id: str) -> list[dict[str, Any]]:
@@ -270,11 +279,21 @@ class SweepCallback(Callback):
     with the table, after the last."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        on_ray = runs_on_ray(config)
+        if on_ray:
+            try:
+                check_ray_cluster(config)
+            except StepError as err:
+                print(f"error: {err}", file=sys.stderr)
+                discard_launcher_run()
+                sys.exit(1)
         try:
             open_sweep(config)
         except Exception as err:  # Hydra would print a warning and run the trials anyway
             print(f"error: cannot open the sweep's MLflow run: {first_line(err)}", file=sys.stderr)
             sys.exit(1)
+        if on_ray:
+            prepare_tasks(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         close_sweep(config)
