@@ -114,17 +114,25 @@ def test_a_crash_is_resumed_and_a_bad_setting_is_named(project, configured):
 
 
 def test_a_cached_download_brings_data_raw_back(project, configured):
+    """data/raw gone (a fresh clone): the cached run stands, and DVC brings the data back. Other
+    files in data/raw: the step runs again, as only it may replace them."""
     raw = project.root / "data" / "raw"
     saved = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
     shutil.rmtree(raw)
     result = project.run("python", "main.py", "main.steps=download_dataset")
     assert result.returncode == 0, result.output[-3000:]
-    assert (
-        "download_dataset: cached, but" in result.stdout and "is missing: running it again" in result.stdout
-    )
+    assert "download_dataset: cached, but" in result.stdout
+    assert "is missing: pulled the data version data.dvc pins" in result.stdout
+    assert re.search(r"^download_dataset\s+cached", result.stdout, re.M), result.output[-3000:]
     assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == saved
-    again = project.run("python", "main.py", "main.steps=download_dataset")
-    assert re.search(r"^download_dataset\s+cached", again.stdout, re.M), again.output[-3000:]
+
+    shutil.rmtree(raw)
+    raw.mkdir()
+    (raw / "notes.txt").write_text("not DVC's")
+    other = project.run("python", "main.py", "main.steps=download_dataset")
+    assert "holds other data than its run" in other.stdout and "running it again" in other.stdout
+    assert other.returncode != 0, "it refuses to replace data that DVC does not keep"
+    assert (raw / "notes.txt").read_text() == "not DVC's"
 
 
 def default_experiment_runs(project) -> list:
