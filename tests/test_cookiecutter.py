@@ -48,6 +48,7 @@ def tree(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~30 s: the default suite keeps under 15 min
 def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
     project = make_project(tmp_path)
     src = project.root / "src"

@@ -88,6 +88,7 @@ def test_an_experiment_the_user_names_is_kept(standalone):
     assert f"run with ID '{run.info.run_id}'" in result.output  # the run `mlflow run` opened
 
 
+@pytest.mark.slow  # ~30 s: the default suite keeps under 15 min
 def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed):
     splits = f"runs:/{only_run(standalone, 'preprocess').info.run_id}/splits"
     trained = standalone.mlflow_step("train_model", "-P", f"splits={splits}", "-P", "epochs=1")

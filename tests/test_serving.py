@@ -175,6 +175,7 @@ def test_test_model_scores_the_champion_as_evaluate_scored_it(project, champion)
     assert expected in result.stdout
 
 
+@pytest.mark.slow  # ~30 s: the default suite keeps under 15 min
 def test_test_model_refuses_a_model_without_champion_or_that_does_not_exist(project, full_run):
     # A version evaluate registers below min_accuracy is never champion.
     unpromoted = [
