@@ -153,9 +153,13 @@ def serve(port: int, db: str | None, artifacts: str) -> int:
         check_tracking_store(db)
         if db.startswith("sqlite:///"):
             Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Starlette's deprecation notice, once per worker, is MLflow's to act on, not the team's.
+        env = os.environ | {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        if endpoint := s3_endpoint():  # MLflow's own name for it: its S3 client reads this one
+            env["MLFLOW_S3_ENDPOINT_URL"] = endpoint
         server = subprocess.Popen(
             server_command(port, db, artifacts),
-            env=os.environ | {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint() or ""},
+            env=env,
             start_new_session=True,  # its workers with it, stopped as one group
         )
         stack.callback(stop_step, server.pid)
