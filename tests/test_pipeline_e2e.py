@@ -196,7 +196,7 @@ def test_steps_leave_nothing_in_the_temporary_folder(project, full_run, tmp_path
 
 
 def test_step_runs_alone_with_artifact_uris(project, full_run):
-    raw = latest(project, "download_dataset")
+    raw = [r for r in project.step_runs("download_dataset") if r.info.status == "FINISHED"][-1]
     result = project.mlflow_step(
         "preprocess",
         "--experiment-name",
