@@ -4,19 +4,13 @@ pytest.)"""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sheldon.processes import stop_step
-from sheldon.server import HOST, free_port, wait_until
+from sheldon.server import moto_server
 
-MOTO = Path(sys.executable).with_name("moto_server")
 # Where no AWS profile or shared credentials file of this machine lies: none may supply keys to a test.
 NO_AWS_FILE = str(Path(__file__).parent / "no-such-aws-file")
 ANY_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -64,32 +58,18 @@ def moto_s3(*buckets: str, check_keys: bool = False) -> Iterator[ObjectStore]:
     """moto's S3 server on a free port with `buckets`. `check_keys`: it accepts only the keys of
     an IAM user it makes (moto checks signatures once its first unsigned actions are spent),
     so wrong and revoked credentials are refused as AWS refuses them."""
-    port = free_port()
     unsigned = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if check_keys else {}  # user, key, policy
-    server = subprocess.Popen(
-        [str(MOTO), "-H", HOST, "-p", str(port)],
-        env=os.environ | unsigned,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        endpoint = f"http://{HOST}:{port}"
-        wait_until(lambda: socket.create_connection((HOST, port), timeout=1).close(), server, "moto")
+    with moto_server(unsigned) as endpoint:
         store = ObjectStore(endpoint, ANY_KEYS, None)
         if check_keys:
             iam = store.client("iam")
             iam.create_user(UserName="team")
             key = iam.create_access_key(UserName="team")["AccessKey"]
-            policy = {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-            }
+            allow_all = {"Effect": "Allow", "Action": "*", "Resource": "*"}
+            policy = {"Version": "2012-10-17", "Statement": [allow_all]}
             iam.put_user_policy(UserName="team", PolicyName="all", PolicyDocument=json.dumps(policy))
             keys = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
             store = ObjectStore(endpoint, keys, "team")
         for bucket in buckets:
             store.client().create_bucket(Bucket=bucket)
         yield store
-    finally:
-        stop_step(server.pid)

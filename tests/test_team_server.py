@@ -14,9 +14,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from conftest import REPO, SHRUNK, STEPS, make_project, said, summary_status
-from http_server import free_port
+from http_server import free_port, silent_listener
 from object_store import NO_AWS_FILE, ObjectStore, moto_s3
 
+from sheldon.errors import StepError
 from sheldon.processes import stop_step
 from sheldon.server import wait_until
 from sheldon.store import check_artifact_location
@@ -89,24 +90,10 @@ def test_the_server_refuses_an_object_store_it_cannot_use(store: ObjectStore, tm
 
 
 def test_the_server_refuses_a_port_in_use(tmp_path):
-    with socket_on() as port:
+    with silent_listener() as taken:
+        port = taken.getsockname()[1]
         line = refusal(tmp_path, clean_env(), "--port", str(port))
     assert line.startswith(f"error: cannot serve on 127.0.0.1:{port} (address already in use)")
-
-
-class socket_on:
-    """A port of 127.0.0.1 taken for the block's duration."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen()
-        return self.socket.getsockname()[1]
-
-    def __exit__(self, *_: object) -> None:
-        self.socket.close()
 
 
 def test_a_pipeline_that_would_write_to_a_bucket_it_has_no_credentials_for_stops_first(store, tmp_path):
@@ -130,9 +117,16 @@ def test_a_pipeline_that_would_write_to_a_bucket_it_has_no_credentials_for_stops
     assert mlflow.MlflowClient(uri).search_runs(["1"]) == [], "no run was opened"
 
 
-def test_artifact_locations_other_than_s3_need_no_check():
-    for location in ("mlflow-artifacts:/1", "/tmp/mlruns/1", "file:///tmp/mlruns"):
-        check_artifact_location(location)
+def test_a_bucket_that_takes_the_keys_passes_and_a_proxied_store_needs_none(store, monkeypatch):
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in store.env.items():  # the member's keys, and no profile of this machine's
+        monkeypatch.setenv(name, value)
+    check_artifact_location(f"{ARTIFACTS}/direct")  # the member's keys: the bucket takes them
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    with pytest.raises(StepError, match="no credentials for the artifact store s3://team-artifacts"):
+        check_artifact_location(f"{ARTIFACTS}/direct")
+    check_artifact_location("mlflow-artifacts:/1")  # the server's business: checked through it
 
 
 def banner_url(server: subprocess.Popen) -> str:

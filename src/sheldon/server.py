@@ -65,22 +65,32 @@ def check_port(port: int) -> None:
 
 
 @contextmanager
-def stand_in_object_store() -> Iterator[str]:
-    """moto's S3 server on a free port of 127.0.0.1, with the buckets of ARTIFACTS and
-    DATA_REMOTE, and this process's environment pointing at it; its endpoint."""
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """moto's S3 server on a free port of 127.0.0.1 (with `env` added to its environment) for the
+    block's duration; its endpoint."""
     moto = Path(sys.executable).with_name("moto_server")
     if not moto.exists():
         raise StepError("moto is not installed, and no object store is configured: run `make setup`")
     port = free_port()
     server = subprocess.Popen(
         [str(moto), "-H", HOST, "-p", str(port)],
+        env=os.environ | (env or {}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # the terminal's Ctrl-C reaches this process, which stops it
     )
-    endpoint = f"http://{HOST}:{port}"
     try:
         wait_until(lambda: socket.create_connection((HOST, port), timeout=1).close(), server, "moto")
+        yield f"http://{HOST}:{port}"
+    finally:
+        stop_step(server.pid)
+
+
+@contextmanager
+def stand_in_object_store() -> Iterator[str]:
+    """moto's S3 server with the buckets of ARTIFACTS and DATA_REMOTE, and this process's
+    environment pointing at it; its endpoint."""
+    with moto_server() as endpoint:
         os.environ.update(STAND_IN_KEYS | {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
         import boto3
 
@@ -88,8 +98,6 @@ def stand_in_object_store() -> Iterator[str]:
         for location in (ARTIFACTS, DATA_REMOTE):
             s3.create_bucket(Bucket=location.split("/")[2])
         yield endpoint
-    finally:
-        stop_step(server.pid)
 
 
 def wait_until(ready: Callable[[], None], process: subprocess.Popen, name: str) -> None:

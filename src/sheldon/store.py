@@ -246,7 +246,8 @@ def check_artifact_location(location: str, timeout: float = TIMEOUT_S) -> None:
     where = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
     config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
+        # A session of its own: the environment as it is now, not as boto3's default one first read it
+        s3 = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
         s3.list_objects_v2(Bucket=bucket, Prefix=parts.path.lstrip("/"), MaxKeys=1)
     except NoCredentialsError:
         raise StepError(
