@@ -35,6 +35,26 @@ def test_score_reports_accuracy_macro_f1_and_per_class_precision_recall():
     assert metrics["test_macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
 
 
+def test_score_agrees_with_scikit_learn_with_classes_never_predicted_or_absent():
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 8, size=500)  # classes 8 and 9 never occur
+    y_pred = np.where(rng.random(500) < 0.7, y_true, rng.integers(0, 10, size=500))
+    y_pred[y_pred == 3] = 4  # class 3 is never predicted
+    metrics, per_class = evaluate.score(y_true, y_pred, 10)
+    labels = list(range(10))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    ours = np.array([row[1:] for row in per_class], dtype=float)
+    assert ours == pytest.approx(np.column_stack([precision, recall, f1, support]))
+    macro = f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    assert metrics["test_macro_f1"] == pytest.approx(macro)
+    expected = confusion_matrix(y_true, y_pred, labels=labels)
+    assert (evaluate.confusion_matrix(y_true, y_pred, 10) == expected).all()
+
+
 def test_misclassified_grid_shows_the_surest_mistakes_up_to_the_limit():
     images = np.zeros((6, 1, 28, 28), dtype=np.float32)
     y_true = np.array([0, 1, 2, 3, 4, 5])
