@@ -263,6 +263,35 @@ def test_ctrl_c_during_a_parallel_sweep_stops_every_trial_and_leaves_nothing_run
     assert "=== preprocess: cached" in again.stdout  # the next sweep reuses what finished
 
 
+@pytest.mark.slow  # a minute of trials
+def test_kill_9_of_a_parallel_sweep_stops_its_workers_and_their_trials(parallel, tmp_path):
+    project, _ = parallel
+    trials = ["train_model.lr=0.005,0.006", "train_model.epochs=30", "train_model.patience=0"]  # ~40 s each
+    before = len(project.step_runs("train_model"))
+    with open(tmp_path / "err", "w") as err:
+        sweep = subprocess.Popen(
+            ["python", "main.py", "-m", *JOBLIB, *trials], cwd=project.root, env=project.env,
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline and len(project.step_runs("train_model")) < before + 2:
+            time.sleep(0.5)  # both trials' train_model runs are open: their steps are launched
+        time.sleep(2)
+        processes = psutil.Process(sweep.pid).children(recursive=True)  # workers, template, steps
+        assert len(training(sweep.pid)) == 2
+        sweep.kill()  # the launching process alone, as kill -9 <pid> does
+        sweep.wait()
+        _, alive = psutil.wait_procs(processes, timeout=30)
+    assert [p.cmdline() for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    said = (tmp_path / "err").read_text()
+    assert "the sweep that launched this trial" in said
+    assert [r.info.run_name for r in project.runs() if r.info.status == "RUNNING"] == [], said[-3000:]
+    assert [r.info.status for r in project.step_runs("train_model")[before:]] == ["KILLED", "KILLED"]
+    assert sweep_runs(project)[-1].info.status == "KILLED"
+    again = project.run("python", "main.py", "-m", "train_model.lr=0.002", *SHRUNK)
+    assert "=== preprocess: cached" in again.stdout  # the next sweep reuses what finished
+
+
 def training(pid: int) -> list[psutil.Process]:
     """The train_model steps running under a process."""
     found = []

@@ -100,6 +100,7 @@ def start(
         return start_job(step, params, experiment_id, backend.config)
     work_dir = str(step_dir(step))
     client = mlflow.MlflowClient()
+    run_id, process = "", None
     try:
         fetch_and_validate_project(work_dir, None, ENTRY_POINT, params)
         project = load_project(work_dir)
@@ -107,7 +108,6 @@ def start(
         run_id = run.info.run_id
         client.set_tag(run_id, RUN_NAME_TAG, step)
         client.set_tag(run_id, BACKEND_TAG, "local")
-        process = None
         if env_manager == "local":
             command = get_entry_point_command(project, ENTRY_POINT, params, str(inputs_folder(run_id)))[0]
             env = os.environ | get_run_env_vars(run_id, experiment_id)
@@ -127,6 +127,12 @@ def start(
             with building(env_manager):
                 submitted = local.run(work_dir, ENTRY_POINT, params, None, config, uri, experiment_id)
             process = submitted.command_proc
+    except Interrupted as stop:  # the run is open and nobody waits for its step yet: close both
+        if process is not None and process.pid is not None:
+            stop_step(process.pid)
+        if run_id:
+            end_run_if_running(run_id, RunStatus.KILLED, f"the pipeline was {stop}")
+        raise
     except MlflowException as err:
         raise StepError(first_line(f"cannot launch {step}: {err.message}")) from None
     except (ShellCommandException, FileNotFoundError) as err:  # the env manager's own error is above

@@ -110,8 +110,7 @@ def stop_step(pid: int, grace: float = 5.0) -> None:
 
 def die_with_pipeline(poll: float = 0.5, grace: float = 5.0) -> None:
     """In a step launched by a pipeline: when that pipeline's process is gone (kill -9 included),
-    stop this step's process group (the step and torchrun's workers): SIGTERM first, so the step
-    unwinds and closes its runs, SIGKILL after `grace` seconds."""
+    stop this step's process group (the step and torchrun's workers)."""
     token = os.environ.get(PIPELINE_ENV)
     if not token or is_alive(token) is not True:
         return  # not launched by a live pipeline on this host: nothing to watch
@@ -120,18 +119,27 @@ def die_with_pipeline(poll: float = 0.5, grace: float = 5.0) -> None:
         # terminal's Ctrl-C reaches the step only through the pipeline, which then stops it in order.
         with suppress(OSError):
             os.setpgid(0, 0)
+    die_with(token, f"the pipeline that launched this step ({token})", poll, grace)
+
+
+def die_with(token: str, owner: str, poll: float = 0.5, grace: float = 5.0) -> None:
+    """When the process `token` names is gone (kill -9 included), stop this process, or the
+    process group it leads: SIGTERM first, so it unwinds and closes its runs, SIGKILL after
+    `grace` seconds. `owner` says what that process was, in the line printed then."""
+    if is_alive(token) is not True:
+        return  # on another host, or gone already: nothing to watch
 
     def watch() -> None:
         while is_alive(token):
             time.sleep(poll)
-        print(f"error: the pipeline that launched this step ({token}) is gone: stopping", file=sys.stderr)
+        print(f"error: {owner} is gone: stopping", file=sys.stderr)
         leader = os.getpgid(0) == os.getpid()
         stop = (lambda sig: os.killpg(0, sig)) if leader else (lambda sig: os.kill(os.getpid(), sig))
         stop(signal.SIGTERM)
         time.sleep(grace)
         stop(signal.SIGKILL)
 
-    threading.Thread(target=watch, name="sheldon-pipeline-watch", daemon=True).start()
+    threading.Thread(target=watch, name="sheldon-owner-watch", daemon=True).start()
 
 
 def when_gone(pid: int, command: list[str]) -> None:

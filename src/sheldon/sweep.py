@@ -23,12 +23,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sheldon.cli import text_table
 from sheldon.errors import StepError, first_line
 from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
-from sheldon.processes import raise_on_signals
+from sheldon.processes import die_with, process_token, raise_on_signals
 from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
 from sheldon.vocabulary import (
     ERROR_TAG,
@@ -47,7 +47,9 @@ from sheldon.vocabulary import (
 # converts to their successors: the warning it gives names nothing a user of sheldon could change.
 warnings.filterwarnings("ignore", message=r".*Distribution has been deprecated", category=FutureWarning)
 
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 TABLE_FILE = "sweep_trials.txt"
+_watching: list[str] = []  # a joblib worker: the launching process it watches, once watched
 TABLE_JSON = "sweep_trials.json"
 
 
@@ -58,8 +60,14 @@ def current_trial() -> Trial | None:
         return None
     run_id, _, name = sweep.partition(" ")
     job = HydraConfig.get().job
-    if os.getpid() != int(os.environ.get(SWEEP_PROCESS_ENV, os.getpid())):
-        raise_on_signals()  # a trial in a worker process (joblib): a stop signal stops it in order
+    launcher = os.environ.get(SWEEP_PROCESS_ENV, "")
+    if launcher and launcher != process_token():  # a trial in a worker process (joblib, Ray)
+        raise_on_signals()  # a stop signal stops it in order
+        if HydraConfig.get().launcher._target_ == JOBLIB_LAUNCHER and not _watching:
+            # A worker outlives a launching process killed with -9 (idle, ~5 min): it stops too,
+            # its trial first (its steps get 5 s each to unwind, then its runs are KILLED).
+            die_with(launcher, f"the sweep that launched this trial ({launcher})", grace=20)
+            _watching.append(launcher)
     return Trial(run_id, name, " ".join(HydraConfig.get().overrides.task), int(job.num))
 
 
@@ -110,7 +118,6 @@ def open_sweep(config: DictConfig) -> None:
 
     from sheldon.engine import open_experiment
     from sheldon.launch import claim_launcher_run
-    from sheldon.processes import process_token
     from sheldon.store import check_tracking_store, tracking_environment
     from sheldon.tracking import configure_tracking
 
@@ -129,7 +136,7 @@ def open_sweep(config: DictConfig) -> None:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     client.log_param(run_id, "sweep_overrides", " ".join(config.hydra.overrides.task)[:6000])
     os.environ[SWEEP_ENV] = f"{run_id} {name}"
-    os.environ[SWEEP_PROCESS_ENV] = str(os.getpid())
+    os.environ[SWEEP_PROCESS_ENV] = process_token()
     print(f"sweep {name!r}: MLflow run {run_id}; each trial is a pipeline run under it", flush=True)
 
 
@@ -274,6 +281,23 @@ def log_wandb_table(config: DictConfig, name: str, rows: list[dict[str, Any]]) -
     run.finish()
 
 
+def fork_joblib_workers() -> None:
+    """Have Hydra's joblib launcher fork its workers from one process that imported what a trial
+    needs (this script, sheldon, mlflow, the tracking store's code), instead of starting each as
+    a new interpreter that imports it all again while the sweep's template imports too: 2 workers,
+    ~10 s less CPU and ~2 s less wall time a 6-trial sweep here. The launcher always uses loky,
+    whose start method this sets; the fork server starts with the first worker, after the sweep's
+    variables are set, so the workers have them."""
+    import multiprocessing
+
+    from joblib.externals.loky.backend.context import set_start_method
+
+    from sheldon.prestart import store_modules
+
+    set_start_method("forkserver", force=True)
+    multiprocessing.set_forkserver_preload(["__main__", "mlflow", "sheldon.engine", *store_modules()])
+
+
 class SweepCallback(Callback):
     """Hydra's hooks around a multirun: the sweep's run opens before the first trial and closes,
     with the table, after the last."""
@@ -292,6 +316,8 @@ class SweepCallback(Callback):
         except Exception as err:  # Hydra would print a warning and run the trials anyway
             print(f"error: cannot open the sweep's MLflow run: {first_line(err)}", file=sys.stderr)
             sys.exit(1)
+        if OmegaConf.select(config, "hydra.launcher._target_") == JOBLIB_LAUNCHER:
+            fork_joblib_workers()
         if on_ray:
             prepare_tasks(config)
 

@@ -41,7 +41,7 @@ SWEEP_TAG = "sheldon.sweep"  # the sweep's name
 # In the environment
 TRIAL_ENV = "SHELDON_TRIAL"  # a sweep trial's overrides, for its steps' W&B config
 SWEEP_ENV = "SHELDON_SWEEP"  # "<run id> <name>" of the sweep the pipelines of this process belong to
-SWEEP_PROCESS_ENV = "SHELDON_SWEEP_PROCESS"  # pid of the process that launches the sweep's trials
+SWEEP_PROCESS_ENV = "SHELDON_SWEEP_PROCESS"  # token of the process that launches the trials (processes.py)
 SHARED_TEMPLATE_ENV = "SHELDON_SHARED_TEMPLATE"  # {"python", "socket"}: a sweep's step template
 
 # MLflow's own, which sheldon sets
