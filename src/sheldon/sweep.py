@@ -49,8 +49,8 @@ warnings.filterwarnings("ignore", message=r".*Distribution has been deprecated",
 
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 TABLE_FILE = "sweep_trials.txt"
-_watching: list[str] = []  # a joblib worker: the launching process it watches, once watched
 TABLE_JSON = "sweep_trials.json"
+_watching: list[str] = []  # a joblib worker: the launching process it watches, once watched
 
 
 def current_trial() -> Trial | None:
