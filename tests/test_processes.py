@@ -1,6 +1,6 @@
 """Process tokens, `when_gone` and stop signals, with real processes: a run's owner can be told
-alive or gone, a command runs once a process that is not our child has exited, and a second
-Ctrl-C cannot cut a clean-up short."""
+alive or gone, a command runs once a process that is not our child has exited, a second Ctrl-C
+cannot cut a clean-up short, and a stop that comes as a step is launched leaves no run open."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import subprocess
 import sys
 import time
 
-from sheldon.processes import is_alive, process_token, when_gone
+import mlflow
+import pytest
+
+from sheldon.launch import start
+from sheldon.prestart import Prestarted
+from sheldon.processes import Interrupted, is_alive, process_token, when_gone
+from sheldon.vocabulary import STOPPED_TAG
 
 
 def test_a_token_tells_a_live_process_from_a_gone_one_and_from_a_reused_pid():
@@ -81,3 +87,27 @@ def test_a_stop_signal_while_python_exits_is_ignored_too():
             child.send_signal(signal.SIGINT)
         time.sleep(0.001)
     assert child.wait(timeout=30) == 130
+
+
+class _StoppedAtHandOver(Prestarted):
+    """A stop signal (Ctrl-C, or the sweep's process gone) that comes as the step is handed over."""
+
+    def run(self, work_dir, command, env):
+        raise Interrupted(signal.SIGINT)
+
+
+def test_a_stop_as_a_step_is_launched_ends_the_run_it_opened_killed(config, tmp_path):
+    import main  # the repo's root, which conftest puts on sys.path
+
+    params, inputs = main.STEPS.settings(config, "evaluate")
+    params |= {name: f"runs:/{'0' * 32}/{ref.split('/')[1]}" for name, ref in inputs.items()}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.set_experiment("stopped-at-launch").experiment_id
+        with _StoppedAtHandOver() as prestarted, pytest.raises(Interrupted):
+            start("evaluate", params, experiment, "local", prestarted)
+        (run,) = mlflow.MlflowClient().search_runs([experiment])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert run.info.status == "KILLED"  # not RUNNING for ever: no step will close it
+    assert run.data.tags[STOPPED_TAG] == "the pipeline was stopped by SIGINT"
