@@ -59,16 +59,16 @@ def current_trial() -> Trial | None:
     if not sweep or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     run_id, _, name = sweep.partition(" ")
-    job = HydraConfig.get().job
+    hydra = HydraConfig.get()
     launcher = os.environ.get(SWEEP_PROCESS_ENV, "")
     if launcher and launcher != process_token():  # a trial in a worker process (joblib, Ray)
         raise_on_signals()  # a stop signal stops it in order
-        if HydraConfig.get().launcher._target_ == JOBLIB_LAUNCHER and not _watching:
+        if hydra.launcher._target_ == JOBLIB_LAUNCHER and not _watching:
             # A worker outlives a launching process killed with -9 (idle, ~5 min): it stops too,
             # its trial first (its steps get 5 s each to unwind, then its runs are KILLED).
             die_with(launcher, f"the sweep that launched this trial ({launcher})", grace=20)
             _watching.append(launcher)
-    return Trial(run_id, name, " ".join(HydraConfig.get().overrides.task), int(job.num))
+    return Trial(run_id, name, " ".join(hydra.overrides.task), int(hydra.job.num))
 
 
 def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
