@@ -32,9 +32,10 @@ QUOTED = 1000  # ...to their first characters (MLflow's 400 for a body that is n
 
 class BoundedRequests:
     """ASGI middleware around MLflow's scoring app. A request body over `max_bytes` is answered
-    413 with one line: unread when its Content-Length says so, read no further than the limit when
-    it comes chunked. An error's body over LONG_ERROR bytes has each string cut to QUOTED
-    characters, so that a message quoting the input quotes its start only."""
+    413 with one line and never kept: its Content-Length says so before it is read (and a client
+    waiting for 100 Continue sends none of it), a chunked one is kept no further than the limit.
+    An error's body over LONG_ERROR bytes has each string cut to QUOTED characters, so that a
+    message quoting the input quotes its start only."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
