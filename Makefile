@@ -78,9 +78,10 @@ fashion-mnist:
 	else echo "no apt-get here: the Fashion-MNIST test will be skipped"; fi
 
 # The champion model (README, Models), served on 127.0.0.1:$(PORT): POST images to /invocations.
+#   make serve [PORT=5001] [MAX_REQUEST_MB=32]   (a larger request body is answered 413)
 PORT ?= 5001
 serve: setup
-	python -m sheldon.serve model --port $(PORT)
+	python -m sheldon.serve model --port $(PORT) $(if $(MAX_REQUEST_MB),--max-request-mb $(MAX_REQUEST_MB))
 
 # A CSV of the champion's predictions for a folder of images, an .npz or a .csv (README, Models).
 #   make predict INPUT=<folder | file.npz | file.csv> [OUTPUT=predictions.csv]

@@ -1,10 +1,11 @@
 """The model after the pipeline, for real: loaded where sheldon cannot be imported, served by the
-real `mlflow models serve` on 127.0.0.1, batch prediction of a folder of PNGs, and test_model,
-all against the champion the session's pipeline run promoted."""
+real MLflow scoring server `make serve` runs on 127.0.0.1, batch prediction of a folder of PNGs, and
+test_model, all against the champion the session's pipeline run promoted."""
 
 from __future__ import annotations
 
 import csv
+import http.client
 import json
 import os
 import signal
@@ -13,9 +14,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from conftest import said
 from http_server import free_port
@@ -68,22 +72,28 @@ def test_the_model_loads_and_predicts_where_sheldon_cannot_be_imported(project, 
 
 
 def post(port: int, body: object) -> tuple[int, dict]:
+    status, answer = post_bytes(port, json.dumps(body).encode())
+    return status, json.loads(answer)
+
+
+def post_bytes(port: int, data: bytes | Iterable[bytes]) -> tuple[int, bytes]:
+    """POST `data` to /invocations (chunked when it is an iterable); the status and the body."""
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        f"http://127.0.0.1:{port}/invocations", data=data, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            return response.status, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, err.read()
 
 
-def test_the_served_champion_answers_as_evaluate_did_and_refuses_bad_requests_with_400(project, champion):
+@contextmanager
+def serving(project, *args: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`python -m sheldon.serve model` on a free port, once it answers /ping; its port and process."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "sheldon.serve", "model", "--port", str(port)],
+        [sys.executable, "-m", "sheldon.serve", "model", "--port", str(port), *args],
         cwd=project.root,
         env=project.env,
         stdout=subprocess.PIPE,
@@ -100,6 +110,14 @@ def test_the_served_champion_answers_as_evaluate_did_and_refuses_bad_requests_wi
             except OSError:
                 assert server.poll() is None, server.stdout.read()
                 time.sleep(0.5)
+        yield port, server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_the_served_champion_answers_as_evaluate_did_and_refuses_bad_requests_with_400(project, champion):
+    with serving(project) as (port, _):
         images = champion["images"][:20]
         status, answer = post(port, {"inputs": images.tolist()})
         assert status == 200
@@ -116,9 +134,44 @@ def test_the_served_champion_answers_as_evaluate_did_and_refuses_bad_requests_wi
             assert status == 400 and reason in answer["message"], answer
         status, answer = post(port, {"inputs": images[:1].tolist()})  # still serving
         assert status == 200 and answer["predictions"][0]["class"] == champion["predicted"][0]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+
+
+def test_the_served_champion_listens_on_127_0_0_1_refuses_a_body_over_its_limit_and_quotes_little(
+    project, champion
+):
+    with serving(project, "--max-request-mb", "4") as (port, server):
+        listening = {c.laddr.ip for c in psutil.Process(server.pid).net_connections() if c.status == "LISTEN"}
+        assert listening == {"127.0.0.1"}  # nothing on the machine's other addresses
+
+        too_big = b'{"inputs": [' + b"1, " * 1_700_000 + b"1]}"  # 5.1 MB
+        for data in (too_big, [too_big[:3_000_000], too_big[3_000_000:]]):  # a Content-Length, chunked
+            status, answer = post_bytes(port, data)
+            assert status == 413 and len(answer.splitlines()) == 1, answer[:300]
+            assert "the request body" in json.loads(answer)["message"]
+            assert "is over this server's limit of 4 MB" in json.loads(answer)["message"]
+        # A client that waits for 100 Continue is answered at once, having sent nothing.
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        client.putrequest("POST", "/invocations")
+        for header, value in [
+            ("Content-Type", "application/json"),
+            ("Content-Length", "10000000000"),
+            ("Expect", "100-continue"),
+        ]:
+            client.putheader(header, value)
+        client.endheaders()
+        response = client.getresponse()
+        assert response.status == 413 and b"(10,000,000,000 bytes)" in response.read()
+        client.close()
+
+        status, answer = post_bytes(port, too_big[:3_900_000] + b"x]}")  # under the limit, no JSON
+        assert status == 400 and len(answer) < 2000, (status, len(answer))  # it was the 3.9 MB, quoted
+        message = json.loads(answer)["message"]
+        assert (
+            "Ensure that input is a valid JSON formatted string" in message and "characters more)" in message
+        )
+
+        status, answer = post(port, {"inputs": champion["images"][:2].tolist()})  # still serving
+        assert status == 200 and [row["class"] for row in answer["predictions"]] == champion["predicted"][:2]
 
 
 def test_batch_prediction_of_a_folder_writes_a_csv_and_lists_what_it_skipped(project, champion, tmp_path):
