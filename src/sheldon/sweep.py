@@ -243,8 +243,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def close_sweep(config: DictConfig) -> None:
     """Print and log the table of the sweep's trials, and end its run: FAILED, with exit code 1,
-    when a trial of a grid failed, or every trial of an Optuna search. A search is after its best
-    trial, and a failed one (a diverging lr) is among its outcomes, recorded as such in Optuna."""
+    when a trial of a grid failed. An Optuna search is after its best trial, and a failed one (a
+    diverging lr) is among its outcomes, recorded as such in Optuna: it fails when no trial
+    succeeded (Optuna's sweeper raises first, with no best trial to report, unless a stored study
+    holds one; main.py ends the run then)."""
     import mlflow
 
     sweep = os.environ.pop(SWEEP_ENV, "")
