@@ -58,7 +58,7 @@ def go(config: DictConfig) -> float | None:
     trial = current_trial()  # one pipeline of a sweep (`-m`), or None
     outcome = run_and_report(config, STEPS, trial)
     if trial is not None:
-        return objective(config, trial, outcome)  # what Optuna maximizes; NaN for a failed trial
+        return objective(config, trial, outcome)  # what Optuna maximizes; None for a failed trial
     if outcome.code:
         sys.exit(outcome.code)
     return None

@@ -172,6 +172,34 @@ def test_an_optuna_search_with_a_seed_proposes_the_same_trials_again_and_gets_ea
 
 
 @pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's
+def test_an_optuna_trial_that_fails_is_failed_in_optuna_and_mlflow_and_the_search_goes_on(swept):
+    import optuna
+
+    project, _ = swept
+    storage = f"sqlite:///{project.home / 'optuna.db'}"  # the study kept, to read what Optuna was told
+    search = ["-m", "hparams_search=optuna", "sweep.n_trials=3", "sweep.name=search-with-a-failure"]
+    space = ["train_model.lr=choice(0.003,5)", "train_model.batch_size=64"]
+    space.append(f"hydra.sweeper.storage={storage}")
+    result = project.run("python", "main.py", *search, *space, *SHRUNK)  # seed 42 proposes 5, 0.003, 0.003
+    assert result.returncode == 0, result.output[-3000:]
+    assert "Traceback" not in result.output
+    assert "1 of 3 trial(s) failed: see the table; the search went on" in result.stderr
+    rows = table_rows(result.stdout)
+    assert [(row["trial"], row["overrides"], row["status"]) for row in rows] == [
+        ("1", "train_model.lr=0.003", "cached"),  # the grid's run
+        ("2", "train_model.lr=0.003", "cached"),
+        ("0", "train_model.lr=5", "failed"),  # diverged: evaluate's accuracy is under min_accuracy
+    ]
+    (sweep,) = sweep_runs(project)[-1:]
+    assert sweep.info.status == "FINISHED"
+    statuses = {r.info.run_id: r.info.status for r in project.runs()}
+    assert [statuses[row["pipeline_run_id"]] for row in rows] == ["FINISHED", "FINISHED", "FAILED"]
+    study = optuna.load_study(study_name="search-with-a-failure", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.best_value == pytest.approx(float(rows[0]["train_model.best_val_accuracy"]), abs=1e-4)
+
+
+@pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's
 def test_an_objective_metric_no_pipeline_logs_stops_the_sweep_naming_those_it_logs(swept):
     project, _ = swept
     args = [

@@ -4,7 +4,8 @@ children are the trials' pipeline runs, whose children are the step runs. Trials
 steps from the step cache, so a sweep of train_model's settings downloads and preprocesses at
 most once. When the sweep ends, a table of its trials, best first by `sweep.metric`, is printed
 and logged to MLflow and W&B; it is read back from the tracking store, so it shows what is
-recorded. A failed trial does not stop the sweep: the table marks it, and the sweep exits 1.
+recorded. A failed trial does not stop the sweep: the table marks it. A grid exits 1 then; an
+Optuna search, which Optuna tells the trial failed, exits 1 only when no trial succeeded.
 
 Hydra calls SweepCallback (config.yaml's hydra.callbacks) in the process that launches the
 trials: it opens the sweep's run before the first trial and closes it after the last. Trials run
@@ -13,7 +14,7 @@ runs each trial and returns its objective, what Hydra's Optuna sweeper maximizes
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import sys
 import warnings
@@ -46,8 +47,13 @@ from sheldon.vocabulary import (
 # hydra-optuna-sweeper 1.3.0, its latest release, builds Optuna's v2 distributions, which Optuna 4
 # converts to their successors: the warning it gives names nothing a user of sheldon could change.
 warnings.filterwarnings("ignore", message=r".*Distribution has been deprecated", category=FutureWarning)
+# It logs a trial without a value (a failed one, `objective`) as "Return value must be
+# float-castable. Got 'None'", and more failures than its max_failure_rate as an error, though it
+# goes on (it stops only for a trial that raised): the pipeline said what failed, the table shows it.
+logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").setLevel(logging.CRITICAL)
 
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 TABLE_FILE = "sweep_trials.txt"
 TABLE_JSON = "sweep_trials.json"
 _watching: list[str] = []  # a joblib worker: the launching process it watches, once watched
@@ -71,9 +77,11 @@ def current_trial() -> Trial | None:
     return Trial(run_id, name, " ".join(hydra.overrides.task), int(hydra.job.num))
 
 
-def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
-    """The trial's value of `sweep.metric` (NaN when it failed: the sweep goes on). A stop signal
-    ends the sweep; so does a metric that a finished pipeline did not log, which no trial would."""
+def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float | None:
+    """The trial's value of `sweep.metric`, or None when it failed: the sweep goes on, and Optuna's
+    sweeper, which cannot take a value from None (nor NaN), tells Optuna the trial failed. A stop
+    signal ends the sweep; so does a metric that a finished pipeline did not log, which no trial
+    would."""
     metric = str(config.sweep.metric)
     if outcome.code > 128:  # stopped by a signal: the sweep stops with it
         end_run(trial.sweep_run_id, "KILLED", f"stopped during trial {trial.overrides!r}")
@@ -81,7 +89,7 @@ def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float:
     if outcome.code:
         if outcome.run_id is None:  # stopped before its pipeline run opened: the table must show it
             record_failed_trial(trial, outcome.error)
-        return math.nan
+        return None
     if metric not in outcome.metrics:
         logged = ", ".join(sorted(outcome.metrics)) or "none"
         print(
@@ -235,7 +243,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def close_sweep(config: DictConfig) -> None:
     """Print and log the table of the sweep's trials, and end its run: FAILED, with exit code 1,
-    when a trial failed."""
+    when a trial of a grid failed. An Optuna search is after its best trial, and a failed one (a
+    diverging lr) is among its outcomes, recorded as such in Optuna: it fails when no trial
+    succeeded (Optuna's sweeper raises first, with no best trial to report, unless a stored study
+    holds one; main.py ends the run then)."""
     import mlflow
 
     sweep = os.environ.pop(SWEEP_ENV, "")
@@ -254,9 +265,13 @@ def close_sweep(config: DictConfig) -> None:
     log_wandb_table(config, name, rows)
     failed = [row for row in rows if row["status"] == "failed"]
     print(f"\nsweep {name!r}: {len(rows)} trial(s), best first by {metric}\n\n{table}\n\nsweep run {run_id}")
-    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    search = OmegaConf.select(config, "hydra.sweeper._target_") == OPTUNA_SWEEPER
+    fails = bool(failed) and (not search or len(failed) == len(rows))
+    client.set_terminated(run_id, "FAILED" if fails else "FINISHED")
     if failed:
-        print(f"error: {len(failed)} of {len(rows)} trial(s) failed: see the table", file=sys.stderr)
+        said = f"{len(failed)} of {len(rows)} trial(s) failed: see the table"
+        print(f"error: {said}" if fails else f"{said}; the search went on", file=sys.stderr)
+    if fails:
         sys.exit(1)
 
 
