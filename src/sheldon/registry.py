@@ -56,9 +56,9 @@ class Rival:
 def judge(score: float, min_score: float, champion: Rival | None, margin: Margin) -> tuple[bool, str]:
     """Whether a version scoring `score` becomes champion, and why, in one line."""
     if score < min_score:
-        return False, f"not champion: {score:.4f} is below evaluate.min_accuracy={min_score:g}"
+        return False, f"not champion: {score:.4f} is below evaluate.min_accuracy={min_score}"
     if champion is None:
-        return True, f"champion, the first: {score:.4f} passes evaluate.min_accuracy={min_score:g}"
+        return True, f"champion, the first: {score:.4f} passes evaluate.min_accuracy={min_score}"
     gain = score - champion.score
     wins = gain > TOLERANCE and gain >= margin.needed(champion.score) - TOLERANCE
     versus = f"v{champion.version}'s {champion.score:.4f}"
