@@ -127,18 +127,18 @@ def build_card(
     download = upstream_run(preprocess, "raw_data") if preprocess else None
     fetched = download.data.params if download else {}
     lineage = [
-        ["pipeline run", tags.get("sheldon.pipeline_run", "-")],
+        ["pipeline run", tags.get("sheldon.pipeline_run", "not recorded")],
         ["code commit", tags.get("sheldon.git_commit") or _tag(train_run, GIT_COMMIT_TAG)],
         ["uncommitted changes", _tag(train_run, GIT_DIRTY_TAG)],
-        ["train_model run", version.run_id or "-"],
+        ["train_model run", version.run_id or "none"],
         ["evaluate run", evaluate_run.info.run_id],
         ["model", version.source],
     ]
     data = [
         ["DVC md5 (data.dvc)", tags.get(DATA_MD5_TAG) or _tag(evaluate_run, DATA_MD5_TAG)],
-        ["data version", fetched.get("data_version", "-")],
-        ["source (data.source)", fetched.get("source", "-")],
-        ["test split digest", tags.get(TEST_SPLIT_TAG, "-")],
+        ["data version", fetched.get("data_version", "not recorded")],
+        ["source (data.source)", fetched.get("source", "not recorded")],
+        ["test split digest", tags.get(TEST_SPLIT_TAG, "not recorded")],
         ["test images", sum(row[4] for row in per_class)],
     ]
     params = sorted((train_run.data.params if train_run else {}).items())
@@ -171,7 +171,7 @@ def build_card(
 
 
 def _tag(run: Run | None, name: str) -> str:
-    return run.data.tags.get(name, "-") if run else "-"
+    return run.data.tags.get(name, "not recorded") if run else "not recorded"
 
 
 def publish_card(
