@@ -95,7 +95,8 @@ def store(tmp_path_factory):
         device="cpu",
     )
     mlflow.set_experiment("sheldon")
-    with mlflow.start_run(run_name="train_model") as run:
+    # As `mlflow run` tags a project run in a git checkout: the commit the model cards name.
+    with mlflow.start_run(run_name="train_model", tags={"mlflow.source.git.commit": "0" * 40}) as run:
         model, _ = train_model.train(
             splits["train"], splits["val"], settings, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e)
         )
@@ -255,7 +256,7 @@ def test_a_version_becomes_champion_only_by_beating_the_champion_on_the_same_tes
     assert better.data.tags["sheldon.registered_version"] == f"{name}/2"
 
 
-def test_the_champion_moves_only_for_a_gain_beyond_the_configured_margin(store, tracking):
+def test_the_champion_moves_only_for_a_gain_beyond_the_configured_margin(store, tracking, tmp_path):
     name = f"digits-{uuid.uuid4().hex[:8]}"
     trained, chance = f"runs:/{store['run_id']}/model", log_untrained_model(store)
     first = evaluate_as(store, chance, name)  # v1, champion
@@ -280,6 +281,8 @@ def test_the_champion_moves_only_for_a_gain_beyond_the_configured_margin(store, 
     )
     description = tracking.get_model_version(name, "3").description
     assert description.startswith(f"champion: {accuracies[0]:.4f} beats v1's")
+    card = tracking.download_artifacts(store["run_id"], f"model_cards/{name}-v3.md", str(tmp_path))
+    assert f"| code commit | {'0' * 40} |" in Path(card).read_text()
     assert (
         f"[Model card](#/experiments/{run.info.experiment_id}/runs/{store['run_id']}/artifacts/"
         in description
