@@ -14,9 +14,10 @@ import pytest
 import torch
 from conftest import load_step
 
-from sheldon.datasets import load_packaged, save_splits
+from sheldon.datasets import load_packaged, load_split, raw_images, save_splits
 from sheldon.errors import StepError
 from sheldon.models import SmallCNN
+from sheldon.predict import accuracy, load_model
 
 evaluate = load_step("evaluate")
 train_model = load_step("train_model")
@@ -94,7 +95,8 @@ def store(tmp_path_factory):
         device="cpu",
     )
     mlflow.set_experiment("sheldon")
-    with mlflow.start_run(run_name="train_model") as run:
+    # As `mlflow run` tags a project run in a git checkout: the commit the model cards name.
+    with mlflow.start_run(run_name="train_model", tags={"mlflow.source.git.commit": "0" * 40}) as run:
         model, _ = train_model.train(
             splits["train"], splits["val"], settings, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e)
         )
@@ -224,19 +226,21 @@ def test_a_version_becomes_champion_only_by_beating_the_champion_on_the_same_tes
     client = tracking
 
     first = evaluate_as(store, chance, name, "--min_accuracy", "0")  # the first passing version wins
-    assert first.data.tags["sheldon.note"].startswith(f"{name} v1: promoted to champion, the first")
+    assert first.data.tags["sheldon.note"].startswith(f"{name} v1: champion, the first: ")
     better = evaluate_as(store, trained, name, "--min_accuracy", "0")
     ours, theirs = better.data.metrics["test_accuracy"], better.data.metrics["champion_test_accuracy"]
     assert theirs == pytest.approx(first.data.metrics["test_accuracy"])  # scored again, same split
-    assert (
-        better.data.tags["sheldon.note"]
-        == f"{name} v2: promoted to champion: {ours:.4f} > champion v1's {theirs:.4f}"
+    assert better.data.tags["sheldon.note"] == (
+        f"{name} v2: champion: {ours:.4f} beats v1's {theirs:.4f} by {ours - theirs:+.4f} "
+        "(rule: > the champion)"
     )
     assert client.get_model_version_by_alias(name, "champion").version == 2
 
     worse = evaluate_as(store, chance, name, "--min_accuracy", "0")
+    low = worse.data.metrics["test_accuracy"]
     assert worse.data.tags["sheldon.note"] == (
-        f"{name} v3: kept champion v2: {ours:.4f} >= {worse.data.metrics['test_accuracy']:.4f}"
+        f"{name} v3: not champion: {low:.4f} against v2's {ours:.4f} is {low - ours:+.4f} "
+        "(rule: > the champion)"
     )
     assert client.get_model_version_by_alias(name, "champion").version == 2  # unchanged
     assert client.get_model_version_by_alias(name, "challenger").version == 3
@@ -245,8 +249,44 @@ def test_a_version_becomes_champion_only_by_beating_the_champion_on_the_same_tes
     assert version.tags["sheldon.train_run"] == store["run_id"]
     assert version.tags["sheldon.evaluate_run"] == better.info.run_id
     assert float(version.tags["test_accuracy"]) == pytest.approx(ours, abs=1e-6)
+    assert (
+        version.tags["sheldon.test_split"] == client.get_model_version(name, "1").tags["sheldon.test_split"]
+    )
     assert version.tags["wandb.artifact"] == f"model:mlflow-{store['run_id']}"  # W&B's side of it
     assert better.data.tags["sheldon.registered_version"] == f"{name}/2"
+
+
+def test_the_champion_moves_only_for_a_gain_beyond_the_configured_margin(store, tracking, tmp_path):
+    name = f"digits-{uuid.uuid4().hex[:8]}"
+    trained, chance = f"runs:/{store['run_id']}/model", log_untrained_model(store)
+    first = evaluate_as(store, chance, name)  # v1, champion
+    x, y = load_split(Path(tracking.download_artifacts(store["run_id"], "splits")), "test")
+    gain = accuracy(load_model(trained), raw_images(x), y) - first.data.metrics["test_accuracy"]
+
+    within = round(gain + 0.01, 4)  # the trained model's gain falls short of this margin
+    run = evaluate_as(store, trained, name, "--promote_min_absolute_change", str(within))
+    assert tracking.get_model_version_by_alias(name, "champion").version == 1
+    assert tracking.get_model_version_by_alias(name, "challenger").version == 2
+    note = run.data.tags["sheldon.note"]
+    assert note.startswith(f"{name} v2: not champion: ")
+    assert note.endswith(f"is {gain:+.4f} (rule: >= +{within:g} absolute)")
+
+    beyond = round(gain - 0.01, 4)
+    run = evaluate_as(store, trained, name, "--promote_min_absolute_change", str(beyond))
+    assert tracking.get_model_version_by_alias(name, "champion").version == 3
+    accuracies = run.data.metrics["test_accuracy"], run.data.metrics["champion_test_accuracy"]
+    assert run.data.tags["sheldon.note"] == (
+        f"{name} v3: champion: {accuracies[0]:.4f} beats v1's {accuracies[1]:.4f} by {gain:+.4f} "
+        f"(rule: >= +{beyond:g} absolute)"
+    )
+    description = tracking.get_model_version(name, "3").description
+    assert description.startswith(f"champion: {accuracies[0]:.4f} beats v1's")
+    card = tracking.download_artifacts(store["run_id"], f"model_cards/{name}-v3.md", str(tmp_path))
+    assert f"| code commit | {'0' * 40} |" in Path(card).read_text()
+    assert (
+        f"[Model card](#/experiments/{run.info.experiment_id}/runs/{store['run_id']}/artifacts/"
+        in description
+    )
 
 
 def test_a_version_below_min_accuracy_is_registered_but_never_champion(store, tracking):
@@ -254,7 +294,7 @@ def test_a_version_below_min_accuracy_is_registered_but_never_champion(store, tr
     with pytest.raises(StepError, match="is below evaluate.min_accuracy=1.0"):
         evaluate_as(store, f"runs:/{store['run_id']}/model", name, "--min_accuracy", "1")
     run = latest_evaluate_run(tracking)
-    assert run.data.tags["sheldon.note"].startswith(f"{name} v1: not promoted: ")
+    assert run.data.tags["sheldon.note"].startswith(f"{name} v1: not champion: ")
     assert tracking.get_model_version_by_alias(name, "challenger").version == 1
     with pytest.raises(mlflow.exceptions.MlflowException):
         tracking.get_model_version_by_alias(name, "champion")

@@ -2,12 +2,14 @@
 macro-F1, per-class precision and recall), draw the confusion matrix, the training run's learning
 curves and a grid of misclassified test images, and log a predictions table. Then register the
 model as a new version of evaluate.registered_model_name, `challenger`, made `champion` when it
-passes evaluate.min_accuracy and beats the champion on the same test images (sheldon/registry.py);
-and fail when accuracy is below evaluate.min_accuracy."""
+passes evaluate.min_accuracy and beats the champion on the same test images by the promote_min_*
+margins (sheldon/registry.py), with a model card beside the model (sheldon/model_card.py); and fail
+when accuracy is below evaluate.min_accuracy."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
@@ -15,16 +17,18 @@ matplotlib.use("Agg")  # files only: steps run without a display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from sheldon.artifacts import digest_path
 from sheldon.cli import fraction, run_cli, stages
 from sheldon.datasets import load_split, raw_images
 from sheldon.errors import StepError
 from sheldon.lineage import model_lineage
+from sheldon.model_card import CONFUSION_PNG, publish_card
 from sheldon.predict import accuracy, classify, load_model
-from sheldon.registry import Decision, promote_if_better, register
+from sheldon.registry import Decision, Margin, promote_if_better, register
 from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import peak_memory_mb
-from sheldon.vocabulary import PARENT_RUN_TAG, parse_runs_uri
+from sheldon.vocabulary import PARENT_RUN_TAG, TEST_SPLIT_TAG, parse_runs_uri
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
@@ -46,6 +50,16 @@ class Settings(StepSettings):
     misclassified: int = parameter(32, "misclassified test images shown in the grid")
     registered_model_name: str = parameter(
         "", "registered model the scored model becomes a version of; '' = none"
+    )
+    promote_min_absolute_change: float = parameter(
+        0.0,
+        "a new version becomes champion only with a test accuracy at least this much higher",
+        parse=fraction,
+    )
+    promote_min_relative_change: float = parameter(
+        0.0,
+        "... and higher by at least this share of the champion's (0.01: 1%); both 0: any gain wins",
+        parse=fraction,
     )
 
 
@@ -77,8 +91,8 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[dic
     return metrics, rows
 
 
-def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> plt.Figure:
-    matrix = confusion_matrix(y_true, y_pred, num_classes)
+def confusion_figure(matrix: np.ndarray) -> plt.Figure:
+    num_classes = len(matrix)
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
@@ -87,7 +101,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     ax.set(
         xlabel="predicted",
         ylabel="true",
-        title=f"Confusion matrix ({len(y_true)} test images)",
+        title=f"Confusion matrix ({matrix.sum()} test images)",
         xticks=range(num_classes),
         yticks=range(num_classes),
     )
@@ -166,10 +180,18 @@ def log_figure(run: StepRun, figure: plt.Figure | None, filename: str) -> None:
 
 
 def register_and_decide(
-    run: StepRun, args: Settings, score: float, images: np.ndarray, labels: np.ndarray
+    run: StepRun,
+    args: Settings,
+    score: float,
+    test: tuple[np.ndarray, np.ndarray, Path],
+    per_class: list[list],
+    matrix: np.ndarray,
 ) -> Decision:
-    """The model becomes a new version of the registered model, tagged with where it came from
-    and its test metrics; champion or not, the decision and both scores go to MLflow and W&B."""
+    """The model becomes a new version of the registered model, tagged with where it came from,
+    its test metrics and the digest of the splits it was scored on (`test`: the raw test images,
+    their labels, the splits' folder); champion or not, the decision and both scores go to MLflow
+    and W&B, and its model card beside the model."""
+    images, labels, splits = test
     import mlflow
 
     this_run = mlflow.get_run(run.run_id)
@@ -179,16 +201,20 @@ def register_and_decide(
         "sheldon.pipeline_run": this_run.data.tags.get(PARENT_RUN_TAG, tags.get("sheldon.pipeline_run", "")),
         "sheldon.evaluate_run": run.run_id,
         **{name: f"{value:.6f}" for name, value in this_run.data.metrics.items() if name.startswith("test_")},
+        TEST_SPLIT_TAG: digest_path(splits),
     }
     version = register(args.model, args.registered_model_name, {k: v for k, v in tags.items() if v})
 
     def score_of(uri: str) -> float:
         return accuracy(load_model(run.fetch_input("champion", uri)), images, labels)
 
-    decision = promote_if_better(version, score, args.min_accuracy, score_of)
+    margin = Margin(args.promote_min_absolute_change, args.promote_min_relative_change)
+    decision = promote_if_better(version, score, args.min_accuracy, margin, tags[TEST_SPLIT_TAG], score_of)
     if decision.champion_score is not None:
         run.log_metrics({"champion_test_accuracy": decision.champion_score})
     run.log_registration(decision.name, decision.version, decision.promoted, args.model, str(decision))
+    card = publish_card(decision.name, decision.version, decision, run.run_id, per_class, matrix.tolist())
+    print(f"model card: {card}")
     return decision
 
 
@@ -197,7 +223,8 @@ def main(args: Settings) -> None:
         if args.batch_size <= 0:
             raise StepError(f"evaluate.batch_size must be positive, got {args.batch_size}")
         model = load_model(run.fetch_input("model", args.model))
-        x, y = load_split(run.fetch_input("splits", args.splits), "test")
+        splits = run.fetch_input("splits", args.splits)
+        x, y = load_split(splits, "test")
         images = raw_images(x)  # as the model is served: raw images in
         probabilities = classify(model, images, batch=args.batch_size)
         y_pred, confidence = probabilities.argmax(1), probabilities.max(1)
@@ -208,7 +235,8 @@ def main(args: Settings) -> None:
         train_run = train_run_of(args.model)
         with stages(4, "logging results") as begin:
             begin("confusion matrix")
-            log_figure(run, confusion_figure(y, y_pred, num_classes), "confusion_matrix.png")
+            matrix = confusion_matrix(y, y_pred, num_classes)
+            log_figure(run, confusion_figure(matrix), CONFUSION_PNG)
             begin("misclassified images")
             log_figure(
                 run, misclassified_figure(x, y, y_pred, confidence, args.misclassified), "misclassified.png"
@@ -232,7 +260,8 @@ def main(args: Settings) -> None:
         run.headline("test_accuracy", accuracy_)
         print(f"test accuracy {accuracy_:.4f}, macro-F1 {metrics['test_macro_f1']:.4f}")
         if args.registered_model_name:
-            print(f"registry: {register_and_decide(run, args, accuracy_, images, y)}")
+            decision = register_and_decide(run, args, accuracy_, (images, y, splits), per_class, matrix)
+            print(f"registry: {decision}")
         if accuracy_ < args.min_accuracy:
             raise StepError(
                 f"test accuracy {accuracy_:.4f} is below evaluate.min_accuracy={args.min_accuracy}"

@@ -22,6 +22,10 @@ PIPELINE_RUN_TAG = "sheldon.pipeline_run_id"
 CHECKPOINTS_TAG = "sheldon.checkpoints"  # train_model: where its checkpoints are
 DEVICE_TAG = "sheldon.device"  # train_model: the device it trained on
 
+# On a registered model version
+TEST_SPLIT_TAG = "sheldon.test_split"  # digest of the splits artifact evaluate scored it on
+MODEL_CARDS = "model_cards"  # the artifact folder, beside the model in its run, of its versions' cards
+
 # On a step's or a pipeline's run
 PROCESS_TAG = "sheldon.process"  # token of the process whose death means the run is dead
 STOPPED_TAG = "sheldon.stopped"  # why a run was ended KILLED or FAILED from outside the step
