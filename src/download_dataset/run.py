@@ -22,9 +22,9 @@ from sheldon.datasets import (
     FORMAT_FILE,
     FORMATS,
     Split,
-    check_usable,
     count_samples,
     data_files,
+    load_checked,
 )
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
@@ -100,8 +100,8 @@ def stage(
     split: Split | None = None,
 ) -> tuple[Path, FileDigest | None]:
     """Download `source` into `staging` and check it: the sha256 of the downloaded file when one is
-    expected, archives unpacked safely, a dataset in a known format that is not empty and, given
-    `split`, labels that preprocess can split as configured. Returns the folder that should become
+    expected, archives unpacked safely, then every rule preprocess holds the data to (load_checked;
+    its labels only given `split`). Returns the folder that should become
     data/raw and the digest of what was downloaded (None for a folder), which may still be hashing:
     only an expected sha256 makes the data wait for it."""
     data = staging / "data"
@@ -125,9 +125,7 @@ def stage(
         else:
             data.mkdir()
             os.replace(downloaded.path, data / name)
-        count_samples(data, fmt, label_column)
-        if split is not None:
-            check_usable(data, split, fmt, label_column)
+        load_checked(data, split, fmt, label_column, where=shorten(source))
     except BaseException:
         if downloaded.digest:
             downloaded.digest.cancel()
