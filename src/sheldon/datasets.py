@@ -249,14 +249,12 @@ def _label_index(path: Path, label_column: str) -> int:
     return header.index(label_column)
 
 
-def _read_csv(path: Path, column: int | None = None) -> np.ndarray:
-    """The numbers below the header: a table (rows, columns), or one column's values."""
+def _read_csv(path: Path) -> np.ndarray:
+    """The numbers below the header, as a table (rows, columns)."""
     try:
         with warnings.catch_warnings():  # an empty table is reported by the caller, as one line
             warnings.simplefilter("ignore", UserWarning)
-            return np.loadtxt(
-                path, delimiter=",", skiprows=1, usecols=column, ndmin=2 if column is None else 1
-            )
+            return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except ValueError as err:
         raise StepError(f"{path.name} is not a numeric CSV: {shorten(first_line(err))}") from None
 
