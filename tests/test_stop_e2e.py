@@ -44,7 +44,7 @@ def versioned(tmp_path):
     (project.root / ".dvc" / "config.local").write_text(
         f"['remote \"default\"']\n    url = {tmp_path / 'remote'}\n"
     )
-    first = digits(tmp_path / "first", 40, seed=1) / "d.npz"
+    first = digits(tmp_path / "first", 100, seed=1) / "d.npz"
     result = project.run(
         "python", "main.py", "main.steps=download_dataset", "data.download_new=true", f"data.source={first}"
     )

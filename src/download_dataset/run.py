@@ -22,9 +22,9 @@ from sheldon.datasets import (
     FORMAT_FILE,
     FORMATS,
     Split,
-    check_usable,
     count_samples,
     data_files,
+    load_checked,
 )
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
 
 STEP = "download_dataset"
+UNRECORDED = "(not recorded in data.dvc)"  # a version added before data.dvc recorded sources
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Outcome:
     version: str
     sha256: str = ""  # of the downloaded file, or of the dataset file when there is one
     samples: int = 0
+    source: str = ""  # where this version came from, as data.dvc records it
 
 
 def stage(
@@ -100,8 +102,8 @@ def stage(
     split: Split | None = None,
 ) -> tuple[Path, FileDigest | None]:
     """Download `source` into `staging` and check it: the sha256 of the downloaded file when one is
-    expected, archives unpacked safely, a dataset in a known format that is not empty and, given
-    `split`, labels that preprocess can split as configured. Returns the folder that should become
+    expected, archives unpacked safely, then every rule preprocess holds the data to (load_checked;
+    its labels only given `split`). Returns the folder that should become
     data/raw and the digest of what was downloaded (None for a folder), which may still be hashing:
     only an expected sha256 makes the data wait for it."""
     data = staging / "data"
@@ -125,9 +127,7 @@ def stage(
         else:
             data.mkdir()
             os.replace(downloaded.path, data / name)
-        count_samples(data, fmt, label_column)
-        if split is not None:
-            check_usable(data, split, fmt, label_column)
+        load_checked(data, split, fmt, label_column, where=shorten(source))
     except BaseException:
         if downloaded.digest:
             downloaded.digest.cancel()
@@ -163,25 +163,26 @@ def download_new(
     repo = open_repo(root)
     pin_path = _tracked_path(root, raw_dir)
     check_remote_writable(repo)
-    pinned = read_pin(root).md5 if (root / DVC_FILE).is_file() else None
+    pinned = read_pin(root) if (root / DVC_FILE).is_file() else None
     with staging_folder(raw_dir) as staging:
         data, digest = stage(source, staging, transfer, sha256, fmt, label_column, split)
         md5 = folder_md5(repo, data)
-        if md5 == pinned:
+        if pinned and md5 == pinned.md5:
             print(f"data unchanged: already version {md5} ({DVC_FILE}); nothing committed or pushed")
             if _check_replaceable(repo, raw_dir, md5) != md5:
                 with replace_folder(raw_dir, data):
                     pass
                 print(f"{raw_dir} holds it again")
-            return Outcome("unchanged", md5, DVC_FILE, digest.hexdigest() if digest else "")
+            sha = digest.hexdigest() if digest else ""
+            return Outcome("unchanged", md5, DVC_FILE, sha, source=pinned.source or source)
         _check_replaceable(repo, raw_dir, md5)
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
-            md5 = commit_and_push(repo, root, pin_path)  # the sha256 finishes meanwhile
+            md5 = commit_and_push(repo, root, pin_path, source)  # the sha256 finishes meanwhile
     print(f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}")
     print("publish it so colleagues can pull it:")
     print(f"  git add {DVC_FILE} && git commit -m 'Data: {source_name(source)}'")
     print("  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags")
-    return Outcome("downloaded", md5, DVC_FILE, digest.hexdigest() if digest else "")
+    return Outcome("downloaded", md5, DVC_FILE, digest.hexdigest() if digest else "", source=source)
 
 
 def _check_replaceable(repo: Repo, raw_dir: Path, new_md5: str) -> str | None:
@@ -218,17 +219,17 @@ def bring_pinned(
     label = version or DVC_FILE
     if _check_replaceable(repo, raw_dir, pin.md5) == pin.md5:
         print(f"{raw_dir} already holds the data version {label} pins (md5 {pin.md5})")
-        return Outcome("up-to-date", pin.md5, label)
+        return Outcome("up-to-date", pin.md5, label, source=pin.source)
     if commit:
         with staging_folder(raw_dir) as staging:
             write_version(repo, root, commit, pin, staging / "data")
             with replace_folder(raw_dir, staging / "data"):
                 pass
         print(f"{raw_dir} now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
-        return Outcome("pulled", pin.md5, label)
+        return Outcome("pulled", pin.md5, label, source=pin.source)
     if pull(repo, root, pin.md5):
         print(f"dvc pull: {raw_dir} now holds the data version {DVC_FILE} pins (md5 {pin.md5})")
-        return Outcome("pulled", pin.md5, label)
+        return Outcome("pulled", pin.md5, label, source=pin.source)
     # The remote lacks the pinned version (a fresh machine): rebuild it from the source.
     check_remote_writable(repo)
     with staging_folder(raw_dir) as staging:
@@ -245,7 +246,8 @@ def bring_pinned(
         f"DVC remote {remote_url(repo)} lacked data version md5 {pin.md5}: rebuilt it from {source}, "
         "checked it has exactly that md5, and pushed it"
     )
-    return Outcome("bootstrapped", pin.md5, label, digest.hexdigest() if digest else "")
+    sha = digest.hexdigest() if digest else ""
+    return Outcome("bootstrapped", pin.md5, label, sha, source=pin.source or source)
 
 
 def _tracked_path(root: Path, raw_dir: Path) -> str:
@@ -290,9 +292,12 @@ def main(args: Settings) -> None:
         outcome.sha256 = outcome.sha256 or dataset_sha256(raw_dir)
         size = sum(f.stat().st_size for f in data_files(raw_dir))
         seconds = time.perf_counter() - started
-        info = {"source": args.source, "bytes": size, "seconds": round(seconds, 3), **asdict(outcome)}
+        outcome.source = outcome.source or UNRECORDED
+        info = {"bytes": size, "seconds": round(seconds, 3), **asdict(outcome)}
         run.log_params(
             {
+                # where the data came from: `source` is config.yaml's, used only by download_new
+                "data_source": outcome.source,
                 "data_version": outcome.version,
                 "data_action": outcome.action,
                 "dvc_md5": outcome.dvc_md5,

@@ -12,6 +12,7 @@ import json
 import math
 import warnings
 import zipfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,11 +238,6 @@ def _load_csv(path: Path, label_column: str) -> Dataset:
     return Dataset(images, labels)
 
 
-def _csv_labels(path: Path, label_column: str) -> np.ndarray:
-    """A CSV's label column alone: memory stays flat whatever the number of pixel columns."""
-    return _integer_labels(_read_csv(path, _label_index(path, label_column)), path, label_column)
-
-
 def _label_index(path: Path, label_column: str) -> int:
     with open(path, newline="") as handle:
         header = [h.strip() for h in next(csv.reader(handle), [])]
@@ -253,14 +249,12 @@ def _label_index(path: Path, label_column: str) -> int:
     return header.index(label_column)
 
 
-def _read_csv(path: Path, column: int | None = None) -> np.ndarray:
-    """The numbers below the header: a table (rows, columns), or one column's values."""
+def _read_csv(path: Path) -> np.ndarray:
+    """The numbers below the header, as a table (rows, columns)."""
     try:
         with warnings.catch_warnings():  # an empty table is reported by the caller, as one line
             warnings.simplefilter("ignore", UserWarning)
-            return np.loadtxt(
-                path, delimiter=",", skiprows=1, usecols=column, ndmin=2 if column is None else 1
-            )
+            return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except ValueError as err:
         raise StepError(f"{path.name} is not a numeric CSV: {shorten(first_line(err))}") from None
 
@@ -300,22 +294,29 @@ def _load_image_folder(folder: Path) -> Dataset:
     for path in files:
         try:
             with Image.open(path) as image:
-                pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+                images.append(np.asarray(image.convert("L"), dtype=np.uint8))
         except (UnidentifiedImageError, OSError) as err:
             raise StepError(f"{path.relative_to(folder)} is not a readable image: {shorten(err)}") from None
-        if images and pixels.shape != images[0].shape:
-            raise StepError(
-                f"{path.relative_to(folder)} is {pixels.shape[1]}x{pixels.shape[0]}, the others "
-                f"{images[0].shape[1]}x{images[0].shape[0]}: images must share one size"
-            )
-        images.append(pixels)
         labels.append(label_of[path.parent.name])
+    _check_one_size(folder, files, [pixels.shape for pixels in images])
     return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64))
 
 
+def _check_one_size(folder: Path, files: list[Path], shapes: list[tuple[int, ...]]) -> None:
+    """Images must share one size: name how many differ from the most common one, and an example."""
+    sizes = Counter(f"{width}x{height}" for height, width in shapes)
+    if len(sizes) == 1:
+        return
+    [(usual, _), *others] = sizes.most_common()
+    odd = next(f for f, (h, w) in zip(files, shapes, strict=True) if f"{w}x{h}" != usual)
+    counted = ", ".join(f"{n} image{'s are' if n > 1 else ' is'} {size}" for size, n in others)
+    example = odd.relative_to(folder)
+    raise StepError(f"{shorten(counted, 80)}, the rest {usual} (e.g. {example}): images must share one size")
+
+
 def validate(dataset: Dataset) -> None:
-    """Check shape, dtype and missing values; raise one clear StepError otherwise. Whether the
-    labels suit the pipeline is Split.check's to say."""
+    """Check shape, dtype, missing values and pixel range; raise one clear StepError otherwise.
+    Whether the labels suit the pipeline is Split.check's to say."""
     images, labels = dataset.images, dataset.labels
     if len(labels) == 0:
         raise StepError("the dataset is empty")
@@ -332,10 +333,9 @@ def validate(dataset: Dataset) -> None:
 @dataclass(frozen=True)
 class Split:
     """preprocess's stratified train/val/test split, as config.yaml's preprocess section sets it,
-    and the one rule of which labels the pipeline can use: at least two classes, every label below
-    num_classes, and every class large enough that train, val and test each get one of its samples
-    whatever the seed. download_dataset applies it before a new data version replaces data/raw,
-    preprocess before it splits."""
+    and the one rule of which labels the pipeline can use: every label in 0..num_classes-1, each
+    of those classes present, and large enough that train, val and test each get one of its
+    samples whatever the seed. load_checked applies it for download_dataset and preprocess."""
 
     val_size: float
     test_size: float
@@ -397,9 +397,6 @@ class Split:
 
         if not counts:
             raise StepError("the dataset is empty")
-        if len(counts) < 2:
-            [(label, count)] = counts.items()
-            raise StepError(f"the dataset holds one class, {name(label)}: a classifier needs two or more")
         low, high = min(counts), max(counts)
         if low < 0:
             raise StepError(
@@ -409,6 +406,19 @@ class Split:
             raise StepError(
                 f"labels must lie in 0..{self.num_classes - 1} (preprocess.num_classes={self.num_classes}), "
                 f"got {name(high)}: set preprocess.num_classes={high + 1}"
+            )
+        absent = sorted(set(range(self.num_classes)) - set(counts))
+        if absent:
+            several, present = len(absent) > 1, len(counts)
+            fix = (
+                f"set preprocess.num_classes={high + 1}"
+                if absent[0] > high
+                else f"number the {present} classes 0..{present - 1} and set preprocess.num_classes={present}"
+            )
+            raise StepError(
+                f"class{'es' if several else ''} {shorten(', '.join(map(str, absent)), 40)} of "
+                f"preprocess.num_classes={self.num_classes} {'have' if several else 'has'} no samples: every "
+                f"class must be in train, val and test; add {'them' if several else 'it'}, or {fix}"
             )
         n = len(labels)
         short = {label: count for label, count in counts.items() if min(self.fewest(count, n).values()) == 0}
@@ -443,21 +453,24 @@ class Split:
         return f"{more}, or raise " + " and ".join(f"preprocess.{split}_size" for split in missing)
 
 
-def check_usable(folder: Path, split: Split, fmt: str = "auto", label_column: str = "label") -> None:
-    """Split.check on the labels of the dataset in `folder`, reading only the labels (an image
-    dataset's folder names, a CSV's label column, an NPZ's labels array)."""
-    folder = Path(folder)
-    fmt, label_column = resolve_format(folder, fmt, label_column)
-    names = None
-    if fmt == "images":
-        label_of = image_classes(folder)
-        labels = np.array([label_of[f.parent.name] for f in _image_files(folder)], dtype=np.int64)
-        names = {label: name for name, label in label_of.items()}
-    elif fmt == "csv":
-        labels = _csv_labels(_single(folder, ".csv"), label_column)
-    else:
-        [labels] = _npz_arrays(_single(folder, ".npz"), "labels")
-    split.check(labels, names)
+def load_checked(
+    folder: Path, split: Split | None, fmt: str = "auto", label_column: str = "label", where: str = ""
+) -> Dataset:
+    """The dataset in `folder`, once it passes every rule the pipeline holds data to: images of one
+    size (load_raw), validate's shape and pixel range and, given `split`, labels that preprocess can
+    split (Split.check). download_dataset calls it before a new version replaces data/raw, preprocess
+    before it splits, so data that is versioned is data that preprocess takes. A refusal starts with
+    `where` (the data as the user knows it)."""
+    try:
+        fmt, label_column = resolve_format(Path(folder), fmt, label_column)
+        dataset = load_raw(folder, fmt, label_column)
+        validate(dataset)
+        if split is not None:
+            folders = image_classes(folder) if fmt == "images" else {}
+            split.check(dataset.labels, {label: name for name, label in folders.items()})
+    except StepError as err:
+        raise StepError(f"{where}: {err}" if where else str(err)) from None
+    return dataset
 
 
 def save_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], folder: Path) -> None:

@@ -24,6 +24,7 @@ from sheldon.lineage import (
     PINNED,
     RAN,
     StepResult,
+    data_state,
     headline_of,
     log_lineage,
     note_of,
@@ -361,6 +362,7 @@ def run_plan(
             raise
         summary = log_lineage(pipeline.info.run_id, upstream + results)
         mlflow.set_tag(RAN_STEPS_TAG, ",".join(r.step for r in results if r.status == "ran"))
+        mlflow.set_tags(data_state())  # the data its steps used: `data.source` is new data's, if any
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
         outcome = Outcome(0, run_id, pipeline_metrics(upstream + results))
         failed = [r for r in results if r.status == "failed"]

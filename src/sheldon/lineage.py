@@ -15,6 +15,7 @@ from sheldon.paths import REPO_ROOT
 from sheldon.versioning import DVC_FILE, parse_pin
 from sheldon.vocabulary import (
     DATA_MD5_TAG,
+    DATA_SOURCE_TAG,
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
     HEADLINE_TAG,
@@ -54,13 +55,15 @@ def headline_of(run: str | Run) -> dict[str, float]:
 
 def model_lineage(run_id: str) -> dict[str, str]:
     """Where a model came from, read from the run that trained it, as tags for the model and its
-    registered versions: that run, its pipeline run, the git commit and the data version (DVC md5)."""
+    registered versions: that run, its pipeline run, the git commit and the data version (DVC md5,
+    source)."""
     tags = mlflow.get_run(run_id).data.tags
     found = {
         "sheldon.train_run": run_id,
         "sheldon.pipeline_run": tags.get(PARENT_RUN_TAG, ""),
         "sheldon.git_commit": tags.get(GIT_COMMIT_TAG, ""),
         DATA_MD5_TAG: tags.get(DATA_MD5_TAG, ""),
+        DATA_SOURCE_TAG: tags.get(DATA_SOURCE_TAG, ""),
     }
     return {name: value for name, value in found.items() if value}
 
@@ -104,9 +107,18 @@ def source_state() -> dict[str, str]:
     status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
     if status.returncode == 0:
         tags[GIT_DIRTY_TAG] = str(bool(status.stdout.strip())).lower()
+    return tags | data_state()
+
+
+def data_state() -> dict[str, str]:
+    """The data version data.dvc pins, as tags: its md5 and, when recorded, where it came from."""
+    tags = {}
     dvc_file = REPO_ROOT / DVC_FILE
     if dvc_file.is_file():
         with suppress(ValueError):
-            if md5 := parse_pin(dvc_file.read_text()).md5:
-                tags[DATA_MD5_TAG] = md5.removesuffix(".dir")  # the hex digest alone, as always tagged
+            pin = parse_pin(dvc_file.read_text())
+            if pin.md5:
+                tags[DATA_MD5_TAG] = pin.md5.removesuffix(".dir")  # the hex digest alone, as always tagged
+            if pin.source:
+                tags[DATA_SOURCE_TAG] = pin.source
     return tags

@@ -32,19 +32,24 @@ DVC_FILE = "data.dvc"
 
 @dataclass(frozen=True)
 class Pin:
-    """What a data.dvc pins: the tracked folder (relative to the repo) and its DVC md5."""
+    """What a data.dvc pins: the tracked folder (relative to the repo), its DVC md5, and where
+    that version came from (its `meta: {source: ...}`, which `dvc commit` and `dvc add` keep;
+    '' when none is recorded)."""
 
     path: str
     md5: str
+    source: str = ""
 
 
 def parse_pin(text: str) -> Pin:
     """What the text of a data.dvc pins: its first `outs` entry (md5 '' when it has none).
     ValueError when it names no tracked folder."""
     try:
-        out = yaml.safe_load(text)["outs"][0]
-        return Pin(str(out["path"]), str(out["md5"]) if "md5" in out else "")
-    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        content = yaml.safe_load(text)
+        out = content["outs"][0]
+        source = (content.get("meta") or {}).get("source", "")
+        return Pin(str(out["path"]), str(out["md5"]) if "md5" in out else "", str(source))
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError):
         raise ValueError(f"not a data.dvc: {shorten(text)}") from None
 
 
@@ -269,13 +274,20 @@ def complete_in_cache(repo: Repo, md5: str) -> bool:
     return all(odb.exists(info.value) for _, _, info in tree)
 
 
-def commit_and_push(repo: Repo, root: Path, pin_path: str) -> str:
-    """Record data/raw in data.dvc and the cache (`dvc commit`), push it; returns its md5."""
+def commit_and_push(repo: Repo, root: Path, pin_path: str, source: str | None = None) -> str:
+    """Record data/raw in data.dvc and the cache (`dvc commit`), push it; returns its md5.
+    `source`: where this data came from, recorded as data.dvc's `meta: {source: ...}`
+    (None: the recorded one stays)."""
     from dvc.exceptions import DvcException
 
     dvc_file = root / DVC_FILE
-    if not dvc_file.is_file():
-        dvc_file.write_text(f"outs:\n- path: {pin_path}\n")
+    if source is not None or not dvc_file.is_file():
+        content = (
+            yaml.safe_load(dvc_file.read_text()) if dvc_file.is_file() else {"outs": [{"path": pin_path}]}
+        )
+        if source is not None:
+            content["meta"] = {**(content.get("meta") or {}), "source": source}
+        dvc_file.write_text(yaml.safe_dump(content, sort_keys=False))  # dvc commit keeps `meta`
     url = remote_url(repo)
     try:
         repo.commit(str(dvc_file), force=True)

@@ -31,6 +31,7 @@ PROCESS_TAG = "sheldon.process"  # token of the process whose death means the ru
 STOPPED_TAG = "sheldon.stopped"  # why a run was ended KILLED or FAILED from outside the step
 GIT_DIRTY_TAG = "sheldon.git_dirty"  # whether the git tree had uncommitted changes
 DATA_MD5_TAG = "sheldon.data_md5"  # the DVC md5 data.dvc pins
+DATA_SOURCE_TAG = "sheldon.data_source"  # where that version came from (data.dvc's meta.source)
 
 # On a pipeline's run
 PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
