@@ -98,8 +98,14 @@ def find_sweep(experiment: Experiment, given: str) -> Run:
     raise StepError(f"no sweep {shorten(given)!r} in {where(experiment)}: name a sweep by its name or run id")
 
 
-def cell(value: str) -> str:
-    return shorten(value, CELL)
+def cell(value: str | None) -> str | None:
+    """A parameter as a table shows it: on one line, long values cut in the middle."""
+    return None if value is None else shorten(value, CELL)
+
+
+def number(value: float | None) -> float | int | None:
+    """A metric as a table shows it: a count (bytes, samples) without decimals."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def table(runs: list[Run], columns: dict[str, Any] | None = None) -> str:
@@ -116,8 +122,8 @@ def table(runs: list[Run], columns: dict[str, Any] | None = None) -> str:
             "status": run.info.status.lower(),
         }
         row |= {name: extract(run) for name, extract in (columns or {}).items()}
-        row |= {name: cell(run.data.params[name]) if name in run.data.params else None for name in differ}
-        row |= {name: run.data.metrics.get(name) for name in metrics}
+        row |= {name: cell(run.data.params.get(name)) for name in differ}
+        row |= {name: number(run.data.metrics.get(name)) for name in metrics}
         rows.append(row)
     return format_table(rows)
 
@@ -169,8 +175,8 @@ def differences(entry_a: dict[str, Any], entry_b: dict[str, Any]) -> list[tuple[
         for name in sorted({*values_a, *values_b} - inputs):
             value_a, value_b = values_a.get(name), values_b.get(name)
             if value_a != value_b:
-                if kind == "params":
-                    value_a, value_b = (None if v is None else cell(v) for v in (value_a, value_b))
+                shown_as = number if kind == "metrics" else cell
+                value_a, value_b = shown_as(value_a), shown_as(value_b)
                 found.append((f"{kind[:-1]} {name}", value_a, value_b))
     return found
 
