@@ -15,17 +15,15 @@ import argparse
 import re
 import sys
 from datetime import datetime
-from typing import Any
-
-import mlflow
-from mlflow.entities import Experiment, Run
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING, Any
 
 from sheldon.errors import StepError, shorten
 from sheldon.store import check_tracking_store, sqlite_file, tracking_environment
 from sheldon.sweep import format_table
-from sheldon.tracking import configured
 from sheldon.vocabulary import PARENT_RUN_TAG, PIPELINE_RUN_NAME, STEP_TAG, SWEEP_TAG, TRIAL_NUMBER_TAG
+
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment, Run
 
 SHORT = 8  # characters of a run id shown in a table
 CELL = 40  # at most this many characters of a parameter's value in a cell
@@ -33,6 +31,8 @@ _RUN_ID = re.compile(r"[0-9a-f]{4,32}")
 
 
 def open_experiment(name: str) -> Experiment:
+    import mlflow
+
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         raise StepError(
@@ -42,6 +42,8 @@ def open_experiment(name: str) -> Experiment:
 
 
 def search(experiment: Experiment, query: str, limit: int = 10000, newest_first: bool = False) -> list[Run]:
+    import mlflow
+
     order = "DESC" if newest_first else "ASC"
     return mlflow.MlflowClient().search_runs(
         [experiment.experiment_id], query, order_by=[f"attributes.start_time {order}"], max_results=limit
@@ -49,6 +51,8 @@ def search(experiment: Experiment, query: str, limit: int = 10000, newest_first:
 
 
 def where(experiment: Experiment) -> str:
+    import mlflow
+
     return f"experiment {experiment.name!r} of {mlflow.get_tracking_uri()}"
 
 
@@ -148,6 +152,9 @@ def compare_sweep(experiment: Experiment, given: str) -> str:
 
 def lineage(run: Run) -> dict[str, dict[str, Any]]:
     """The steps of a pipeline run, as its lineage.json lists them: {step: its entry}."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     try:
         manifest = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/lineage.json")
     except (MlflowException, OSError):
@@ -167,6 +174,8 @@ def differences(entry_a: dict[str, Any], entry_b: dict[str, Any]) -> list[tuple[
     """(what, value in A, value in B) for each parameter and metric that differs between two runs
     of a step, given as their lineage.json entries. Input parameters are left out: they name the
     runs above, whose differences are shown there."""
+    import mlflow
+
     found: list[tuple[str, Any, Any]] = []
     data = [mlflow.get_run(e["run_id"]).data if e.get("run_id") else None for e in (entry_a, entry_b)]
     inputs = {*entry_a.get("inputs", {}), *entry_b.get("inputs", {})}
@@ -233,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
             raise StepError(
                 f"no tracking store at {db}: run the pipeline first (make run), or check MLFLOW_TRACKING_URI"
             )
+        import mlflow  # only now: an unusable store is refused without its ~2 s of imports
+
+        from sheldon.tracking import configured
+
         mlflow.set_tracking_uri(uri)
         experiment = open_experiment(args.experiment or str(configured("main").get("experiment_name")))
         if args.diff:
