@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test test-slow lint contract new-data fashion-mnist serve predict ui server clean
+.PHONY: setup run test test-slow lint contract new-data fashion-mnist serve predict ui server compare dag clean
 
 setup: $(STAMP)
 
@@ -101,6 +101,18 @@ ui: setup
 SERVER_PORT ?= 5000
 server: setup
 	python -m sheldon.server --port $(SERVER_PORT) $(if $(DB),--db "$(DB)") $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
+
+# Pipeline runs side by side (README, Comparing runs), from the store `make run` writes (or MLFLOW_TRACKING_URI):
+#   make compare [N=10]                            # the latest N pipeline runs
+#   make compare SWEEP=latest|<name or run id>     # one sweep's trials
+#   make compare DIFF="<run id> <run id>"          # what differs between two, step by step
+N ?= 10
+compare: setup
+	@python -m sheldon.compare $(if $(DIFF),--diff $(DIFF),$(if $(SWEEP),--sweep $(filter-out latest,$(SWEEP)),-n $(N)))
+
+# The pipeline's steps and what each reads, as Mermaid text (README, Comparing runs)
+dag: setup
+	@python -m sheldon.dag
 
 clean:
 	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts wandb outputs checkpoints

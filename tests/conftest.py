@@ -152,6 +152,16 @@ def said(stderr: str) -> list[str]:
     return [line for line in stderr.strip().splitlines() if not logged.match(line)]
 
 
+def parse_table(table: str) -> list[dict[str, str]]:
+    """The rows of a table as sheldon prints them (sheldon.cli.text_table), by column: the columns
+    are cut where the dashes under the header are."""
+    header, dashes, *lines = table.strip("\n").splitlines()
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", dashes)]
+    spans[-1] = (spans[-1][0], None)
+    names = [header[a:b].strip() for a, b in spans]
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)} for line in lines]
+
+
 def summary_status(output: str) -> dict[str, str]:
     """Each step's status in a pipeline's summary table: ran, cached, pinned or failed."""
     return {

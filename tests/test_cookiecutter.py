@@ -230,3 +230,20 @@ def test_existing_folder_is_refused_without_overwrite(bare_project):
     assert result.returncode == 1
     assert result.output.strip() == 'Error: "src/evaluate" directory already exists'
     assert tree(bare_project.root / "src") == before
+
+
+def test_a_new_step_joins_the_pipelines_picture_once_added_to_steps(tmp_path):
+    """`make dag` draws main.py's steps with config.yaml's inputs: a generated step appears once the
+    two printed edits add it, reading the artifact its section names."""
+    project = make_project(tmp_path)
+    made = generate(project, "step_name=clean_digits", "parameters=threshold:float=0.5")
+    assert made.returncode == 0, made.output
+    before = project.run("python", "-m", "sheldon.dag")
+    assert before.returncode == 0 and "clean_digits" not in before.stdout, before.output
+    apply_printed_edits(project, made.stdout)
+    after = project.run("python", "-m", "sheldon.dag")
+    assert after.returncode == 0, after.output
+    lines = after.stdout.splitlines()
+    assert "    clean_digits[clean_digits]" in lines
+    assert "    download_dataset__raw_data -- input_artifact --> clean_digits" in lines
+    assert set(before.stdout.splitlines()) <= set(lines)  # the rest of the picture as it was

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import make_project, wandb_records
+from conftest import make_project, parse_table, wandb_records
 from http_server import free_port
 
 from sheldon.artifacts import inputs_folder
@@ -44,13 +44,8 @@ def sweep_runs(project) -> list:
 
 
 def table_rows(output: str) -> list[dict[str, str]]:
-    """The rows of the last sweep table printed, by column (cut where the dashes under the header
-    are): trial, overrides, the metric, status, pipeline_run_id."""
-    header, dashes, *lines = output[output.rindex("best first by") :].split("\n\n")[1].splitlines()
-    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", dashes)]
-    spans[-1] = (spans[-1][0], None)
-    names = [header[a:b].strip() for a, b in spans]
-    return [{n: line[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)} for line in lines]
+    """The rows of the last sweep table printed: trial, overrides, the metric, status, pipeline_run_id."""
+    return parse_table(output[output.rindex("best first by") :].split("\n\n")[1])
 
 
 def test_a_grid_runs_a_pipeline_per_combination_reusing_the_upstream_steps(swept):

@@ -25,6 +25,7 @@ from sheldon.lineage import (
     RAN,
     StepResult,
     data_state,
+    describe_pipeline,
     headline_of,
     log_lineage,
     note_of,
@@ -349,6 +350,7 @@ def run_plan(
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         mlflow.log_params(pipeline_params(steps, plan))
+        describe_pipeline(steps, plan.configs)
         mlflow.set_tags({PINNED_TAG + step: run_id for step, run_id in plan.pins.items()})
         try:
             for step in selected:

@@ -4,6 +4,7 @@ lineage tags every step run of the pipeline carries."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 
@@ -11,11 +12,14 @@ import mlflow
 from mlflow.entities import Run
 
 from sheldon.cli import text_table
+from sheldon.dag import chart_in, description, flowchart
 from sheldon.paths import REPO_ROOT
+from sheldon.steps import StepConfig, Steps
 from sheldon.versioning import DVC_FILE, parse_pin
 from sheldon.vocabulary import (
     DATA_MD5_TAG,
     DATA_SOURCE_TAG,
+    DESCRIPTION_TAG,
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
     HEADLINE_TAG,
@@ -90,13 +94,20 @@ def format_summary(results: list[StepResult]) -> str:
     return "\n\n".join([text_table(rows), *(["\n".join(notes)] if notes else [])])
 
 
+def describe_pipeline(steps: Steps, configs: Mapping[str, StepConfig]) -> None:
+    """The active pipeline run's description, which the MLflow UI renders: the picture of the
+    steps it runs and what each reads (dag.py)."""
+    mlflow.set_tag(DESCRIPTION_TAG, description(flowchart(steps, configs)))
+
+
 def log_lineage(pipeline_run_id: str, results: list[StepResult]) -> str:
-    """Log the summary table, the lineage manifest and the steps' headline metrics to the active
-    pipeline run; returns the table."""
+    """Log the summary table, the lineage manifest (with the pipeline's picture, as its description
+    has it) and the steps' headline metrics to the active pipeline run; returns the table."""
     summary = format_summary(results)
     mlflow.log_metrics(pipeline_metrics(results))
     mlflow.log_text(summary + "\n", "summary.txt")
-    manifest = {"pipeline_run_id": pipeline_run_id, "steps": [asdict(r) for r in results]}
+    dag = chart_in(mlflow.get_run(pipeline_run_id).data.tags.get(DESCRIPTION_TAG, ""))
+    manifest = {"pipeline_run_id": pipeline_run_id, "dag": dag, "steps": [asdict(r) for r in results]}
     mlflow.log_dict(manifest, "lineage.json")
     return summary
 

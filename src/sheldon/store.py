@@ -168,12 +168,17 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
-def _check_sqlite(uri: str) -> None:
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a sqlite tracking URI; None for another store, or a db in memory."""
+    if uri.split(":", 1)[0].lower() != "sqlite":
+        return None
     name = uri.removeprefix("sqlite://").removeprefix("/").split("?")[0]  # sqlite:////abs, sqlite:///rel
-    if name in ("", ":memory:"):
-        return
-    path = Path(name).resolve()
-    if not path.exists():
+    return None if name in ("", ":memory:") else Path(name).resolve()
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_file(uri)
+    if path is None or not path.exists():
         return
     if not path.is_file():
         raise StepError(f"tracking db {path} is not a file: {FIX_URI}")

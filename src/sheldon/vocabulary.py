@@ -34,6 +34,7 @@ DATA_MD5_TAG = "sheldon.data_md5"  # the DVC md5 data.dvc pins
 DATA_SOURCE_TAG = "sheldon.data_source"  # where that version came from (data.dvc's meta.source)
 
 # On a pipeline's run
+PIPELINE_RUN_NAME = "pipeline"  # its run name (mlflow.runName), which tells it from a step's or a sweep's
 PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
 FAILED_STEP_TAG = "sheldon.failed_step"
 RAN_STEPS_TAG = "sheldon.ran_steps"  # the steps that ran rather than being reused, comma-separated
@@ -55,6 +56,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 BACKEND_TAG = "mlflow.project.backend"  # what launched a project run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on an experiment
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description, Markdown the UI renders (dag.py)
 
 _RUNS_URI = re.compile(r"runs:/([0-9a-f]+)/(.+?)/?")
 
