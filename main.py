@@ -17,7 +17,6 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sheldon.cli import fraction
 from sheldon.errors import StepError
 from sheldon.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
 from sheldon.pipeline import discard_launcher_run, run_and_report
@@ -43,7 +42,6 @@ _facts = {
         section="data", state_files=("data.dvc",), workspace=("raw_dir", "raw_data"), restore=restore_pinned
     ),
     "train_model": StepFacts(resume="train_model.resume=true"),
-    "evaluate": StepFacts(early_checks={"min_accuracy": fraction}),
 }
 
 # Steps run only when named (main.steps=test_model), never by `all`, as the Udacity starter keeps

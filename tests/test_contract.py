@@ -32,16 +32,16 @@ def test_the_committed_mlprojects_are_the_generated_ones():
 
 def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewritten(tmp_path):
     project = make_project(tmp_path)
-    run_py = project.root / "src" / "preprocess" / "run.py"
-    edit(run_py, '    seed: int = parameter(42, "seed of the stratified split")\n', "")
-    edit(run_py, "    num_classes: int", "    shuffle: bool = False\n    num_classes: int")
+    settings_py = project.root / "src" / "preprocess" / "settings.py"
+    edit(settings_py, '    seed: int = parameter(42, "seed of the stratified split")\n', "")
+    edit(settings_py, "    num_classes: int", "    shuffle: bool = False\n    num_classes: int")
 
     checked = project.run(sys.executable, "-m", "sheldon.contract", "preprocess")
     assert checked.returncode == 1
     assert checked.stderr.splitlines() == [
         "contract: preprocess: config.yaml preprocess.seed is not a parameter in preprocess's settings "
-        "(src/preprocess/run.py)",
-        "contract: preprocess: parameter 'shuffle' of preprocess's settings (src/preprocess/run.py) "
+        "(src/preprocess/settings.py)",
+        "contract: preprocess: parameter 'shuffle' of preprocess's settings (src/preprocess/settings.py) "
         "is not in config.yaml section 'preprocess'",
         "contract: preprocess: src/preprocess/MLproject is not current: "
         "`python -m sheldon.mlproject preprocess` writes it",
@@ -66,7 +66,7 @@ def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewri
             "  seed: 42\n\ntrain_model:",
             "  seed: 42\n  shuffle: true\n\ntrain_model:",
             "config.yaml preprocess.shuffle is not a parameter in preprocess's settings "
-            "(src/preprocess/run.py)",
+            "(src/preprocess/settings.py)",
         ),
         (
             "preprocess",
@@ -89,11 +89,11 @@ def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewri
             "    raw_data: download_dataset/raw_data\n",
             "",
             "config.yaml preprocess.inputs has no raw_data, an input in preprocess's settings "
-            "(src/preprocess/run.py)",
+            "(src/preprocess/settings.py)",
         ),
         (
             "preprocess",
-            "src/preprocess/run.py",
+            "src/preprocess/settings.py",
             'parameter(42, "seed',
             'parameter(7, "seed',
             "src/preprocess/MLproject is not current: `python -m sheldon.mlproject preprocess` writes it",

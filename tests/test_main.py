@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 
 import pytest
 from conftest import REPO
+from omegaconf import OmegaConf
 
 from sheldon.errors import StepError
 from sheldon.lineage import StepResult, format_summary, pipeline_metrics
@@ -142,13 +144,57 @@ def test_the_pipeline_run_carries_each_steps_headline_metric_under_the_steps_nam
     assert pipeline_metrics(results) == expected
 
 
-def test_a_setting_a_late_step_refuses_is_refused_before_anything_runs(config):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"evaluate.min_accuracy": -0.1},
+            "evaluate.min_accuracy='-0.1': expected a number from 0 to 1, got '-0.1'",
+        ),
+        ({"train_model.lr": -1}, "train_model.lr must be positive, got -1.0"),
+        ({"train_model.lr": "abc"}, "train_model.lr='abc': could not convert string to float: 'abc'"),
+        (
+            {"preprocess.val_size": 0.6, "preprocess.test_size": 0.5},
+            "preprocess.val_size and preprocess.test_size must be fractions in (0, 1) summing below 1, "
+            "got 0.6 and 0.5",
+        ),
+        ({"evaluate.batch_size": 0}, "evaluate.batch_size must be positive, got 0"),
+    ],
+    ids=["fraction", "positive", "not-a-number", "sizes-sum", "batch-size"],
+)
+def test_a_setting_a_late_step_refuses_is_refused_before_anything_runs(config, overrides, message):
+    """As each step's settings declare their values and rules (src/<step>/settings.py), read in
+    the pipeline's process without the steps' own imports."""
+    bad = config.copy()
+    for key, value in overrides.items():
+        OmegaConf.update(bad, key, value)
+    with pytest.raises(StepError, match="^" + re.escape(message) + "$"):
+        STEPS.check_settings(bad, list(main._steps))
+
+
+def test_a_step_that_does_not_run_is_not_checked(config):
     bad = config.copy()
     bad.evaluate.min_accuracy = -0.1
-    with pytest.raises(StepError, match=r"evaluate.min_accuracy: expected a number from 0 to 1, got '-0.1'"):
-        STEPS.check_early(bad, ["download_dataset", "evaluate"])
-    STEPS.check_early(bad, ["download_dataset", "preprocess"])  # evaluate does not run: no complaint
-    STEPS.check_early(config, list(main._steps))
+    assert list(STEPS.check_settings(bad, ["download_dataset", "preprocess"])) == [
+        "download_dataset",
+        "preprocess",
+    ]
+
+
+def test_the_early_check_imports_no_step_stack():
+    """The pipeline's process reads every step's settings without torch, scikit-learn or matplotlib
+    (what an all-cached run would pay for nothing)."""
+    script = (
+        "import sys; sys.path.insert(0, '.'); import main; from hydra import compose, initialize_config_dir\n"
+        f"with initialize_config_dir(config_dir={str(REPO)!r}, version_base=None):\n"
+        "    config = compose(config_name='config')\n"
+        "main.STEPS.check_settings(config, list(main.STEPS.order))\n"
+        "print(sorted({'torch', 'sklearn', 'matplotlib', 'mlflow'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("spec", ["download_dataset,,train_model", "preprocess,", ",evaluate"])

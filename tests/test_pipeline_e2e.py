@@ -167,12 +167,48 @@ def test_failing_step_stops_pipeline_and_keeps_earlier_outputs(project, full_run
 
 def test_failure_in_the_middle_skips_later_steps(project, full_run):
     before = len(project.step_runs())
-    result = project.run("python", "main.py", "main.steps=train_model,evaluate", "train_model.lr=-1")
+    result = project.run("python", "main.py", "main.steps=train_model,evaluate", "train_model.device=tpu")
     assert result.returncode != 0
-    assert "train_model.lr must be positive, got -1.0" in result.stderr
+    assert "device='tpu': use one of auto, cuda, mps, cpu" in result.stderr
     new = project.step_runs()[before:]
     assert [(r.data.tags["sheldon.step"], r.info.status) for r in new] == [("train_model", "FAILED")]
     assert prestarted_left(project.root) == []  # evaluate's, started while train_model worked
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refusal"),
+    [
+        (["train_model.lr=-1"], "error: train_model.lr must be positive, got -1.0"),
+        (
+            ["preprocess.val_size=0.6", "preprocess.test_size=0.5"],
+            "error: preprocess.val_size and preprocess.test_size must be fractions in (0, 1) summing "
+            "below 1, got 0.6 and 0.5",
+        ),
+        (["train_model.lr=abc"], "error: train_model.lr='abc': could not convert string to float: 'abc'"),
+        (
+            ["main.steps=test_model", "test_model.model_name=nosuch"],
+            "error: no registered model 'nosuch': run the pipeline; evaluate registers each model it scores",
+        ),
+    ],
+    ids=["lr-negative", "sizes-sum", "lr-not-a-number", "no-registered-model"],
+)
+@pytest.mark.parametrize("command", [["python", "main.py"], ["mlflow", "run", ".", "--env-manager", "local"]])
+def test_a_setting_a_later_step_refuses_is_refused_before_anything_launches(
+    project, command, overrides, refusal
+):
+    """Each selected step's settings, their rules and what they need of the store are checked in
+    the pipeline's process first: one line, no step started, no run left (mlflow run's own run
+    included), where the step used to refuse it after the steps before it had run."""
+    before = [(r.info.run_id, r.info.status) for r in project.runs()]
+    if command[0] == "mlflow":
+        result = project.run(*command, "-P", f"hydra_options={' '.join(overrides)}")
+    else:
+        result = project.run(*command, *overrides)
+    assert result.returncode == 1, result.output[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert refusal in lines and (command[0] == "mlflow" or lines[-1] == refusal)  # MLflow's own line ends
+    assert "===" not in result.stdout and "Traceback" not in result.stderr  # no step began
+    assert [(r.info.run_id, r.info.status) for r in project.runs()] == before
 
 
 def test_steps_leave_nothing_in_the_temporary_folder(project, full_run, tmp_path):

@@ -13,7 +13,7 @@ from conftest import REPO
 from mlflow.projects._project_spec import load_project
 
 from sheldon.cli import fraction
-from sheldon.mlproject import render, script_of, steps_in
+from sheldon.mlproject import render, steps_in
 from sheldon.settings import Parameter, StepSettings, artifact_input, parameter, settings_of
 
 
@@ -96,8 +96,10 @@ def another_value(p: Parameter) -> str:
     """A value for the parameter, as MLflow passes it, other than its default."""
     if p.choices:
         return next(c for c in p.choices if c != p.default)
-    if p.kind in ("int", "float"):
-        return "1" if p.default == 0 else "0"
+    if p.kind == "int":
+        return str(p.default + 1)
+    if p.kind == "float":  # one that the settings' rules take too (a fraction, a positive lr)
+        return str(p.default / 2 if p.default else 0.5)
     return {"bool": str(not p.default), "json": '{"_target_": "z.Other"}'}.get(p.kind, "other")
 
 
@@ -105,7 +107,7 @@ def another_value(p: Parameter) -> str:
 def test_mlflow_runs_each_step_with_its_settings_defaults_and_any_parameter(step):
     """The command MLflow builds from the MLproject, as the step parses it: the settings' defaults,
     and a `-P name=value` reaches the parameter of that name."""
-    settings = settings_of(REPO / "src" / step / script_of(REPO / "src" / step))
+    settings = settings_of(REPO / "src" / step)
     entry_point = load_project(str(REPO / "src" / step)).get_entry_point("main")
     parser = settings.parser(step)
     assert parser.parse_args(shlex.split(entry_point.compute_command({}, None))[2:]) == settings()

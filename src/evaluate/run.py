@@ -8,7 +8,6 @@ when accuracy is below evaluate.min_accuracy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -18,14 +17,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sheldon.artifacts import digest_path
-from sheldon.cli import fraction, run_cli, stages
+from sheldon.cli import run_cli, stages
 from sheldon.datasets import load_split, raw_images
 from sheldon.errors import StepError
 from sheldon.lineage import model_lineage
 from sheldon.model_card import CONFUSION_PNG, publish_card
 from sheldon.predict import accuracy, classify, load_model
 from sheldon.registry import Decision, Margin, promote_if_better, register
-from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
+from sheldon.settings import SettingsParser, settings_of
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import peak_memory_mb
 from sheldon.vocabulary import PARENT_RUN_TAG, TEST_SPLIT_TAG, parse_runs_uri
@@ -34,33 +33,8 @@ STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
 
 
-@dataclass(frozen=True)
-class Settings(StepSettings):
-    """evaluate's parameters; config.yaml's `evaluate` section holds their values."""
-
-    model: str = artifact_input("MLflow URI of train_model's model")
-    splits: str = artifact_input("MLflow URI of preprocess's splits artifact")
-    batch_size: int = parameter(512, "samples per inference batch")
-    num_classes: int = parameter(10, "classes shown in the metrics")
-    min_accuracy: float = parameter(
-        0.0,
-        "the step fails below this test accuracy (0 to 1), and no version below it is champion",
-        parse=fraction,
-    )
-    misclassified: int = parameter(32, "misclassified test images shown in the grid")
-    registered_model_name: str = parameter(
-        "", "registered model the scored model becomes a version of; '' = none"
-    )
-    promote_min_absolute_change: float = parameter(
-        0.0,
-        "a new version becomes champion only with a test accuracy at least this much higher",
-        parse=fraction,
-    )
-    promote_min_relative_change: float = parameter(
-        0.0,
-        "... and higher by at least this share of the champion's (0.01: 1%); both 0: any gain wins",
-        parse=fraction,
-    )
+# Its parameters, declared in settings.py: the pipeline checks them without this script's imports.
+Settings = settings_of(Path(__file__).parent)
 
 
 PER_CLASS = ["class", "precision", "recall", "f1", "support"]
@@ -220,8 +194,6 @@ def register_and_decide(
 
 def main(args: Settings) -> None:
     with step_run(STEP, args) as run:
-        if args.batch_size <= 0:
-            raise StepError(f"evaluate.batch_size must be positive, got {args.batch_size}")
         model = load_model(run.fetch_input("model", args.model))
         splits = run.fetch_input("splits", args.splits)
         x, y = load_split(splits, "test")

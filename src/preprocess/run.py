@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +12,14 @@ from sklearn.model_selection import train_test_split
 
 from sheldon.cli import run_cli, stages
 from sheldon.datasets import Dataset, Split, load_checked, save_splits
-from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
+from sheldon.settings import SettingsParser, settings_of
 from sheldon.tracking import step_run
 
 STEP = "preprocess"
 
 
-@dataclass(frozen=True)
-class Settings(StepSettings):
-    """preprocess's parameters; config.yaml's `preprocess` section holds their values."""
-
-    raw_data: str = artifact_input("MLflow URI of download_dataset's raw_data artifact")
-    val_size: float = parameter(0.15, "fraction of samples for validation")
-    test_size: float = parameter(0.15, "fraction of samples for test")
-    num_classes: int = parameter(10, "labels must lie in 0..num_classes-1")
-    seed: int = parameter(42, "seed of the stratified split")
+# Its parameters, declared in settings.py: the pipeline checks them without this script's imports.
+Settings = settings_of(Path(__file__).parent)
 
 
 def scale(images: np.ndarray) -> np.ndarray:

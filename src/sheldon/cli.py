@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from sheldon.errors import StepError, shorten
-from sheldon.processes import Interrupted, die_with_pipeline, raise_on_signals
+from sheldon.processes import PIPELINE_ENV, Interrupted, die_with_pipeline, raise_on_signals
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off", "none", "null", ""}
@@ -97,11 +98,15 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     (its runs closed, nothing half-written kept) and exits 128 + the signal's number."""
     try:
         args = parser.parse_args()
-    except SystemExit as exit:
-        if exit.code:  # a bad parameter: one line from the parser, and no stray run
-            from sheldon.tracking import discard_standalone_launch
+    except (SystemExit, StepError) as refused:  # a bad parameter, or a rule between parameters
+        if isinstance(refused, SystemExit) and not refused.code:  # --help
+            raise
+        from sheldon.tracking import discard_standalone_launch
 
-            discard_standalone_launch()
+        discard_standalone_launch()  # one line, and no stray run
+        if isinstance(refused, StepError):
+            print(f"error: {refused}", file=sys.stderr)
+            sys.exit(2)
         raise
     raise_on_signals()
     die_with_pipeline()
@@ -111,6 +116,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except Interrupted as stop:
-        print(f"error: {stop}: the step stopped without keeping partial output", file=sys.stderr)
+        if not os.environ.get(PIPELINE_ENV):  # a pipeline's step: the pipeline names the user's signal
+            print(f"error: {stop}: the step stopped without keeping partial output", file=sys.stderr)
         sys.exit(stop.exit_code)
     sys.exit(0)

@@ -18,9 +18,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sheldon.errors import shorten
-from sheldon.mlproject import script_of, stale
+from sheldon.mlproject import stale
 from sheldon.paths import REPO_ROOT
-from sheldon.settings import Parameter, settings_of
+from sheldon.settings import SETTINGS_FILE, Parameter, settings_of
 from sheldon.steps import Steps
 
 # The config values a parameter of each kind accepts: an int is a fine float, null unsets a
@@ -49,16 +49,15 @@ def value_problem(where: str, value: Any, text: str, parameter: Parameter) -> st
 def check_step(root: Path, steps: Steps, step: str, config: DictConfig) -> list[str]:
     """Each disagreement between the step's settings and its config.yaml section, and a stale
     MLproject, one line each."""
-    script = script_of(root / "src" / step)
     try:
-        declared = {p.name: p for p in settings_of(root / "src" / step / script).parameters()}
+        declared = {p.name: p for p in settings_of(root / "src" / step).parameters()}
         texts, sources = steps.settings(config, step)
-    except Exception as err:  # its script fails to import, or config.yaml lacks its section: one line
+    except Exception as err:  # its settings fail to import, or config.yaml lacks its section: one line
         return [f"{step}: {shorten(err)}"]
     section = steps.section(step)
     values = OmegaConf.to_container(config[section], resolve=True)
     values.pop("inputs", None)
-    where = f"{step}'s settings (src/{step}/{script})"
+    where = f"{step}'s settings (src/{step}/{SETTINGS_FILE})"
     inputs = [name for name, p in declared.items() if p.is_input]
     problems = [
         f"config.yaml {section}.inputs.{n} is not an input in {where}" for n in sources if n not in inputs

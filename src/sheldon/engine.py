@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run, RunStatus
@@ -40,6 +41,7 @@ from sheldon.steps import StepConfig, Steps
 from sheldon.store import check_artifact_location
 from sheldon.tracking import allow_concurrent_runs, configure_tracking, settle_wandb_mode
 from sheldon.vocabulary import (
+    CHECKPOINTS_TAG,
     DIGEST_TAG,
     ERROR_TAG,
     EXPERIMENT_KIND_TAG,
@@ -202,10 +204,24 @@ def launch(step: str, params: dict[str, str], tags: dict[str, str], context: Pip
     # The next steps' inputs are about to change, so they will most likely run too.
     ahead = context.selected[after : after + PREPARE_AHEAD]
     prepare(ahead, context.env_manager, context.prestarted, context.backend)
-    status = "ran" if launched.wait(tags) else "failed"
+    try:
+        status = "ran" if launched.wait(tags) else "failed"
+    except Interrupted as stop:
+        stop.resume = continue_command(step, launched.run_id, context)
+        raise
     seconds = time.perf_counter() - started
     run = mlflow.get_run(launched.run_id)
     return StepResult(step, status, seconds, launched.run_id, headline_of(run), note_of(run))
+
+
+def continue_command(step: str, run_id: str, context: PipelineContext) -> str:
+    """After a stop, the command that continues the step from the checkpoints its run kept (where
+    its CHECKPOINTS_TAG says), when it can resume (StepFacts.resume) and kept one; else ''."""
+    resume = context.steps.fact(step).resume
+    folder = mlflow.get_run(run_id).data.tags.get(CHECKPOINTS_TAG, "")
+    if not resume or not folder or not any(Path(folder).glob("*")):
+        return ""
+    return resume_command(context.selected, context.env_manager, resume)
 
 
 def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: PipelineContext) -> StepResult:
@@ -324,6 +340,8 @@ def run_plan(
     settle_wandb_mode()  # once for all steps: a rejected key or unreachable W&B means offline, said once
     experiment_name = str(config.main.experiment_name)
     experiment_id = open_experiment(experiment_name)
+    for settings in plan.settings.values():  # before any step launches, and before the pipeline run opens
+        settings.check_with_store()
     produced, origins = resolve_upstream(steps, config, selected, plan.pins, experiment_id, env_manager)
     upstream = [
         StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, r.info.run_id, headline_of(r))

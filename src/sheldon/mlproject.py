@@ -93,8 +93,7 @@ def render(step: str, script: str, settings: type[StepSettings]) -> str:
 def current(root: Path, step: str) -> str:
     """The MLproject the step's settings give."""
     step_dir = root / "src" / step
-    script = script_of(step_dir)
-    return render(step, script, settings_of(step_dir / script))
+    return render(step, script_of(step_dir), settings_of(step_dir))
 
 
 def stale(root: Path, steps: list[str]) -> list[str]:
@@ -104,7 +103,7 @@ def stale(root: Path, steps: list[str]) -> list[str]:
         mlproject = root / "src" / step / "MLproject"
         try:
             expected = current(root, step)
-        except Exception as err:  # the step's script does not import, or declares no settings
+        except Exception as err:  # its settings.py does not import, or declares no settings
             problems.append(f"src/{step}: cannot read its settings: {shorten(err)}")
             continue
         if not mlproject.is_file() or mlproject.read_text() != expected:

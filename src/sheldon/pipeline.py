@@ -22,6 +22,7 @@ from sheldon.errors import StepError, shorten
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token
+from sheldon.settings import StepSettings
 from sheldon.steps import StepConfig, Steps
 from sheldon.store import check_tracking_store, tracking_environment
 from sheldon.vocabulary import TRIAL_ENV
@@ -38,6 +39,7 @@ class Plan:
 
     selected: list[str]  # the steps it runs, in order
     configs: dict[str, StepConfig]  # each one's MLflow parameters and inputs
+    settings: dict[str, StepSettings]  # each one's settings, as it will read them (inputs unset)
     pins: dict[str, str]  # step -> run id chosen by hand (main.pin), for steps it does not run
     forced: set[str]  # steps that run even when a cached run exists
     env_manager: str
@@ -77,13 +79,13 @@ def make_plan(config: DictConfig, steps: Steps) -> Plan:
     """The plan, every setting checked that can be before anything runs."""
     selected = steps.select(str(config.main.steps))
     configs = {step: steps.settings(config, step) for step in selected}
-    steps.check_early(config, selected)
+    settings = steps.check_settings(config, selected)
     pins = parse_pins(steps, str(config.main.pin), selected)
     use_cache = bool(config.main.use_cache)
     forced = steps.forced(str(config.main.force), selected, configs) if use_cache else set(selected)
     env_manager = resolve_env_manager(str(config.main.env_manager))
     backend = resolve_backend(str(config.main.backend), str(config.main.backend_config))
-    return Plan(selected, configs, pins, forced, env_manager, backend)
+    return Plan(selected, configs, settings, pins, forced, env_manager, backend)
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,12 @@ def run_and_report(config: DictConfig, steps: Steps, trial: Trial | None = None)
         return Outcome(1, error=str(err))
     except Interrupted as stop:
         where = f" during {stop.during}: its processes are stopped and its run KILLED" if stop.during else ""
-        print(
-            f"\nerror: {stop}{where}; nothing of it was kept, and the next run reuses the finished steps",
-            file=sys.stderr,
+        kept = (
+            f"; its checkpoint is kept: continue from it (finished steps are reused) with\n  {stop.resume}"
+            if stop.resume
+            else "; nothing of it was kept, and the next run reuses the finished steps"
         )
+        print(f"\nerror: {stop}{where}{kept}", file=sys.stderr)
         return Outcome(stop.exit_code)
 
 

@@ -29,6 +29,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.name = signal.Signals(signum).name
         self.during = ""  # the pipeline step it stopped, if any
+        self.resume = ""  # the command that continues that step from what it kept, if it kept any
         super().__init__(f"stopped by {self.name}")
 
     @property

@@ -1,12 +1,17 @@
-"""A step's parameters, declared once: the fields of a frozen dataclass beside the step's code, each
-with its default and help, and a parse function where its annotation does not say how to read it.
-The step's argument parser is built from it, its MLproject is generated from it (sheldon.mlproject)
-and its config.yaml section is checked against it (sheldon.contract); config.yaml holds the values.
+"""A step's parameters, declared once: the fields of a frozen dataclass in src/<step>/settings.py,
+each with its default and help, a parse function where its annotation does not say how to read it,
+and a __post_init__ for the rules between them. The step's argument parser is built from it, its
+MLproject is generated from it (sheldon.mlproject), its config.yaml section is checked against it
+(sheldon.contract), and the pipeline checks the values config.yaml holds before any step launches
+(sheldon.steps). The file imports nothing heavy (no torch): the pipeline reads it in its process.
 
     @dataclass(frozen=True)
     class Settings(StepSettings):
         raw_data: str = artifact_input("MLflow URI of download_dataset's raw_data artifact")
         min_accuracy: float = parameter(0.0, "fail below this test accuracy", parse=fraction)
+
+        def __post_init__(self) -> None:  # a rule between parameters: StepError, one line
+            ...
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sheldon.cli import boolean, json_value, optional_json, optional_str
+from sheldon.errors import StepError, shorten
+
+SETTINGS_FILE = "settings.py"  # in src/<step>/, beside the step's script
 
 # How a parameter of each annotation is read from the command line, and its MLproject type.
 _READERS: dict[type, tuple[Callable[[str], Any] | None, str]] = {
@@ -117,6 +125,26 @@ class StepSettings:
         """The parameters that are the URIs of artifacts the step reads."""
         return [p.name for p in cls.parameters() if p.is_input]
 
+    @classmethod
+    def from_config(cls, section: str, texts: Mapping[str, str]) -> StepSettings:
+        """The settings the step would get from these values of its config.yaml `section` (as text,
+        the way the pipeline passes them); StepError naming the setting the step would refuse.
+        Inputs are left unset: their URIs are known only once the steps before have run."""
+        declared = {p.name: p for p in cls.parameters() if not p.is_input}
+        values = {}
+        for name, text in texts.items():
+            if name not in declared:
+                raise StepError(f"{section}.{name} is not a parameter of the step ({', '.join(declared)})")
+            try:
+                values[name] = declared[name].read(text)
+            except (ValueError, argparse.ArgumentTypeError) as err:
+                raise StepError(f"{section}.{name}={shorten(text)!r}: {err}") from None
+        return cls(**values)
+
+    def check_with_store(self) -> None:
+        """Checks that need the tracking store (a step overrides it: StepError, one line), made by
+        the pipeline once the store is open and before any step launches."""
+
     def values(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -128,7 +156,8 @@ class StepSettings:
 class SettingsParser(argparse.ArgumentParser):
     """The command line of a step, built from its settings: parse_args returns a settings
     instance. A wrong parameter name or value is one line and exit 2 (MLflow passes `-P name=value`
-    as `--name value`, and shows the step's output above its own `failed` line)."""
+    as `--name value`, and shows the step's output above its own `failed` line); a rule between
+    parameters (the settings' __post_init__) raises its StepError."""
 
     def __init__(self, settings: type[StepSettings], step: str, description: str | None) -> None:
         super().__init__(
@@ -163,9 +192,10 @@ def as_argv(values: Mapping[str, Any]) -> list[str]:
     return argv
 
 
-def settings_of(script: Path) -> type[StepSettings]:
-    """The settings dataclass a step's script defines, imported from the file under a name of its
-    own (the script's folder importable while it loads, for a step's own modules)."""
+def settings_of(step_dir: Path) -> type[StepSettings]:
+    """The settings dataclass a step declares in its settings.py, imported from the file under a
+    name of its own (the step's folder importable while it loads, for a step's own modules)."""
+    script = step_dir / SETTINGS_FILE
     name = f"sheldon_step_{script.parent.name}_{abs(hash(script.resolve()))}"
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)

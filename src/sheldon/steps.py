@@ -4,19 +4,18 @@ MLproject. Selection of the steps a run asks for is parsed here too."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sheldon.errors import StepError, first_line, shorten
-from sheldon.paths import REPO_ROOT
+from sheldon.paths import REPO_ROOT, step_dir
+from sheldon.settings import StepSettings, settings_of
 
 StepConfig = tuple[dict[str, str], dict[str, str]]  # (MLflow parameters, inputs)
 
@@ -34,8 +33,6 @@ class StepFacts:
     # a DVC pull of the pinned version), so a fresh clone keeps its cache hit; what it did, '' if it could not
     restore: Callable[[Path], str] | None = None
     resume: str = ""  # the override that makes a crashed run continue where it stopped
-    # settings the step would refuse only once the steps before it ran: parsed before anything runs
-    early_checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,15 +95,13 @@ class Steps:
             )
         return upstream, artifact
 
-    def check_early(self, config: DictConfig, selected: list[str]) -> None:
-        """Refuse, before any step runs, a setting a selected step would refuse after the others ran."""
-        for step in selected:
-            for key, parse in self.fact(step).early_checks.items():
-                setting = f"{self.section(step)}.{key}"
-                try:
-                    parse(OmegaConf.select(config, setting))
-                except (argparse.ArgumentTypeError, ValueError) as err:
-                    raise StepError(f"{setting}: {err}") from None
+    def check_settings(self, config: DictConfig, selected: list[str]) -> dict[str, StepSettings]:
+        """Each selected step's settings, as it would read them from config.yaml: a value or a rule
+        it would refuse only once the steps before it ran is refused now, in one line."""
+        return {
+            step: settings_of(step_dir(step)).from_config(self.section(step), self.settings(config, step)[0])
+            for step in selected
+        }
 
     def forced(self, spec: str, selected: list[str], configs: Mapping[str, StepConfig]) -> set[str]:
         """`main.force`: the named steps, the steps run on request, and every selected step

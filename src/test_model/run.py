@@ -6,7 +6,6 @@ one line, when there is no champion. Not one of the steps `all` runs: name it
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from sheldon.cli import run_cli
@@ -14,24 +13,15 @@ from sheldon.datasets import load_raw, load_split, raw_images
 from sheldon.errors import StepError
 from sheldon.predict import classify, image_size, load_model
 from sheldon.registry import CHAMPION, champion_uri, version_by_alias
-from sheldon.settings import SettingsParser, StepSettings, artifact_input, parameter
+from sheldon.settings import SettingsParser, settings_of
 from sheldon.sources import download, is_archive, source_name, unpack
 from sheldon.tracking import step_run
 
 STEP = "test_model"
 
 
-@dataclass(frozen=True)
-class Settings(StepSettings):
-    """test_model's parameters; config.yaml's `test_model` section holds their values."""
-
-    splits: str = artifact_input("MLflow URI of preprocess's splits artifact (its test split is scored)")
-    model_name: str = parameter("", "the registered model whose champion is scored")
-    source: str = parameter(
-        "", "a dataset to score instead of the test split: a path, https://, s3://, package://"
-    )
-    format: str = parameter("auto", "the source's format: auto, npz, csv or images")
-    label_column: str = parameter("label", "label column of a CSV source")
+# Its parameters, declared in settings.py: the pipeline checks them without this script's imports.
+Settings = settings_of(Path(__file__).parent)
 
 
 def labelled_images(args: Settings, splits: Path | None) -> tuple:

@@ -8,9 +8,8 @@ nccl on GPU); only rank 0 logs to MLflow and W&B."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from sheldon.datasets import load_split, raw_images
 from sheldon.errors import StepError
 from sheldon.lineage import model_lineage
 from sheldon.models import ServedClassifier
-from sheldon.settings import SettingsParser, StepSettings, artifact_input, as_argv, parameter
+from sheldon.settings import SettingsParser, as_argv, settings_of
 from sheldon.tracking import StepRun, missing_inputs, step_run
 from sheldon.training import (
     CHECKPOINT,
@@ -41,26 +40,8 @@ if TYPE_CHECKING:
 STEP = "train_model"
 
 
-@dataclass(frozen=True)
-class Settings(StepSettings):
-    """train_model's parameters; config.yaml's `train_model` section holds their values."""
-
-    splits: str = artifact_input("MLflow URI of preprocess's splits artifact")
-    epochs: int = parameter(8, "most passes over the training split (early stopping may end sooner)")
-    batch_size: int = parameter(64, "samples per optimizer step, over all processes")
-    lr: float = parameter(0.003, "learning rate given to the optimizer")
-    seed: int = parameter(42, "seeds python, numpy, torch and the shuffling")
-    device: str = parameter("auto", "auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
-    bf16: str = parameter("auto", "bf16 autocast: auto (on GPUs that support it), true or false")
-    threads: int = parameter(1, "CPU threads per process; 0 = PyTorch's default (one per core)")
-    patience: int = parameter(3, "early stop after this many epochs without a better val_accuracy; 0 = off")
-    grad_clip: float = parameter(0.0, "clip the gradient norm to this; 0 = off")
-    nproc_per_node: int = parameter(1, ">1: DistributedDataParallel in that many processes under torchrun")
-    resume: bool = parameter(False, "continue this configuration's run from its last checkpoint")
-    checkpoint_dir: str = parameter("checkpoints", "checkpoint folder, relative to the repo root")
-    model: dict[str, Any] = parameter({"_target_": "sheldon.models.SmallCNN"}, "model spec (_target_)")
-    optimizer: dict[str, Any] = parameter({"_target_": "torch.optim.Adam"}, "optimizer spec (_target_)")
-    scheduler: dict[str, Any] | None = parameter(None, "LR schedule spec (_target_); '' = constant lr")
+# Its parameters, declared in settings.py: the pipeline checks them without this script's imports.
+Settings = settings_of(Path(__file__).parent)
 
 
 def log_model(model: nn.Module, example: np.ndarray, tags: dict[str, str] | None = None) -> ModelInfo:
