@@ -504,6 +504,35 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
     assert run.data.tags["sheldon.data_source"] == pipeline.data.tags["sheldon.data_source"] == source
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_tagged_version_missing_from_this_clone_s_cache_through_mlflow_run(tmp_path):
+    """A teammate's clone: data-v1 is tagged, a newer version committed, and the DVC cache holds
+    neither. data.version=data-v1 pulls v1 from the remote (the step runs in src/download_dataset,
+    and DVC took data.dvc there); a plain run then comes back to the pin, and DVC sees no change."""
+    project = make_project(tmp_path)
+    project.env["HOME"] = str(tmp_path / "home")
+    root = as_clone(project.root, remote=tmp_path / "remote")
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "-a", "data-v1", "-m", "first")
+    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
+    git(root, "commit", "-qam", "data v2")
+    shutil.rmtree(root / ".dvc" / "cache")
+
+    result = project.mlflow_run("steps=download_dataset", hydra_options="data.version=data-v1")
+    assert result.returncode == 0, result.output[-3000:]
+    assert len(load_raw(raw)) == 30
+    assert project.step_runs("download_dataset")[-1].data.params["data_version"] == "data-v1"
+
+    result = project.mlflow_run("steps=download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    assert len(load_raw(raw)) == 45
+    assert b"Data and pipelines are up to date" in dvc(root, "status")
+    assert git(root, "status", "--porcelain") == ""
+
+
 # --- S3: moto's standalone server on 127.0.0.1
 
 
