@@ -83,6 +83,17 @@ def forget_local_data(root: Path) -> None:
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
 
 
+def tagged_then_newer(root: Path, tmp_path: Path) -> Path:
+    """Two data versions pushed: v1 (30 samples) tagged data-v1, then v2 (45) committed; data/raw."""
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "-a", "data-v1", "-m", "first")
+    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
+    git(root, "commit", "-qam", "data v2")
+    return raw
+
+
 def test_data_dvc_is_read_in_one_place():
     pin = parse_pin((REPO / "data.dvc").read_text())
     assert pin == read_pin(REPO) and pin.path == "data/raw" and pin.md5.endswith(".dir")
@@ -229,12 +240,7 @@ def test_coming_back_from_a_tagged_version_replaces_it_and_going_there_again_nee
     works with the remote gone."""
     remote = tmp_path / "remote"
     root = clone(tmp_path, remote=remote)
-    raw = root / "data" / "raw"
-    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
-    git(root, "commit", "-qam", "data v1")
-    git(root, "tag", "-a", "data-v1", "-m", "first")
-    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
-    git(root, "commit", "-qam", "data v2")
+    raw = tagged_then_newer(root, tmp_path)
     forget_local_data(root)  # a colleague's clone: every version on the remote, none here
 
     assert download.bring_pinned("", root, raw, version="data-v1").action == "pulled"
@@ -513,12 +519,7 @@ def test_a_tagged_version_missing_from_this_clone_s_cache_through_mlflow_run(tmp
     project = make_project(tmp_path)
     project.env["HOME"] = str(tmp_path / "home")
     root = as_clone(project.root, remote=tmp_path / "remote")
-    raw = root / "data" / "raw"
-    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
-    git(root, "commit", "-qam", "data v1")
-    git(root, "tag", "-a", "data-v1", "-m", "first")
-    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
-    git(root, "commit", "-qam", "data v2")
+    raw = tagged_then_newer(root, tmp_path)
     shutil.rmtree(root / ".dvc" / "cache")
 
     result = project.mlflow_run("steps=download_dataset", hydra_options="data.version=data-v1")
