@@ -128,7 +128,8 @@ class Upstream:
     experiment_id: str
     env_manager: str
     needed_by: dict[str, str]  # stand-in -> a step that takes its output
-    found: dict[str, Run] = field(default_factory=dict)  # cache key -> its run, looked up once
+    # cache key -> its stand-in run: looked up once, by `foresee`, then found again in the loop
+    found: dict[str, Run] = field(default_factory=dict)
 
     @classmethod
     def of(cls, steps: Steps, config: DictConfig, plan: Plan, experiment_id: str) -> Upstream:
@@ -148,6 +149,9 @@ class Upstream:
             raise StepError(f"main.pin names {names}, whose output no selected step takes")
         return cls(steps, config, plan.selected, plan.pins, experiment_id, plan.env_manager, needed_by)
 
+    def settings(self, step: str) -> StepConfig:
+        return self.steps.settings(self.config, step)
+
     def involved(self) -> list[str]:
         """The selected steps and their stand-ins, in pipeline order."""
         return [s for s in self.steps.order if s in self.selected or s in self.needed_by]
@@ -156,14 +160,14 @@ class Upstream:
         """The steps whose outputs `step`'s key hashes (none for a pinned run: it stands as it is)."""
         if step in self.pins:
             return set()
-        inputs = self.steps.settings(self.config, step)[1]
+        inputs = self.settings(step)[1]
         return {self.steps.upstream(step, param, ref)[0] for param, ref in inputs.items()}
 
     def stand_in(self, step: str, produced: dict[str, Run]) -> tuple[Run, str]:
         """The run standing in for `step` (and where it came from), its producers' runs in `produced`."""
         if step in self.pins:
             return pinned_run(step, self.pins[step]), PINNED
-        key = step_key(self.steps, step, self.steps.settings(self.config, step), produced)[0]
+        key = step_key(self.steps, step, self.settings(step), produced)[0]
         if key not in self.found:
             if (run := find_cached_run(self.experiment_id, key)) is None:
                 raise self.missing(step)
@@ -187,22 +191,26 @@ class Upstream:
         run, or None when a selected step it hangs on runs first. Raises the StepError of a
         missing stand-in wherever that can be told now (see the class)."""
         foreseen: dict[str, Run | None] = {}
+        known: dict[str, Run] = {}  # the runs foreseen so far
         for step in self.involved():
-            foreseen[step] = None
-            if any(foreseen.get(p) is None for p in self.producers(step)):  # its key is not known yet
+            run = None
+            if not self.producers(step) <= known.keys():  # a step it hangs on runs first
                 if step in self.needed_by and not any_cached_run(self.experiment_id, step):
                     raise self.missing(step)
             elif step not in self.selected:
-                foreseen[step] = self.stand_in(step, foreseen)[0]  # type: ignore[arg-type]
+                run = self.stand_in(step, known)[0]
             elif step not in forced:
-                key = step_key(self.steps, step, self.steps.settings(self.config, step), foreseen)[0]  # type: ignore[arg-type]
-                foreseen[step] = find_cached_run(self.experiment_id, key)
+                key = step_key(self.steps, step, self.settings(step), known)[0]
+                run = find_cached_run(self.experiment_id, key)
+            foreseen[step] = run
+            if run is not None:
+                known[step] = run
         return foreseen
 
-    def resolve_before(self, step: str | None, produced: dict[str, Run], origins: dict[str, str]) -> None:
-        """Find, into `produced` and `origins`, the stand-ins before `step` in pipeline order (all
-        of them for None) that are not found yet: the steps they hang on have produced by now."""
-        for earlier in self.steps.order[: self.steps.order.index(step) if step else None]:
+    def resolve_before(self, step: str, produced: dict[str, Run], origins: dict[str, str]) -> None:
+        """Find, into `produced` and `origins`, the stand-ins before `step` in pipeline order that
+        are not found yet: the steps they hang on have produced by now."""
+        for earlier in self.steps.order[: self.steps.order.index(step)]:
             if earlier in self.needed_by and earlier not in produced:
                 produced[earlier], origins[earlier] = self.stand_in(earlier, produced)
 
