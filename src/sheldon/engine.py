@@ -187,9 +187,9 @@ class Upstream:
 
     def foresee(self, forced: set[str]) -> dict[str, Run | None]:
         """Before anything launches: the run each involved step will take, as far as can be told
-        now. A selected step maps to its cached run, or None when it will run; a stand-in to its
-        run, or None when a selected step it hangs on runs first. Raises the StepError of a
-        missing stand-in wherever that can be told now (see the class)."""
+        now. A selected step maps to its cached run, a stand-in to its run; None when the step will
+        run, or when a selected step it hangs on runs first (its key is not known yet). Raises
+        the StepError of a missing stand-in wherever that can be told now (see the class)."""
         foreseen: dict[str, Run | None] = {}
         known: dict[str, Run] = {}  # the runs foreseen so far
         for step in self.involved():
