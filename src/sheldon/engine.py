@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sheldon.artifacts import digest_path
 from sheldon.backends import Backend
-from sheldon.cache import cache_key, code_digest, find_cached_run, key_lock, output_digest
+from sheldon.cache import any_cached_run, cache_key, code_digest, find_cached_run, key_lock, output_digest
 from sheldon.errors import StepError, shorten
 from sheldon.launch import claim_launcher_run, fail_dead_runs, start
 from sheldon.lineage import (
@@ -108,48 +108,113 @@ def step_key(
     return cache_key(step, code, params, digests, steps.state_digests(step)), uris, digests
 
 
-def resolve_upstream(
-    steps: Steps,
-    config: DictConfig,
-    selected: list[str],
-    pins: dict[str, str],
-    experiment_id: str,
-    env_manager: str,
-) -> tuple[dict[str, Run], dict[str, str]]:
-    """The runs that stand in for the steps the selected ones need but do not run now, in pipeline
-    order: the run pinned by hand (main.pin), else the finished run that the current configuration
-    would produce (the same cache key), never merely the latest one. Fails before anything runs
-    when no run matches, naming the command that makes one."""
-    needed_by: dict[str, str] = {}
-    todo = list(selected)
-    while todo:
-        step = todo.pop()
-        for param, ref in steps.settings(config, step)[1].items():
-            upstream = steps.upstream(step, param, ref)[0]
-            if upstream not in selected and upstream not in needed_by:
-                needed_by[upstream] = step
-                if upstream not in pins:  # a pinned run stands as it is: its own inputs do not matter
-                    todo.append(upstream)
-    if unused := set(pins) - set(needed_by):
-        raise StepError(f"main.pin names {', '.join(sorted(unused))}, whose output no selected step takes")
-    produced: dict[str, Run] = {}
-    origins: dict[str, str] = {}
-    for step in (s for s in steps.order if s in needed_by):
-        if step in pins:
-            produced[step], origins[step] = pinned_run(step, pins[step]), PINNED
-            continue
-        key = step_key(steps, step, steps.settings(config, step), produced)[0]
-        run = find_cached_run(experiment_id, key)
-        if run is None:
-            later = steps.order[steps.order.index(step) :]
-            produce = [s for s in later if s in selected or s in needed_by]
-            raise StepError(
-                f"{needed_by[step]} needs the output of {step}, but no finished {step} run matches this "
-                f"configuration (its code, parameters and inputs); make one along with the rest: "
-                f"{resume_command(produce, env_manager)}  (or name a run: main.pin={step}:<run id>)"
-            )
-        produced[step], origins[step] = run, CACHED
-    return produced, origins
+@dataclass(frozen=True)
+class Upstream:
+    """The runs that stand in for the steps the selected ones need but do not run now (stand-ins):
+    the run pinned by hand (main.pin), else the finished run that the current configuration would
+    produce (the same cache key), never merely the latest one.
+
+    A stand-in's key hashes the outputs of the steps before it, so it is looked up in pipeline
+    order, once those exist (`resolve_before`): with `steps=download_dataset,train_model`,
+    preprocess's run is found after download_dataset ran or was reused. A missing stand-in is
+    refused before anything launches wherever that can be told (`foresee`): when the steps it
+    hangs on are stand-ins or selected steps that will be reused, or when its step has no
+    reusable run at all. Only a stand-in downstream of a selected step that really runs (new data,
+    main.force) can be missing after that step ran; its run is kept, so the command the refusal
+    names reuses it."""
+
+    steps: Steps
+    config: DictConfig
+    selected: list[str]
+    pins: dict[str, str]
+    experiment_id: str
+    env_manager: str
+    needed_by: dict[str, str]  # stand-in -> a step that takes its output
+    # cache key -> its stand-in run: looked up once, by `foresee`, then found again in the loop
+    found: dict[str, Run] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, steps: Steps, config: DictConfig, plan: Plan, experiment_id: str) -> Upstream:
+        """The stand-ins of this plan; a pin no selected step needs is refused."""
+        needed_by: dict[str, str] = {}
+        todo = list(plan.selected)
+        while todo:
+            step = todo.pop()
+            for param, ref in steps.settings(config, step)[1].items():
+                upstream = steps.upstream(step, param, ref)[0]
+                if upstream not in plan.selected and upstream not in needed_by:
+                    needed_by[upstream] = step
+                    if upstream not in plan.pins:  # a pinned run stands as it is: its inputs do not matter
+                        todo.append(upstream)
+        if unused := set(plan.pins) - set(needed_by):
+            names = ", ".join(sorted(unused))
+            raise StepError(f"main.pin names {names}, whose output no selected step takes")
+        return cls(steps, config, plan.selected, plan.pins, experiment_id, plan.env_manager, needed_by)
+
+    def settings(self, step: str) -> StepConfig:
+        return self.steps.settings(self.config, step)
+
+    def involved(self) -> list[str]:
+        """The selected steps and their stand-ins, in pipeline order."""
+        return [s for s in self.steps.order if s in self.selected or s in self.needed_by]
+
+    def producers(self, step: str) -> set[str]:
+        """The steps whose outputs `step`'s key hashes (none for a pinned run: it stands as it is)."""
+        if step in self.pins:
+            return set()
+        inputs = self.settings(step)[1]
+        return {self.steps.upstream(step, param, ref)[0] for param, ref in inputs.items()}
+
+    def stand_in(self, step: str, produced: dict[str, Run]) -> tuple[Run, str]:
+        """The run standing in for `step` (and where it came from), its producers' runs in `produced`."""
+        if step in self.pins:
+            return pinned_run(step, self.pins[step]), PINNED
+        key = step_key(self.steps, step, self.settings(step), produced)[0]
+        if key not in self.found:
+            if (run := find_cached_run(self.experiment_id, key)) is None:
+                raise self.missing(step)
+            self.found[key] = run
+        return self.found[key], CACHED
+
+    def missing(self, step: str) -> StepError:
+        """No run of this configuration stands in for `step`: the command that makes one (the
+        selected steps with the stand-ins from `step` on: the steps before it are reused)."""
+        later = self.steps.order[self.steps.order.index(step) :]
+        produce = [s for s in self.involved() if s in self.selected or s in later]
+        return StepError(
+            f"{self.needed_by[step]} needs the output of {step}, but no finished {step} run matches this "
+            f"configuration (its code, parameters and inputs); make one along with the rest: "
+            f"{resume_command(produce, self.env_manager)}  (or name a run: main.pin={step}:<run id>)"
+        )
+
+    def foresee(self, forced: set[str]) -> dict[str, Run | None]:
+        """Before anything launches: the run each involved step will take, as far as can be told
+        now. A selected step maps to its cached run, a stand-in to its run; None when the step will
+        run, or when a selected step it hangs on runs first (its key is not known yet). Raises
+        the StepError of a missing stand-in wherever that can be told now (see the class)."""
+        foreseen: dict[str, Run | None] = {}
+        known: dict[str, Run] = {}  # the runs foreseen so far
+        for step in self.involved():
+            run = None
+            if not self.producers(step) <= known.keys():  # a step it hangs on runs first
+                if step in self.needed_by and not any_cached_run(self.experiment_id, step):
+                    raise self.missing(step)
+            elif step not in self.selected:
+                run = self.stand_in(step, known)[0]
+            elif step not in forced:
+                key = step_key(self.steps, step, self.settings(step), known)[0]
+                run = find_cached_run(self.experiment_id, key)
+            foreseen[step] = run
+            if run is not None:
+                known[step] = run
+        return foreseen
+
+    def resolve_before(self, step: str, produced: dict[str, Run], origins: dict[str, str]) -> None:
+        """Find, into `produced` and `origins`, the stand-ins before `step` in pipeline order that
+        are not found yet: the steps they hang on have produced by now."""
+        for earlier in self.steps.order[: self.steps.order.index(step)]:
+            if earlier in self.needed_by and earlier not in produced:
+                produced[earlier], origins[earlier] = self.stand_in(earlier, produced)
 
 
 def resume_command(selected: list[str], env_manager: str, extra: str = "") -> str:
@@ -342,11 +407,10 @@ def run_plan(
     experiment_id = open_experiment(experiment_name)
     for settings in plan.settings.values():  # before any step launches, and before the pipeline run opens
         settings.check_with_store()
-    produced, origins = resolve_upstream(steps, config, selected, plan.pins, experiment_id, env_manager)
-    upstream = [
-        StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, r.info.run_id, headline_of(r))
-        for s, r in produced.items()
-    ]
+    upstream = Upstream.of(steps, config, plan, experiment_id)
+    upstream.foresee(plan.forced)  # a missing stand-in that can be told now stops it here
+    produced: dict[str, Run] = {}
+    origins: dict[str, str] = {}
     where = f"env {env_manager}" if plan.backend.name == "local" else f"backend {plan.backend.name}"
     print(f"pipeline: {' -> '.join(selected)} (tracking {mlflow.get_tracking_uri()}, {where})")
 
@@ -372,6 +436,7 @@ def run_plan(
         mlflow.set_tags({PINNED_TAG + step: run_id for step, run_id in plan.pins.items()})
         try:
             for step in selected:
+                upstream.resolve_before(step, produced, origins)
                 results.append(run_step(step, plan.configs[step], produced, context))
                 if results[-1].status == "failed":
                     break
@@ -380,11 +445,17 @@ def run_plan(
             mlflow.set_tag(STOPPED_TAG, f"{stop} during {stop.during}")
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
-        summary = log_lineage(pipeline.info.run_id, upstream + results)
+        stand_ins = [
+            StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, r.info.run_id, headline_of(r))
+            for s, r in produced.items()
+            if s in upstream.needed_by
+        ]
+        results = sorted(stand_ins + results, key=lambda result: steps.order.index(result.step))
+        summary = log_lineage(pipeline.info.run_id, results)
         mlflow.set_tag(RAN_STEPS_TAG, ",".join(r.step for r in results if r.status == "ran"))
         mlflow.set_tags(data_state())  # the data its steps used: `data.source` is new data's, if any
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
-        outcome = Outcome(0, run_id, pipeline_metrics(upstream + results))
+        outcome = Outcome(0, run_id, pipeline_metrics(results))
         failed = [r for r in results if r.status == "failed"]
         if failed:
             mlflow.set_tag(FAILED_STEP_TAG, failed[0].step)

@@ -251,8 +251,9 @@ def download_to_cache(repo: Repo, root: Path, md5: str, commit: str | None = Non
     level = dvc_log.level
     dvc_log.setLevel(logging.ERROR)  # its warning of missing objects: the caller says it in one line
     try:
-        if commit:  # a path in the commit's tree, not the working tree's
-            repo.fetch(targets=[DVC_FILE], revs=[commit], workspace=False)
+        if commit:  # a path in the commit's tree, from its root: DVC takes a relative one from the
+            # current folder, which is src/download_dataset when the step runs
+            repo.fetch(targets=[f"/{DVC_FILE}"], revs=[commit], workspace=False)
         else:
             repo.fetch(targets=[str(root / DVC_FILE)])
     except (DvcException, OSError) as err:
