@@ -247,9 +247,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def close_sweep(config: DictConfig) -> None:
     """Print and log the table of the sweep's trials, register the best trial's model, and end its
     run: FAILED, with exit code 1, when a trial of a grid failed or the registry refused the model.
-    An Optuna search is after its best trial, and a failed one (a diverging lr) is among its outcomes, recorded as such in Optuna: it fails when no trial
-    succeeded (Optuna's sweeper raises first, with no best trial to report, unless a stored study
-    holds one; main.py ends the run then)."""
+    An Optuna search is after its best trial, and a failed one (a diverging lr) is among its
+    outcomes, recorded as such in Optuna: it fails when no trial succeeded (Optuna's sweeper raises
+    first, with no best trial to report, unless a stored study holds one; main.py ends the run
+    then)."""
     import mlflow
 
     sweep = os.environ.pop(SWEEP_ENV, "")
