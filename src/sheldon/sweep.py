@@ -272,7 +272,7 @@ def close_sweep(config: DictConfig) -> None:
     print(f"\nsweep {name!r}: {len(rows)} trial(s), best first by {metric}\n\n{table}\n\nsweep run {run_id}")
     unregistered = ""
     if best:
-        origin = f"the best of sweep {name!r}'s {len(rows)} trials by {metric} ({best['overrides']})"
+        origin = f"the best of the {len(rows)} trials of sweep {name} by {metric} ({best['overrides']})"
         try:
             register_best_trial(run_id, best["pipeline_run_id"], origin)
         except StepError as err:
