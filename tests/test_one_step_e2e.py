@@ -96,11 +96,11 @@ def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed)
     assert "Pickle" not in trained.output
     train_id = only_run(standalone, "train_model").info.run_id
     [model] = [r.artifact for r in wandb_run_of(standalone, "train_model") if r.HasField("artifact")]
-    assert (model.name, model.type) == ("model", "model")
+    assert (model.name, model.type) == ("classifier", "model")
     assert f"mlflow-{train_id}" in model.aliases
     assert any(Path(f.path).name == "MLmodel" for f in model.manifest.contents)
 
-    model_uri = f"runs:/{train_id}/model"
+    model_uri = f"runs:/{train_id}/classifier"
     evaluated = standalone.mlflow_step(
         "evaluate", "-P", f"model={model_uri}", "-P", f"splits={splits}", "-P", "min_accuracy=0.5"
     )
@@ -113,7 +113,7 @@ def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed)
         if r.HasField("config")
         for u in r.config.update
     }
-    assert config["input.model.wandb"] == f'"model:mlflow-{train_id}"'  # resolves to the artifact above
+    assert config["input.model.wandb"] == f'"classifier:mlflow-{train_id}"'  # resolves to the artifact above
     assert default_experiment_is_empty(standalone)
 
 

@@ -105,7 +105,7 @@ def test_subset_takes_inputs_from_earlier_runs(project, full_run):
     train = new[0]
     assert train.data.params["splits"] == f"runs:/{preprocess.info.run_id}/splits"
     assert train.data.params["lr"] == "0.002"
-    assert new[1].data.params["model"] == f"runs:/{train.info.run_id}/model"
+    assert new[1].data.params["model"] == f"runs:/{train.info.run_id}/classifier"
 
 
 def test_unknown_step_lists_valid_ones_and_runs_nothing(project, full_run):

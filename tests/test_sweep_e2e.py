@@ -108,12 +108,31 @@ def test_the_trials_step_runs_share_the_sweeps_wandb_group_and_carry_its_overrid
     assert [job for _, job, _ in seen].count("sweep") == 1  # the table, as a W&B run of the group
 
 
+def test_a_sweep_registers_its_best_trials_model_alone(swept):
+    project, result = swept
+    (sweep,) = sweep_runs(project)
+    [version] = project.client().search_model_versions("name = 'sheldon-classifier'")
+    best = table_rows(result.stdout)[0]
+    evaluated = {r.data.tags["mlflow.parentRunId"]: r for r in project.step_runs("evaluate")}
+    assert version.tags["sheldon.evaluate_run"] == evaluated[best["pipeline_run_id"]].info.run_id
+    assert sweep.data.tags["sheldon.registered_version"] == "sheldon-classifier/1"
+    assert "registry: sheldon-classifier v1: champion, the first: " in result.stdout
+    origin = f"the best of the 4 trials of sweep {sweep.info.run_name} by train_model.best_val_accuracy ("
+    assert origin in version.description
+    others = [run for pipeline, run in evaluated.items() if pipeline != best["pipeline_run_id"]]
+    assert {run.data.tags["sheldon.note"] for run in others} == {
+        "not registered: a sweep trial (the sweep registers its best trial when it ends)"
+    }
+
+
 def test_a_sweep_run_again_is_all_cached(swept):
     project, _ = swept
     result = project.run("python", "main.py", "-m", *GRID, *SHRUNK)
     assert result.returncode == 0, result.output[-3000:]
     assert {row["status"] for row in table_rows(result.stdout)} == {"cached"}
     assert len(project.step_runs("train_model")) == 4
+    assert "the best trial's model is registered already, as sheldon-classifier/1" in result.stdout
+    assert len(project.client().search_model_versions("name = 'sheldon-classifier'")) == 1
 
 
 @pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's

@@ -126,7 +126,7 @@ def test_a_missing_input_stops_the_step_before_any_run_opens(on_its_own, monkeyp
     ):
         pass
     assert str(raised.value) == (
-        "evaluate needs model and splits: -P model=runs:/<train_model run id>/model "
+        "evaluate needs model and splits: -P model=runs:/<train_model run id>/classifier "
         "-P splits=runs:/<preprocess run id>/splits (run ids are in the MLflow UI and a pipeline's "
         "summary), or let the pipeline find them: mlflow run . --env-manager local -P steps=evaluate"
     )

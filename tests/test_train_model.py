@@ -289,7 +289,7 @@ def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_
     os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
     try:
         folder = fetch_artifact(ddp_run.data.params["splits"])
-        ddp_model = load_model(f"runs:/{ddp_run.info.run_id}/model")  # as it is served
+        ddp_model = load_model(f"runs:/{ddp_run.info.run_id}/classifier")  # as it is served
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     single, _ = train(

@@ -1,13 +1,17 @@
 """evaluate: score the trained model, as it is served (raw images in), on the test split (accuracy,
 macro-F1, per-class precision and recall), draw the confusion matrix, the training run's learning
-curves and a grid of misclassified test images, and log a predictions table. Then register the
-model as a new version of evaluate.registered_model_name, `challenger`, made `champion` when it
-passes evaluate.min_accuracy and beats the champion on the same test images by the promote_min_*
-margins (sheldon/registry.py), with a model card beside the model (sheldon/model_card.py); and fail
-when accuracy is below evaluate.min_accuracy."""
+curves and a grid of misclassified test images, and log a predictions table; the test metrics go
+to the logged model too, and the scores to an `evaluation` artifact. Then register the model as a
+new version of evaluate.registered_model_name (sheldon/registration.py: `challenger`, made
+`champion` when it passes evaluate.min_accuracy and beats the champion on the same test images by
+the promote_min_* margins, with a model card), unless this is a sweep's trial: the sweep registers
+its best trial when it ends. Fail when accuracy is below evaluate.min_accuracy."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -16,18 +20,17 @@ matplotlib.use("Agg")  # files only: steps run without a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sheldon.artifacts import digest_path
+from sheldon.artifacts import digest_path, logged_model_id
 from sheldon.cli import run_cli, stages
 from sheldon.datasets import load_split, raw_images
 from sheldon.errors import StepError
-from sheldon.lineage import model_lineage
-from sheldon.model_card import CONFUSION_PNG, publish_card
+from sheldon.model_card import CONFUSION_PNG
 from sheldon.predict import accuracy, classify, load_model
-from sheldon.registry import Decision, Margin, promote_if_better, register
+from sheldon.registration import EVALUATION, SCORES, register_evaluated
 from sheldon.settings import SettingsParser, settings_of
 from sheldon.tracking import StepRun, step_run
 from sheldon.training import peak_memory_mb
-from sheldon.vocabulary import PARENT_RUN_TAG, TEST_SPLIT_TAG, parse_runs_uri
+from sheldon.vocabulary import TRIAL_ENV, parse_runs_uri
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
@@ -114,7 +117,7 @@ def misclassified_figure(
 
 
 def train_run_of(model_uri: str) -> str | None:
-    """The run that logged the model, when the URI names one (runs:/<run id>/model)."""
+    """The run that logged the model, when the URI names one (runs:/<run id>/classifier)."""
     parsed = parse_runs_uri(model_uri)
     return parsed[0] if parsed else None
 
@@ -153,43 +156,20 @@ def log_figure(run: StepRun, figure: plt.Figure | None, filename: str) -> None:
         plt.close(figure)
 
 
-def register_and_decide(
-    run: StepRun,
-    args: Settings,
-    score: float,
-    test: tuple[np.ndarray, np.ndarray, Path],
-    per_class: list[list],
-    matrix: np.ndarray,
-) -> Decision:
-    """The model becomes a new version of the registered model, tagged with where it came from,
-    its test metrics and the digest of the splits it was scored on (`test`: the raw test images,
-    their labels, the splits' folder); champion or not, the decision and both scores go to MLflow
-    and W&B, and its model card beside the model."""
-    images, labels, splits = test
-    import mlflow
-
-    this_run = mlflow.get_run(run.run_id)
-    train_run = train_run_of(args.model)
-    tags = model_lineage(train_run) if train_run else {}
-    tags |= {
-        "sheldon.pipeline_run": this_run.data.tags.get(PARENT_RUN_TAG, tags.get("sheldon.pipeline_run", "")),
-        "sheldon.evaluate_run": run.run_id,
-        **{name: f"{value:.6f}" for name, value in this_run.data.metrics.items() if name.startswith("test_")},
-        TEST_SPLIT_TAG: digest_path(splits),
-    }
-    version = register(args.model, args.registered_model_name, {k: v for k, v in tags.items() if v})
-
-    def score_of(uri: str) -> float:
-        return accuracy(load_model(run.fetch_input("champion", uri)), images, labels)
-
-    margin = Margin(args.promote_min_absolute_change, args.promote_min_relative_change)
-    decision = promote_if_better(version, score, args.min_accuracy, margin, tags[TEST_SPLIT_TAG], score_of)
-    if decision.champion_score is not None:
-        run.log_metrics({"champion_test_accuracy": decision.champion_score})
-    run.log_registration(decision.name, decision.version, decision.promoted, args.model, str(decision))
-    card = publish_card(decision.name, decision.version, decision, run.run_id, per_class, matrix.tolist())
-    print(f"model card: {card}")
-    return decision
+def log_evaluation(
+    run: StepRun, metrics: dict[str, float], per_class: list[list], matrix: np.ndarray, splits: Path
+) -> None:
+    """The scores as one artifact, `evaluation` (in W&B of type `evaluation`, the end of the
+    lineage graph): what registering the model needs, now or when a sweep picks its best trial."""
+    with tempfile.TemporaryDirectory(prefix="sheldon-evaluation-") as folder:
+        scores = {
+            "metrics": metrics,
+            "per_class": per_class,
+            "confusion": matrix.tolist(),
+            "test_split": digest_path(splits),
+        }
+        (Path(folder) / SCORES).write_text(json.dumps(scores, indent=1))
+        run.log_artifact(Path(folder), EVALUATION, EVALUATION, metadata=metrics)
 
 
 def main(args: Settings) -> None:
@@ -202,7 +182,7 @@ def main(args: Settings) -> None:
         y_pred, confidence = probabilities.argmax(1), probabilities.max(1)
         num_classes = max(int(y.max()) + 1, args.num_classes)
         metrics, per_class = score(y, y_pred, num_classes)
-        run.log_metrics(metrics)
+        run.log_metrics(metrics, model_id=logged_model_id(args.model))  # on the run and the model
         run.log_table("per_class", PER_CLASS, per_class)
         train_run = train_run_of(args.model)
         with stages(4, "logging results") as begin:
@@ -226,13 +206,22 @@ def main(args: Settings) -> None:
                 ],
             )
         if train_run is None:
-            print(f"no learning curves: {args.model} does not name a training run (runs:/<id>/model)")
+            print(f"no learning curves: {args.model} does not name a training run (runs:/<id>/classifier)")
         run.log_metrics({"peak_memory_mb": peak_memory_mb()})
         accuracy_ = metrics["test_accuracy"]
         run.headline("test_accuracy", accuracy_)
         print(f"test accuracy {accuracy_:.4f}, macro-F1 {metrics['test_macro_f1']:.4f}")
-        if args.registered_model_name:
-            decision = register_and_decide(run, args, accuracy_, (images, y, splits), per_class, matrix)
+        log_evaluation(run, metrics, per_class, matrix, splits)
+        if args.registered_model_name and os.environ.get(TRIAL_ENV):
+            run.note("not registered: a sweep trial (the sweep registers its best trial when it ends)")
+        elif args.registered_model_name:
+
+            def score_of(uri: str) -> float:  # the champion, on the test images already loaded
+                return accuracy(load_model(run.fetch_input("champion", uri)), images, y)
+
+            origin = f"registered when evaluate run {run.run_id} scored it"
+            decision = register_evaluated(run.run_id, origin, score_of)
+            run.log_registration(decision, args.model)
             print(f"registry: {decision}")
         if accuracy_ < args.min_accuracy:
             raise StepError(

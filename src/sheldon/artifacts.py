@@ -59,6 +59,14 @@ def logged_model_uri(model_uri: str) -> str:
     return model_uri
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The id of the MLflow 3 logged model a `runs:/` or `models:/<model id>` URI names; None for
+    other URIs (a registered version, a folder)."""
+    from mlflow.store.artifact.utils.models import _parse_model_id_if_present
+
+    return _parse_model_id_if_present(logged_model_uri(model_uri))
+
+
 def _remove_fetched() -> None:
     """This process's downloads, and its run's inputs folder once no other process (a DDP rank)
     has one there."""

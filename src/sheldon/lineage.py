@@ -29,6 +29,7 @@ from sheldon.vocabulary import (
 
 # Where a step's run came from, as printed beside each input and tagged on the runs that read it.
 RAN, CACHED, PINNED = "ran in this pipeline", "cached, same config", "pinned by hand"
+LINEAGE_FILE = "lineage.json"  # the pipeline run's manifest: each step's run, inputs and outputs
 
 
 @dataclass
@@ -108,7 +109,7 @@ def log_lineage(pipeline_run_id: str, results: list[StepResult]) -> str:
     mlflow.log_text(summary + "\n", "summary.txt")
     dag = chart_in(mlflow.get_run(pipeline_run_id).data.tags.get(DESCRIPTION_TAG, ""))
     manifest = {"pipeline_run_id": pipeline_run_id, "dag": dag, "steps": [asdict(r) for r in results]}
-    mlflow.log_dict(manifest, "lineage.json")
+    mlflow.log_dict(manifest, LINEAGE_FILE)
     return summary
 
 

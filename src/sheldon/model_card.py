@@ -102,6 +102,14 @@ def upstream_run(run: Run, name: str) -> Run | None:
         return None
 
 
+def data_source(evaluate_run: Run) -> dict[str, str]:
+    """The parameters of the download_dataset run up evaluate's inputs (its data_version, its
+    source); empty when it cannot be read."""
+    preprocess = upstream_run(evaluate_run, "splits")
+    download = upstream_run(preprocess, "raw_data") if preprocess else None
+    return download.data.params if download else {}
+
+
 def card_name(version: ModelVersion) -> str:
     return f"{version.name}-v{version.version}"
 
@@ -123,9 +131,7 @@ def build_card(
     metrics), the runs that trained and scored it (and, up its inputs, the download_dataset run:
     the data's version and source), and evaluate's per-class table and confusion matrix."""
     tags = version.tags
-    preprocess = upstream_run(evaluate_run, "splits")
-    download = upstream_run(preprocess, "raw_data") if preprocess else None
-    fetched = download.data.params if download else {}
+    fetched = data_source(evaluate_run)
     lineage = [
         ["pipeline run", tags.get("sheldon.pipeline_run", "not recorded")],
         ["code commit", tags.get("sheldon.git_commit") or _tag(train_run, GIT_COMMIT_TAG)],
@@ -175,18 +181,18 @@ def _tag(run: Run | None, name: str) -> str:
 
 
 def publish_card(
-    name: str,
-    number: int,
     decision: Decision,
     evaluate_run_id: str,
     per_class: list[list],
     confusion: Sequence[Sequence[int]],
+    origin: str,
 ) -> str:
-    """Write the card of version `number` of `name`, .md and .html, beside the model in the run
-    that logged it (the evaluate run when none did), and link it from the version's description;
-    returns the Markdown card's runs:/ URI."""
+    """Write the card of the version `decision` is about, .md and .html, beside the model in the
+    run that logged it (the evaluate run when none did), and describe the version: the decision,
+    the data it was trained and scored on, its pipeline run, why it was registered (`origin`) and
+    a link to the card. Returns the Markdown card's runs:/ URI."""
     client = mlflow.MlflowClient()
-    version = client.get_model_version(name, str(number))
+    version = client.get_model_version(decision.name, str(decision.version))
     evaluate_run = client.get_run(evaluate_run_id)
     train_run = client.get_run(version.run_id) if version.run_id else None
     home = train_run or evaluate_run
@@ -201,6 +207,17 @@ def publish_card(
     path = f"{MODEL_CARDS}/{card_name(version)}"
     page = f"#/experiments/{home.info.experiment_id}/runs/{home.info.run_id}/artifacts/{path}.html"
     uri = runs_uri(home.info.run_id, f"{path}.md")
-    description = f"{decision.why} (alias `{alias_of(decision)}`)\n\n[Model card]({page}): `{uri}`"
-    client.update_model_version(name, str(number), description=description)
+    data = data_source(evaluate_run)
+    md5 = version.tags.get(DATA_MD5_TAG) or _tag(evaluate_run, DATA_MD5_TAG)
+    description = "\n\n".join(
+        [
+            f"{decision.why} (alias `{alias_of(decision)}`)",
+            f"Data: {data.get('source', 'source not recorded')}, version "
+            f"{data.get('data_version', 'not recorded')} (DVC md5 {md5}); "
+            f"test split {version.tags.get(TEST_SPLIT_TAG, 'not recorded')[:12]}",
+            f"Pipeline run: `{version.tags.get('sheldon.pipeline_run', 'not recorded')}`; {origin}",
+            f"[Model card]({page}): `{uri}`",
+        ]
+    )
+    client.update_model_version(decision.name, str(decision.version), description=description)
     return uri

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sheldon.cli import text_table
 from sheldon.errors import StepError, first_line
+from sheldon.lineage import LINEAGE_FILE
 from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import die_with, process_token, raise_on_signals
 from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
@@ -36,12 +37,14 @@ from sheldon.vocabulary import (
     PARENT_RUN_TAG,
     PROCESS_TAG,
     RAN_STEPS_TAG,
+    REGISTERED_TAG,
     RUN_NAME_TAG,
     SWEEP_ENV,
     SWEEP_PROCESS_ENV,
     SWEEP_TAG,
     TRIAL_NUMBER_TAG,
     TRIAL_TAG,
+    runs_uri,
 )
 
 # hydra-optuna-sweeper 1.3.0, its latest release, builds Optuna's v2 distributions, which Optuna 4
@@ -242,11 +245,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def close_sweep(config: DictConfig) -> None:
-    """Print and log the table of the sweep's trials, and end its run: FAILED, with exit code 1,
-    when a trial of a grid failed. An Optuna search is after its best trial, and a failed one (a
-    diverging lr) is among its outcomes, recorded as such in Optuna: it fails when no trial
-    succeeded (Optuna's sweeper raises first, with no best trial to report, unless a stored study
-    holds one; main.py ends the run then)."""
+    """Print and log the table of the sweep's trials, register the best trial's model, and end its
+    run: FAILED, with exit code 1, when a trial of a grid failed or the registry refused the model.
+    An Optuna search is after its best trial, and a failed one (a diverging lr) is among its
+    outcomes, recorded as such in Optuna: it fails when no trial succeeded (Optuna's sweeper raises
+    first, with no best trial to report, unless a stored study holds one; main.py ends the run
+    then)."""
     import mlflow
 
     sweep = os.environ.pop(SWEEP_ENV, "")
@@ -259,20 +263,54 @@ def close_sweep(config: DictConfig) -> None:
     client.log_text(run_id, table + "\n", TABLE_FILE)
     client.log_dict(run_id, {"metric": str(config.sweep.metric), "trials": rows}, TABLE_JSON)
     metric = str(config.sweep.metric)
-    if rows and rows[0][metric] is not None and rows[0]["status"] != "failed":
-        client.log_metric(run_id, f"best.{metric}", rows[0][metric])
-        client.set_tag(run_id, "sheldon.best_trial", rows[0]["overrides"])
+    best = rows[0] if rows and rows[0][metric] is not None and rows[0]["status"] != "failed" else None
+    if best:
+        client.log_metric(run_id, f"best.{metric}", best[metric])
+        client.set_tag(run_id, "sheldon.best_trial", best["overrides"])
     log_wandb_table(config, name, rows)
     failed = [row for row in rows if row["status"] == "failed"]
     print(f"\nsweep {name!r}: {len(rows)} trial(s), best first by {metric}\n\n{table}\n\nsweep run {run_id}")
+    unregistered = ""
+    if best:
+        origin = f"the best of the {len(rows)} trials of sweep {name} by {metric} ({best['overrides']})"
+        try:
+            register_best_trial(run_id, best["pipeline_run_id"], origin)
+        except StepError as err:
+            unregistered = f"the best trial's model is not registered: {err}"
     search = OmegaConf.select(config, "hydra.sweeper._target_") == OPTUNA_SWEEPER
-    fails = bool(failed) and (not search or len(failed) == len(rows))
+    fails = bool(failed) and (not search or len(failed) == len(rows)) or bool(unregistered)
     client.set_terminated(run_id, "FAILED" if fails else "FINISHED")
     if failed:
         said = f"{len(failed)} of {len(rows)} trial(s) failed: see the table"
         print(f"error: {said}" if fails else f"{said}; the search went on", file=sys.stderr)
+    if unregistered:
+        print(f"error: {unregistered}", file=sys.stderr)
     if fails:
         sys.exit(1)
+
+
+def register_best_trial(sweep_run_id: str, pipeline_run_id: str, origin: str) -> None:
+    """Register the model the best trial's evaluate scored, the sweep's one version (its trials
+    registered none), unless it is registered already (a trial reused from an earlier sweep or
+    pipeline) or the trials did not evaluate or register (steps, evaluate.registered_model_name)."""
+    import mlflow
+
+    from sheldon.registration import register_evaluated
+
+    steps = mlflow.artifacts.load_dict(runs_uri(pipeline_run_id, LINEAGE_FILE))["steps"]
+    evaluated = next((s["run_id"] for s in steps if s["step"] == "evaluate" and s["run_id"]), None)
+    if evaluated is None:
+        return
+    run = mlflow.get_run(evaluated)
+    if not run.data.params.get("registered_model_name"):
+        return
+    if registered := run.data.tags.get(REGISTERED_TAG):
+        print(f"registry: the best trial's model is registered already, as {registered}")
+    else:
+        decision = register_evaluated(evaluated, origin)
+        registered = f"{decision.name}/{decision.version}"
+        print(f"registry: {decision}")
+    mlflow.MlflowClient().set_tag(sweep_run_id, REGISTERED_TAG, registered)
 
 
 def log_wandb_table(config: DictConfig, name: str, rows: list[dict[str, Any]]) -> None:

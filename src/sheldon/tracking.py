@@ -31,6 +31,7 @@ from sheldon.artifacts import digest_path, fetch_artifact
 from sheldon.errors import StepError, shorten
 from sheldon.paths import REPO_ROOT
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token, when_gone
+from sheldon.registry import CHALLENGER, CHAMPION, Decision
 from sheldon.settings import StepSettings
 from sheldon.store import tracking_environment
 from sheldon.vocabulary import (
@@ -40,7 +41,6 @@ from sheldon.vocabulary import (
     INPUT_TAG,
     NOTE_TAG,
     PROCESS_TAG,
-    REGISTERED_TAG,
     RUN_NAME_TAG,
     STEP_TAG,
     STOPPED_TAG,
@@ -275,8 +275,11 @@ class StepRun:
             mlflow.log_params(fresh)
         self.wandb.config.update(dict(params), allow_val_change=True)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None
+    ) -> None:
+        """Log metrics of the run (and of MLflow logged model `model_id`, when given)."""
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
         self.wandb.log(dict(metrics) if step is None else {**metrics, "epoch": step})
 
     def headline(self, name: str, value: float) -> None:
@@ -289,21 +292,18 @@ class StepRun:
         mlflow.set_tag(NOTE_TAG, text)
         self.wandb.summary["note"] = text
 
-    def log_registration(self, name: str, version: int, promoted: bool, model_uri: str, note: str) -> None:
-        """Record the registered version the model became, in MLflow (the run's tags, the
-        version's link to W&B's model artifact) and in W&B (linked to the registry online;
-        offline, recorded in the run's config for `wandb sync`)."""
+    def log_registration(self, decision: Decision, model_uri: str) -> None:
+        """W&B's side of the registered version the model became (registration.py writes
+        MLflow's): the decision as the run's note, the version in its config, and, online, the
+        model's artifact linked to W&B's registry."""
+        self.wandb.summary["note"] = str(decision)
+        alias = CHAMPION if decision.promoted else CHALLENGER
         reference = wandb_reference(model_uri)
-        mlflow.set_tag(REGISTERED_TAG, f"{name}/{version}")
-        self.note(note)
-        if reference:
-            mlflow.MlflowClient().set_model_version_tag(name, str(version), "wandb.artifact", reference)
-        aliases = ["champion"] if promoted else ["challenger"]
         self.wandb.config.update(
             {
-                "registered_model": name,
-                "registered_version": version,
-                "alias": aliases[0],
+                "registered_model": decision.name,
+                "registered_version": decision.version,
+                "alias": alias,
                 "wandb_model": reference,
             },
             allow_val_change=True,
@@ -311,7 +311,7 @@ class StepRun:
         if self.wandb.settings.mode == "online" and reference:
             try:
                 self.wandb.link_artifact(
-                    self.wandb.use_artifact(reference), f"model-registry/{name}", aliases
+                    self.wandb.use_artifact(reference), f"model-registry/{decision.name}", [alias]
                 )
             except Exception as err:  # e.g. the model was logged without W&B
                 print(f"W&B: cannot link {reference} to the registry ({err})", file=sys.stderr)

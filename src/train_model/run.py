@@ -1,7 +1,8 @@
 """train_model: build the model, optimizer and LR schedule named in config (Hydra `_target_`),
 train on the `splits` artifact with early stopping and a checkpoint every epoch, and log the best
 epoch's model as an MLflow 3 logged model that takes raw images and returns classes and
-probabilities (classifier.py), and in W&B as a `model` artifact.
+probabilities (classifier.py), named `classifier` (its `runs:/<run id>/classifier` URI), and in W&B
+as a `model` artifact of that name.
 nproc_per_node > 1 re-launches this script under torchrun (DistributedDataParallel: gloo on CPU,
 nccl on GPU); only rank 0 logs to MLflow and W&B."""
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
 STEP = "train_model"
+MODEL = "classifier"  # what the logged model is: its name, and its W&B artifact's
 
 
 # Its parameters, declared in settings.py: the pipeline checks them without this script's imports.
@@ -70,7 +72,7 @@ def log_model(model: nn.Module, example: np.ndarray, tags: dict[str, str] | None
         network = Path(folder) / "network.pt2"
         torch.export.save(program, network)
         return mlflow.pyfunc.log_model(
-            name="model",
+            name=MODEL,
             python_model=Path(__file__).with_name("classifier.py"),
             artifacts={"network": str(network)},
             signature=signature,
@@ -113,7 +115,7 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
     if run is None:
         return
     logged = log_model(model, train_xy[0][:4], model_lineage(run.run_id))
-    run.log_logged_model(logged.model_uri, "model")
+    run.log_logged_model(logged.model_uri, MODEL)
     best = max(h["val_accuracy"] for h in history)
     best_epoch = 1 + [h["val_accuracy"] for h in history].index(best)
     run.log_metrics(
