@@ -24,4 +24,3 @@ class Settings(StepSettings):
 {%- for p in params %}
 {{ p.declaration }}
 {%- endfor %}
-
