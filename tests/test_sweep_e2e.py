@@ -123,7 +123,8 @@ def test_a_sweep_registers_its_best_trials_model_alone(swept):
     assert version.tags["sheldon.evaluate_run"] == evaluated[best["pipeline_run_id"]].info.run_id
     assert sweep.data.tags["sheldon.registered_version"] == "sheldon-classifier/1"
     assert "registry: sheldon-classifier v1: champion, the first: " in result.stdout
-    origin = f"the best of the 4 trials of sweep {sweep.data.tags["sheldon.sweep"]} by train_model.best_val_accuracy ("
+    name = sweep.data.tags["sheldon.sweep"]
+    origin = f"the best of the 4 trials of sweep {name} by train_model.best_val_accuracy ("
     assert origin in version.description
     others = [run for pipeline, run in evaluated.items() if pipeline != best["pipeline_run_id"]]
     assert {run.data.tags["sheldon.note"] for run in others} == {
