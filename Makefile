@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test test-slow lint contract new-data fashion-mnist serve predict ui server compare dag clean
+.PHONY: setup run test test-slow lint contract new-data fashion-mnist chromium serve predict ui server compare dag clean
 
 setup: $(STAMP)
 
@@ -77,9 +77,19 @@ fashion-mnist:
 	    || echo "could not install dataset-fashion-mnist: the Fashion-MNIST test will be skipped"; \
 	else echo "no apt-get here: the Fashion-MNIST test will be skipped"; fi
 
+# A headless browser, Debian's chromium, for the slow test that looks at `make ui`'s first screen
+# (skipped, saying why, without it).
+chromium:
+	@if command -v chromium >/dev/null; then echo "chromium is installed"; \
+	elif command -v apt-get >/dev/null; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium \
+	    || echo "could not install chromium: the MLflow UI test will be skipped"; \
+	else echo "no apt-get here: the MLflow UI test will be skipped"; fi
+
 # The champion model (README, Models), served on 127.0.0.1:$(PORT): POST images to /invocations.
 #   make serve [PORT=5001] [MAX_REQUEST_MB=32]   (a larger request body is answered 413)
-PORT ?= 5001
+serve: PORT ?= 5001
 serve: setup
 	python -m sheldon.serve model --port $(PORT) $(if $(MAX_REQUEST_MB),--max-request-mb $(MAX_REQUEST_MB))
 
@@ -90,9 +100,11 @@ predict: setup
 	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<folder of images | .npz | .csv> [OUTPUT=...]" >&2; exit 2; }
 	python -m sheldon.predict "$(INPUT)" --output "$(OUTPUT)"
 
-# The MLflow UI on the repository's store, at http://127.0.0.1:5000 (README, Models).
+# The MLflow UI on the repository's store, at http://127.0.0.1:$(PORT) (README, Models); it prints
+# the URL of the experiment's runs view.   make ui [PORT=5000]
+ui: PORT ?= 5000
 ui: setup
-	python -m sheldon.serve ui
+	python -m sheldon.serve ui --port $(PORT)
 
 # A team's tracking server on 127.0.0.1:$(SERVER_PORT) (README, Working as a team): mlflow server with
 # a database and an S3 bucket for artifacts, which it proxies. Without AWS credentials or

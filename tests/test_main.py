@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from sheldon.errors import StepError
 from sheldon.lineage import StepResult, format_summary, pipeline_metrics
-from sheldon.overrides import check_overrides, hydra_arguments
-from sheldon.pipeline import resolve_env_manager
+from sheldon.overrides import check_overrides, hydra_arguments, short_overrides, sweep_grid
+from sheldon.pipeline import Trial, resolve_env_manager
 
 sys.path.insert(0, str(REPO))  # main.py is imported as a module, as a step list's reader should
 import main  # noqa: E402
@@ -43,6 +43,18 @@ def test_select_steps(spec, expected):
 def test_unknown_step_names_the_valid_ones():
     with pytest.raises(StepError, match="unknown step 'trian'; valid steps: download_dataset, preprocess"):
         STEPS.select("preprocess,trian")
+
+
+def test_a_trials_run_is_named_for_what_it_sets_that_the_sweep_does_not_set_for_all():
+    sweep = "main.steps=all train_model.lr=0.001,0.003 train_model.epochs=1"
+    trial = Trial("run id", "sweep", "main.steps=all train_model.lr=0.003 train_model.epochs=1", 1)
+    assert trial.run_name(sweep) == "pipeline lr=0.003"
+    assert sweep_grid(sweep.split()) == ["train_model.lr=0.001,0.003"]
+    assert sweep_grid(["hparams_search=optuna"]) == ["hparams_search=optuna"]  # its space is in its file
+    # a key keeps its section where its last part would not tell it apart
+    assert short_overrides(["train_model.seed=1", "preprocess.seed=2", "train_model.lr=0.1"]) == (
+        "train_model.seed=1 preprocess.seed=2 lr=0.1"
+    )
 
 
 def test_hydra_arguments_split_options_and_quote_step_lists():

@@ -67,9 +67,15 @@ def test_a_grid_runs_a_pipeline_per_combination_reusing_the_upstream_steps(swept
 def test_a_sweep_is_a_run_whose_children_are_pipelines_whose_children_are_steps(swept):
     project, result = swept
     (sweep,) = sweep_runs(project)
-    assert sweep.info.status == "FINISHED" and sweep.info.run_name == sweep.data.tags["sheldon.sweep"]
+    assert sweep.info.status == "FINISHED"
+    assert sweep.info.run_name == f"{sweep.data.tags['sheldon.sweep']} lr=0.001,0.003 batch_size=32,64"
     pipelines = [r for r in project.runs() if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
-    assert len(pipelines) == 4 and {r.info.run_name for r in pipelines} == {"pipeline"}
+    assert sorted(r.info.run_name for r in pipelines) == [  # what tells the trials apart
+        "pipeline lr=0.001 batch_size=32",
+        "pipeline lr=0.001 batch_size=64",
+        "pipeline lr=0.003 batch_size=32",
+        "pipeline lr=0.003 batch_size=64",
+    ]
     for pipeline in pipelines:
         trial = dict(o.split("=") for o in pipeline.data.tags["sheldon.trial"].split())
         assert pipeline.data.params["train_model.lr"] == trial["train_model.lr"]
@@ -102,7 +108,7 @@ def test_the_trials_step_runs_share_the_sweeps_wandb_group_and_carry_its_overrid
             if record.HasField("run"):
                 config = {item.key: json.loads(item.value_json) for item in record.run.config.update}
                 seen.append((record.run.run_group, record.run.job_type, config))
-    assert {group for group, _, _ in seen} == {sweep.info.run_name}
+    assert {group for group, _, _ in seen} == {sweep.data.tags["sheldon.sweep"]}
     trained = [config for _, job, config in seen if job == "train_model"]
     assert len(trained) == 4 and all("train_model.lr=" in config["trial"] for config in trained)
     assert [job for _, job, _ in seen].count("sweep") == 1  # the table, as a W&B run of the group
@@ -117,7 +123,8 @@ def test_a_sweep_registers_its_best_trials_model_alone(swept):
     assert version.tags["sheldon.evaluate_run"] == evaluated[best["pipeline_run_id"]].info.run_id
     assert sweep.data.tags["sheldon.registered_version"] == "sheldon-classifier/1"
     assert "registry: sheldon-classifier v1: champion, the first: " in result.stdout
-    origin = f"the best of the 4 trials of sweep {sweep.info.run_name} by train_model.best_val_accuracy ("
+    name = sweep.data.tags["sheldon.sweep"]
+    origin = f"the best of the 4 trials of sweep {name} by train_model.best_val_accuracy ("
     assert origin in version.description
     others = [run for pipeline, run in evaluated.items() if pipeline != best["pipeline_run_id"]]
     assert {run.data.tags["sheldon.note"] for run in others} == {
@@ -129,10 +136,13 @@ def test_a_sweep_run_again_is_all_cached(swept):
     project, _ = swept
     result = project.run("python", "main.py", "-m", *GRID, *SHRUNK)
     assert result.returncode == 0, result.output[-3000:]
-    assert {row["status"] for row in table_rows(result.stdout)} == {"cached"}
+    rows = table_rows(result.stdout)
+    assert {row["status"] for row in rows} == {"cached"}
     assert len(project.step_runs("train_model")) == 4
     assert "the best trial's model is registered already, as sheldon-classifier/1" in result.stdout
     assert len(project.client().search_model_versions("name = 'sheldon-classifier'")) == 1
+    names = {project.client().get_run(row["pipeline_run_id"]).info.run_name for row in rows}
+    assert "pipeline lr=0.001 batch_size=32 (all cached)" in names and len(names) == 4
 
 
 @pytest.mark.slow  # a sweep of its own; the default suite keeps the grid's
@@ -453,7 +463,7 @@ def test_a_sweeps_trials_run_as_ray_tasks_report_to_its_store_and_stop_with_it(t
         for record in wandb_records(run_dir)
         if record.HasField("run")
     }
-    assert (sweep.info.run_name, "train_model") in groups
+    assert (sweep.data.tags["sheldon.sweep"], "train_model") in groups
 
     # Ctrl-C: the sweep, its trials' pipelines and their steps end KILLED, and no step is left
     assert stopped.returncode == 130, stopped.stderr[-3000:]

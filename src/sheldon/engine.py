@@ -41,6 +41,7 @@ from sheldon.steps import StepConfig, Steps
 from sheldon.store import check_artifact_location
 from sheldon.tracking import allow_concurrent_runs, configure_tracking, settle_wandb_mode
 from sheldon.vocabulary import (
+    ALL_CACHED_TAG,
     CHECKPOINTS_TAG,
     DIGEST_TAG,
     ERROR_TAG,
@@ -56,6 +57,7 @@ from sheldon.vocabulary import (
     RUN_NAME_TAG,
     STEP_TAG,
     STOPPED_TAG,
+    SWEEP_OVERRIDES_PARAM,
     TRIAL_NUMBER_TAG,
     TRIAL_TAG,
     runs_uri,
@@ -364,13 +366,24 @@ def open_pipeline_run(experiment_id: str, launcher: str | None, trial: Trial | N
         run = mlflow.start_run(run_id=launcher)
     elif trial:
         tags = {TRIAL_TAG: trial.overrides, TRIAL_NUMBER_TAG: str(trial.number)}
+        sweep_overrides = mlflow.get_run(trial.sweep_run_id).data.params.get(SWEEP_OVERRIDES_PARAM, "")
+        name = trial.run_name(sweep_overrides)
         run = mlflow.start_run(
-            experiment_id=experiment_id, run_name="pipeline", parent_run_id=trial.sweep_run_id, tags=tags
+            experiment_id=experiment_id, run_name=name, parent_run_id=trial.sweep_run_id, tags=tags
         )
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name="pipeline")
     mlflow.set_tag(PROCESS_TAG, os.environ[PIPELINE_ENV])
     return run
+
+
+def mark_all_cached(run_name: str, trial: Trial | None) -> None:
+    """Name the active pipeline run for having reused every step (`pipeline (all cached)`) and, but
+    for a trial, which its sweep's table counts, tag it: `make ui`'s runs view leaves such runs
+    out, so that re-runs do not bury the runs that trained."""
+    mlflow.set_tag(RUN_NAME_TAG, f"{run_name} (all cached)")
+    if trial is None:
+        mlflow.set_tag(ALL_CACHED_TAG, "true")
 
 
 def open_experiment(name: str) -> str:
@@ -454,6 +467,8 @@ def run_plan(
         summary = log_lineage(pipeline.info.run_id, results)
         mlflow.set_tag(RAN_STEPS_TAG, ",".join(r.step for r in results if r.status == "ran"))
         mlflow.set_tags(data_state())  # the data its steps used: `data.source` is new data's, if any
+        if not any(r.status in ("ran", "failed") for r in results):  # every step reused
+            mark_all_cached(pipeline.info.run_name, trial)
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
         outcome = Outcome(0, run_id, pipeline_metrics(results))
         failed = [r for r in results if r.status == "failed"]

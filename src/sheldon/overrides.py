@@ -108,3 +108,21 @@ def check_search_space(config: Any, entries: list[str]) -> None:
 
 
 _ABSENT = object()
+
+
+def short_overrides(overrides: list[str]) -> str:
+    """Overrides as a run's name shows them: `train_model.lr=0.003` as `lr=0.003`, the key's last
+    part, unless two keys would then read the same."""
+    keys = [override.partition("=")[0] for override in overrides]
+    last = [key.rpartition(".")[2] for key in keys]
+    return " ".join(
+        override.replace(key, short, 1) if last.count(short) == 1 else override
+        for override, key, short in zip(overrides, keys, last, strict=True)
+    )
+
+
+def sweep_grid(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep that sweep (`train_model.lr=0.001,0.003`, `choice(...)`, a range);
+    all of them when none does (an Optuna search's space is in its config: `hparams_search=optuna`)."""
+    swept = [override for override in overrides if parse_override(override).is_sweep_override()]
+    return swept or overrides

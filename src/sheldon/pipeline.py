@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from sheldon.backends import Backend, check_machine, resolve_backend
 from sheldon.environments import built_by
 from sheldon.errors import StepError, shorten
+from sheldon.overrides import short_overrides
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token
@@ -97,6 +98,12 @@ class Trial:
     sweep_name: str
     overrides: str  # the job's command-line overrides, e.g. "train_model.lr=0.003"
     number: int  # Hydra's job number, from 0
+
+    def run_name(self, sweep_overrides: str) -> str:
+        """`pipeline lr=0.003`: the pipeline, named for what this trial sets that its sweep's
+        command line (`sweep_overrides`) does not set for every trial."""
+        varied = [o for o in self.overrides.split() if o not in sweep_overrides.split()]
+        return " ".join(["pipeline", short_overrides(varied)]).strip()
 
 
 @dataclass(frozen=True)

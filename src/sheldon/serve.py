@@ -6,8 +6,9 @@
 `model` serves `models:/<evaluate.registered_model_name>@champion` with MLflow's scoring server
 (what `mlflow models serve --env-manager local` runs) inside `BoundedRequests`: a body over the
 limit is answered 413 unread, and an error quotes no more than the start of the input. With no
-champion yet, it stops with one line instead of MLflow's traceback. Both read the store `make
-run` writes (or MLFLOW_TRACKING_URI)."""
+champion yet, it stops with one line instead of MLflow's traceback. `ui` first saves the runs view
+it opens on and prints its URL (sheldon/runs_view.py). Both read the store `make run` writes (or
+MLFLOW_TRACKING_URI)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sheldon.errors import StepError
 from sheldon.pipeline import use_this_python
 from sheldon.registry import champion_uri
+from sheldon.runs_view import open_runs_view
 from sheldon.store import check_tracking_store, tracking_environment
 from sheldon.tracking import configured
 
@@ -170,8 +172,17 @@ def serve_model(port: int, max_request_mb: float) -> None:
 
 
 def ui_command(port: int) -> list[str]:
-    """The mlflow command that serves the UI on HOST:port."""
+    """The mlflow command that serves the UI on HOST:port, once the runs view it opens on is
+    saved (sheldon/runs_view.py) and its URL printed."""
+    import mlflow
+
     uri = _store()
+    mlflow.set_tracking_uri(uri)
+    experiment, sweep = str(configured("main").get("experiment_name", "")), configured("sweep")
+    url = open_runs_view(
+        f"http://{HOST}:{port}", experiment, str(sweep["metric"]), sweep["direction"] == "maximize"
+    )
+    print(f"MLflow UI: {url}", flush=True)
     use_this_python()  # mlflow from this interpreter's environment
     return ["mlflow", "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from sheldon.cli import text_table
 from sheldon.errors import StepError, first_line
 from sheldon.lineage import LINEAGE_FILE
+from sheldon.overrides import short_overrides, sweep_grid
 from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import die_with, process_token, raise_on_signals
 from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
@@ -40,6 +41,7 @@ from sheldon.vocabulary import (
     REGISTERED_TAG,
     RUN_NAME_TAG,
     SWEEP_ENV,
+    SWEEP_OVERRIDES_PARAM,
     SWEEP_PROCESS_ENV,
     SWEEP_TAG,
     TRIAL_NUMBER_TAG,
@@ -118,7 +120,8 @@ def record_failed_trial(trial: Trial, error: str) -> None:
         TRIAL_NUMBER_TAG: str(trial.number),
         ERROR_TAG: error[:5000],
     }
-    run = client.create_run(sweep.info.experiment_id, run_name="pipeline", tags=tags)
+    name = trial.run_name(sweep.data.params.get(SWEEP_OVERRIDES_PARAM, ""))
+    run = client.create_run(sweep.info.experiment_id, run_name=name, tags=tags)
     client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -135,17 +138,18 @@ def open_sweep(config: DictConfig) -> None:
     check_tracking_store(tracking_environment())
     share_step_template(config)
     configure_tracking()
-    name = str(config.sweep.name)
+    name, overrides = str(config.sweep.name), list(config.hydra.overrides.task)
     experiment_id = open_experiment(str(config.main.experiment_name))
     client = mlflow.MlflowClient()
-    tags = {SWEEP_TAG: name, PROCESS_TAG: process_token(), RUN_NAME_TAG: name}
+    run_name = " ".join([name, short_overrides(sweep_grid(overrides))]).strip()  # what it sweeps
+    tags = {SWEEP_TAG: name, PROCESS_TAG: process_token(), RUN_NAME_TAG: run_name}
     if launcher := claim_launcher_run(experiment_id):
         for key, value in tags.items():
             client.set_tag(launcher, key, value)
         run_id = launcher
     else:
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    client.log_param(run_id, "sweep_overrides", " ".join(config.hydra.overrides.task)[:6000])
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    client.log_param(run_id, SWEEP_OVERRIDES_PARAM, " ".join(overrides)[:6000])
     os.environ[SWEEP_ENV] = f"{run_id} {name}"
     os.environ[SWEEP_PROCESS_ENV] = process_token()
     print(f"sweep {name!r}: MLflow run {run_id}; each trial is a pipeline run under it", flush=True)

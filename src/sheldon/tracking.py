@@ -24,6 +24,7 @@ from typing import Any
 import mlflow
 import psutil
 import yaml
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
@@ -32,6 +33,7 @@ from sheldon.errors import StepError, shorten
 from sheldon.paths import REPO_ROOT
 from sheldon.processes import PIPELINE_ENV, Interrupted, process_token, when_gone
 from sheldon.registry import CHALLENGER, CHAMPION, Decision
+from sheldon.run_inputs import log_input_dataset
 from sheldon.settings import StepSettings
 from sheldon.store import tracking_environment
 from sheldon.vocabulary import (
@@ -266,6 +268,7 @@ class StepRun:
         self.step = step
         self.run_id = mlflow_run.info.run_id
         self.wandb = wandb_run
+        self.dataset: MetaDataset | None = None  # the first data input: what its metrics are computed on
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters the run does not already carry (`mlflow run` logs its own)."""
@@ -278,8 +281,10 @@ class StepRun:
     def log_metrics(
         self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None
     ) -> None:
-        """Log metrics of the run (and of MLflow logged model `model_id`, when given)."""
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id)
+        """Log metrics of the run (and of MLflow logged model `model_id`, when given), linked to the
+        step's data input (a logged model's "Datasets used")."""
+        values = {k: float(v) for k, v in metrics.items()}
+        mlflow.log_metrics(values, step=step, model_id=model_id, dataset=self.dataset)
         self.wandb.log(dict(metrics) if step is None else {**metrics, "epoch": step})
 
     def headline(self, name: str, value: float) -> None:
@@ -317,7 +322,8 @@ class StepRun:
                 print(f"W&B: cannot link {reference} to the registry ({err})", file=sys.stderr)
 
     def fetch_input(self, name: str, uri: str) -> Path:
-        """Download an input artifact (any MLflow artifact URI) and record where it came from."""
+        """Download an input artifact (any MLflow artifact URI) and record where it came from: a
+        tag, W&B's config or lineage, and, for data, an MLflow dataset."""
         mlflow.set_tag(INPUT_TAG + name, uri)
         reference = wandb_reference(uri)
         # Offline the reference is recorded in the config (use_artifact raises offline), ready for sync.
@@ -329,7 +335,10 @@ class StepRun:
                 self.wandb.use_artifact(reference)
             except Exception as err:  # e.g. the producer ran without W&B
                 print(f"W&B: cannot link input {reference} ({err})", file=sys.stderr)
-        return fetch_artifact(uri)
+        fetched = fetch_artifact(uri)
+        dataset = log_input_dataset(name, uri, fetched)
+        self.dataset = self.dataset or dataset
+        return fetched
 
     def log_artifact(
         self, local_path: Path, name: str, kind: str, metadata: Mapping[str, Any] | None = None

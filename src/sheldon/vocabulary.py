@@ -38,11 +38,13 @@ PIPELINE_RUN_NAME = "pipeline"  # its run name (mlflow.runName), which tells it 
 PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
 FAILED_STEP_TAG = "sheldon.failed_step"
 RAN_STEPS_TAG = "sheldon.ran_steps"  # the steps that ran rather than being reused, comma-separated
+ALL_CACHED_TAG = "sheldon.all_cached"  # "true" on a pipeline (not a trial) that reused every step
 TRIAL_TAG = "sheldon.trial"  # a sweep's pipeline: the trial's overrides
 TRIAL_NUMBER_TAG = "sheldon.trial_number"  # a sweep's pipeline: Hydra's job number, from 0
 
 # On a sweep's run
 SWEEP_TAG = "sheldon.sweep"  # the sweep's name
+SWEEP_OVERRIDES_PARAM = "sweep_overrides"  # a param: the sweep's command-line overrides
 
 # In the environment
 TRIAL_ENV = "SHELDON_TRIAL"  # a sweep trial's overrides, for its steps' W&B config
@@ -56,7 +58,8 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 BACKEND_TAG = "mlflow.project.backend"  # what launched a project run
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on an experiment
-DESCRIPTION_TAG = "mlflow.note.content"  # a run's description, Markdown the UI renders (dag.py)
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's or an experiment's description, Markdown the UI renders
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key, on an experiment: a runs view the UI opens by URL
 
 _RUNS_URI = re.compile(r"runs:/([0-9a-f]+)/(.+?)/?")
 
