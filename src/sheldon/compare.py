@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sheldon.errors import StepError, shorten
 from sheldon.store import check_tracking_store, sqlite_file, tracking_environment
 from sheldon.sweep import format_table
-from sheldon.vocabulary import PARENT_RUN_TAG, PIPELINE_RUN_NAME, STEP_TAG, SWEEP_TAG, TRIAL_NUMBER_TAG
+from sheldon.vocabulary import PARENT_RUN_TAG, PIPELINE_RUNS, STEP_TAG, SWEEP_TAG, TRIAL_NUMBER_TAG
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
@@ -82,8 +82,6 @@ def find_pipeline(experiment: Experiment, given: str) -> Run:
         what = f"a run of step {tags[STEP_TAG]}"
     elif SWEEP_TAG in tags:
         what = f"the run of sweep {tags[SWEEP_TAG]!r}"
-    elif run.info.run_name != PIPELINE_RUN_NAME:
-        what = f"a run named {run.info.run_name!r}"
     else:
         return run
     raise StepError(f"run {given} is {what}, not a pipeline run (make compare lists them)")
@@ -134,7 +132,7 @@ def table(runs: list[Run], columns: dict[str, Any] | None = None) -> str:
 
 def compare_latest(experiment: Experiment, count: int) -> str:
     """The `count` pipeline runs started last, newest first."""
-    runs = search(experiment, f"attributes.run_name = '{PIPELINE_RUN_NAME}'", count, newest_first=True)
+    runs = search(experiment, PIPELINE_RUNS, count, newest_first=True)
     if not runs:
         raise StepError(f"no pipeline runs in {where(experiment)}: run the pipeline first (make run)")
     return f"the latest {len(runs)} pipeline run(s), newest first\n\n{table(runs)}"

@@ -23,13 +23,13 @@ from sheldon.vocabulary import (
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
     HEADLINE_TAG,
+    LINEAGE_FILE,
     NOTE_TAG,
     PARENT_RUN_TAG,
 )
 
 # Where a step's run came from, as printed beside each input and tagged on the runs that read it.
 RAN, CACHED, PINNED = "ran in this pipeline", "cached, same config", "pinned by hand"
-LINEAGE_FILE = "lineage.json"  # the pipeline run's manifest: each step's run, inputs and outputs
 
 
 @dataclass

@@ -15,13 +15,12 @@ import json
 import mlflow
 from mlflow.entities import Run
 
-from sheldon.vocabulary import ALL_CACHED_TAG, DESCRIPTION_TAG, SHARED_VIEW_TAG, STEP_TAG, SWEEP_TAG
+from sheldon.vocabulary import ALL_CACHED_TAG, DESCRIPTION_TAG, PIPELINE_RUNS, SHARED_VIEW_TAG
 
 VIEW_KEY = "sheldon"
 # The pipeline runs, a sweep's trials among them: no step's run, no sweep's, no re-run that reused
 # every step (engine.mark_all_cached). Clearing the filter shows every run, nested.
-PIPELINES = f"tags.`{STEP_TAG}` IS NULL AND tags.`{SWEEP_TAG}` IS NULL"
-TRAINED_PIPELINES = f"{PIPELINES} AND tags.`{ALL_CACHED_TAG}` IS NULL"
+TRAINED_PIPELINES = f"{PIPELINE_RUNS} AND tags.`{ALL_CACHED_TAG}` IS NULL"
 DESCRIPTION = (
     "Runs of the pipeline (`make run`, main.py). Each `pipeline` run has a child run per step; a "
     "sweep's trials are `pipeline <overrides>` runs under the sweep's run; a re-run that reused "
@@ -38,7 +37,7 @@ def column(kind: str, name: str) -> str:
 
 def pipeline_runs(experiment_id: str) -> list[Run]:
     """The experiment's pipeline runs (no step's run, no sweep's), newest first."""
-    return mlflow.MlflowClient().search_runs([experiment_id], PIPELINES, max_results=1000)
+    return mlflow.MlflowClient().search_runs([experiment_id], PIPELINE_RUNS, max_results=1000)
 
 
 def runs_view(runs: list[Run], rank_by: str, descending: bool) -> dict:

@@ -28,13 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sheldon.cli import text_table
 from sheldon.errors import StepError, first_line
-from sheldon.lineage import LINEAGE_FILE
 from sheldon.overrides import short_overrides, sweep_grid
 from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import die_with, process_token, raise_on_signals
 from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
 from sheldon.vocabulary import (
     ERROR_TAG,
+    LINEAGE_FILE,
     PARENT_RUN_TAG,
     PROCESS_TAG,
     RAN_STEPS_TAG,

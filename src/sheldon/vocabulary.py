@@ -34,7 +34,7 @@ DATA_MD5_TAG = "sheldon.data_md5"  # the DVC md5 data.dvc pins
 DATA_SOURCE_TAG = "sheldon.data_source"  # where that version came from (data.dvc's meta.source)
 
 # On a pipeline's run
-PIPELINE_RUN_NAME = "pipeline"  # its run name (mlflow.runName), which tells it from a step's or a sweep's
+LINEAGE_FILE = "lineage.json"  # its manifest artifact: each step's run, inputs and outputs
 PINNED_TAG = "sheldon.pinned."  # + step: the run pinned by hand (main.pin)
 FAILED_STEP_TAG = "sheldon.failed_step"
 RAN_STEPS_TAG = "sheldon.ran_steps"  # the steps that ran rather than being reused, comma-separated
@@ -73,3 +73,8 @@ def parse_runs_uri(uri: str) -> tuple[str, str] | None:
     """(run id, artifact path) of a `runs:/<run id>/<artifact>` URI; None for any other URI."""
     match = _RUNS_URI.fullmatch(uri)
     return (match[1], match[2]) if match else None
+
+
+# The search that finds the pipeline runs (a sweep's trials among them): neither a step's run
+# nor a sweep's. Their names say what sets them apart (`pipeline lr=0.001`), so they are not found by name.
+PIPELINE_RUNS = f"tags.`{STEP_TAG}` IS NULL AND tags.`{SWEEP_TAG}` IS NULL"
