@@ -187,7 +187,7 @@ def test_the_pipeline_run_carries_its_picture(project, full_run):
         "    download_dataset --> download_dataset__raw_data",
         "    download_dataset__raw_data --> preprocess",
         "    preprocess__splits --> train_model",
-        "    train_model__classifier --> evaluate",
+        "    train_model__classifier -- model --> evaluate",
         "    preprocess__splits --> evaluate",
         "    test_model[test_model]:::on_request",  # main.py's step run only on request: dashed
     ]:
