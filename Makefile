@@ -34,8 +34,8 @@ $(STAMP):
 # that goes away mid-run fails within ~20 s instead.
 run: export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 4
 run: export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
-# ENV_MANAGER=uv builds each step an environment of its own from its conda.yml (README,
-# Environment); uv gets the package sources pip is configured with, the root run's build included.
+# ENV_MANAGER=uv builds each step an environment of its own from its conda.yml (docs/how-to/
+# choose-an-environment.md); uv gets the package sources pip is configured with, the root run's build included.
 ENV_MANAGER ?= local
 run: setup
 	@python -m sheldon.store
@@ -59,7 +59,7 @@ contract: setup
 	python -m sheldon.contract
 
 # A new version of data/raw from a file or folder on disk: download_dataset copies and checks it,
-# runs dvc commit + push, and prints the git commands that publish it (README, Data).
+# runs dvc commit + push, and prints the git commands that publish it (docs/how-to/version-data.md).
 #   make new-data DATA=~/digits.zip [FORMAT=auto|npz|csv|images]
 FORMAT ?= auto
 new-data: setup
@@ -87,26 +87,26 @@ chromium:
 	    || echo "could not install chromium: the MLflow UI test will be skipped"; \
 	else echo "no apt-get here: the MLflow UI test will be skipped"; fi
 
-# The champion model (README, Models), served on 127.0.0.1:$(PORT): POST images to /invocations.
+# The champion model (docs/how-to/register-and-serve-models.md), served on 127.0.0.1:$(PORT): POST images to /invocations.
 #   make serve [PORT=5001] [MAX_REQUEST_MB=32]   (a larger request body is answered 413)
 serve: PORT ?= 5001
 serve: setup
 	python -m sheldon.serve model --port $(PORT) $(if $(MAX_REQUEST_MB),--max-request-mb $(MAX_REQUEST_MB))
 
-# A CSV of the champion's predictions for a folder of images, an .npz or a .csv (README, Models).
+# A CSV of the champion's predictions for a folder of images, an .npz or a .csv (docs/how-to/register-and-serve-models.md).
 #   make predict INPUT=<folder | file.npz | file.csv> [OUTPUT=predictions.csv]
 OUTPUT ?= predictions.csv
 predict: setup
 	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<folder of images | .npz | .csv> [OUTPUT=...]" >&2; exit 2; }
 	python -m sheldon.predict "$(INPUT)" --output "$(OUTPUT)"
 
-# The MLflow UI on the repository's store, at http://127.0.0.1:$(PORT) (README, Models); it prints
+# The MLflow UI on the repository's store, at http://127.0.0.1:$(PORT) (docs/how-to/track-and-compare-runs.md); it prints
 # the URL of the experiment's runs view.   make ui [PORT=5000]
 ui: PORT ?= 5000
 ui: setup
 	python -m sheldon.serve ui --port $(PORT)
 
-# A team's tracking server on 127.0.0.1:$(SERVER_PORT) (README, Working as a team): mlflow server with
+# A team's tracking server on 127.0.0.1:$(SERVER_PORT) (docs/how-to/share-a-team-server.md): mlflow server with
 # a database and an S3 bucket for artifacts, which it proxies. Without AWS credentials or
 # AWS_ENDPOINT_URL, moto's S3 server stands in for the bucket, and the db is temporary.
 #   make server [SERVER_PORT=5000] [DB=postgresql://...] [ARTIFACTS=s3://bucket/prefix]
@@ -114,7 +114,7 @@ SERVER_PORT ?= 5000
 server: setup
 	python -m sheldon.server --port $(SERVER_PORT) $(if $(DB),--db "$(DB)") $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
 
-# Pipeline runs side by side (README, Comparing runs), from the store `make run` writes (or MLFLOW_TRACKING_URI):
+# Pipeline runs side by side (docs/how-to/track-and-compare-runs.md), from the store `make run` writes (or MLFLOW_TRACKING_URI):
 #   make compare [N=10]                            # the latest N pipeline runs
 #   make compare SWEEP=latest|<name or run id>     # one sweep's trials
 #   make compare DIFF="<run id> <run id>"          # what differs between two, step by step
@@ -122,7 +122,7 @@ N ?= 10
 compare: setup
 	@python -m sheldon.compare $(if $(DIFF),--diff $(DIFF),$(if $(SWEEP),--sweep $(filter-out latest,$(SWEEP)),-n $(N)))
 
-# The pipeline's steps and what each reads, as Mermaid text (README, Comparing runs)
+# The pipeline's steps and what each reads, as Mermaid text (docs/how-to/track-and-compare-runs.md)
 dag: setup
 	@python -m sheldon.dag
 

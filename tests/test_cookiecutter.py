@@ -17,7 +17,7 @@ PIPELINE_STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]
 
 
 def generate(project: Project, *answers: str, force: bool = False) -> subprocess.CompletedProcess:
-    """`cookiecutter cookie-mlflow-step -o src` as the README shows it, answers given as extra context."""
+    """`cookiecutter cookie-mlflow-step -o src` as the docs show it, answers given as extra context."""
     flags = ["--overwrite-if-exists"] if force else []
     return project.run(COOKIECUTTER, "cookie-mlflow-step", "--no-input", *flags, "-o", "src", *answers)
 

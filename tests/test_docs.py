@@ -192,6 +192,80 @@ def test_a_command_covered_elsewhere_names_a_test_that_exists(reason):
     assert re.search(rf"^def {re.escape(name)}\(", (REPO / file).read_text(), re.MULTILINE), reason
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(page: Path) -> set[str]:
+    """The #fragments of a Markdown page's headings, as GitHub makes them."""
+    headings = re.findall(
+        r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL), re.MULTILINE
+    )
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_link_between_the_docs_leads_to_a_page_and_heading_that_exist():
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall(doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            file, _, fragment = target.partition("#")
+            page = (doc.parent / file).resolve() if file else doc
+            if not page.exists() or (fragment and page.suffix == ".md" and fragment not in anchors(page)):
+                broken.append(f"{doc.relative_to(REPO)}: {target}")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_the_readme_lists_every_page_of_the_docs():
+    linked = {(REPO / target.partition("#")[0]).resolve() for target in LINK.findall(DOCS[0].read_text())}
+    assert not set(DOCS[1:]) - linked, (
+        f"pages the README's table of contents leaves out: {set(DOCS[1:]) - linked}"
+    )
+
+
+def flat_keys(mapping: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in mapping.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def names_to_document(page: str) -> list[tuple[str, str]]:
+    """What a reference page must name, read from where it is defined: (the page's section that
+    names it, "" for anywhere on the page; the name)."""
+    from omegaconf import OmegaConf
+
+    from sheldon import vocabulary
+    from sheldon.settings import settings_of
+
+    if page == "config.md":  # every key of config.yaml but Hydra's own
+        config = OmegaConf.to_container(OmegaConf.load(REPO / "config.yaml"))
+        sections = {name: v for name, v in config.items() if name not in ("hydra", "defaults")}
+        return [("", key) for name, v in sections.items() for key in flat_keys(v, f"{name}.")]
+    if page == "make-targets.md":
+        phony = re.search(r"^\.PHONY: (.+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1)
+        return [("", f"make {target}") for target in phony.split()]
+    if page == "tags.md":
+        names = vars(vocabulary).items()
+        return [("", value) for name, value in names if name.isupper() and isinstance(value, str)]
+    steps = sorted(path.parent for path in (REPO / "src").glob("*/MLproject"))  # each in its section
+    return [(step.name, p.name) for step in steps for p in settings_of(step).parameters()]
+
+
+@pytest.mark.parametrize("page", ["config.md", "make-targets.md", "tags.md", "step-parameters.md"])
+def test_a_reference_page_names_everything_its_source_defines(page):
+    text = (REPO / "docs" / "reference" / page).read_text()
+    sections = {"": text} | {part.split("\n", 1)[0]: part for part in text.split("\n## ")[1:]}
+    missing = [
+        f"{where}: {name}" if where else name
+        for where, name in names_to_document(page)
+        if f"`{name}`" not in sections.get(where, "")
+    ]
+    assert not missing, f"docs/reference/{page} does not name: {missing}"
+
+
 def digits_folder(folder: Path, per_class: int, seed: int) -> Path:
     """A real dataset as a reader would have one: PNGs of the packaged MNIST sample, a folder
     per class (different seeds give different versions)."""

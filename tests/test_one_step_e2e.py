@@ -1,6 +1,7 @@
-"""A step launched on its own with `mlflow run src/<step>`, as the README shows: its run is named
-after the step and lands in config.yaml's experiment (Default keeps nothing), a missing input is
-one line, the output is quiet, and W&B holds the trained model under the alias evaluate refers to."""
+"""A step launched on its own with `mlflow run src/<step>`, as docs/how-to/run-the-pipeline.md shows:
+its run is named after the step and lands in config.yaml's experiment (Default keeps nothing), a
+missing input is one line, the output is quiet, and W&B holds the trained model under the alias
+evaluate refers to."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def standalone(tmp_path_factory) -> Project:
 
 @pytest.fixture(scope="module")
 def preprocessed(standalone):
-    """The README's one-step example, as written: preprocess with another seed."""
+    """The one-step example of docs/how-to/run-the-pipeline.md, as written: preprocess with another seed."""
     raw_data = f"runs:/{only_run(standalone, 'download_dataset').info.run_id}/raw_data"
     result = standalone.mlflow_step("preprocess", "-P", f"raw_data={raw_data}", "-P", "seed=7")
     assert result.returncode == 0, result.output[-3000:]

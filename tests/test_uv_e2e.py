@@ -25,7 +25,7 @@ STEPS = ["download_dataset", "preprocess", "train_model", "evaluate"]
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Iterator[Project]:
     """A repo copy whose environments and uv cache live in its temporary folder (filling the cache
-    costs ~20 s of downloads, README, Environment), removed after: ~1.7 GB."""
+    costs ~20 s of downloads, docs/how-to/choose-an-environment.md), removed after: ~1.7 GB."""
     project = make_project(tmp_path_factory.mktemp("uv"))
     built = {"MLFLOW_ENV_ROOT": project.home / "envs", "UV_CACHE_DIR": project.home / "uv-cache"}
     project.env |= uv_sources() | {name: str(path) for name, path in built.items()}

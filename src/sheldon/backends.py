@@ -1,7 +1,7 @@
 """Where the steps run: the MLflow Projects backend every step's launch uses (`main.backend`) and
 its settings (`main.backend_config`), checked while the pipeline is planned, before anything runs.
 `local` runs each step on this machine; `kubernetes` runs each as a Kubernetes Job through MLflow's
-kubernetes backend (README, Steps on Kubernetes). MLflow loads only for `kubernetes`."""
+kubernetes backend (docs/how-to/run-on-a-cluster.md). MLflow loads only for `kubernetes`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A team's tracking server on 127.0.0.1 (README, Working as a team):
+"""A team's tracking server on 127.0.0.1 (docs/how-to/share-a-team-server.md):
 
     python -m sheldon.server [--port 5000] [--db URI] [--artifacts s3://bucket/prefix]   # make server
 
@@ -136,7 +136,7 @@ def banner(url: str, db: str, artifacts: str, stand_in: str | None) -> str:
     if stand_in:
         keys = " ".join(f"{name}={value}" for name, value in STAND_IN_KEYS.items())
         lines += [
-            "and for a DVC remote on the same object store (README, Working as a team):",
+            "and for a DVC remote on the same object store (docs/how-to/share-a-team-server.md):",
             f"  export AWS_ENDPOINT_URL={stand_in} {keys}",
             f"  dvc remote add -d --local team {DATA_REMOTE}",
         ]

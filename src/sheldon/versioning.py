@@ -183,7 +183,8 @@ def remote_url(repo: Repo) -> str:
     name = repo.config["core"].get("remote")
     if not name or name not in repo.config["remote"]:
         raise StepError(
-            "no default DVC remote: add one with `dvc remote add -d <name> <url>` (see README, Data)"
+            "no default DVC remote: add one with `dvc remote add -d <name> <url>`"
+            " (see docs/how-to/version-data.md)"
         )
     url = str(repo.config["remote"][name]["url"])
     return os.path.expanduser(url) if "://" not in url else url
