@@ -10,16 +10,21 @@ is run too, and the lines shown under it must be what it prints."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO, Project, make_project
-from http_server import Route
+from http_server import Route, free_port
 from http_server import start as start_http
 from test_cookiecutter import apply_printed_edits
 
@@ -92,6 +97,21 @@ NOT_RUN: dict[str, str] = {
         f"needs a team's bucket; covered: {TEAM}test_the_server_refuses_an_object_store_it_cannot_use"
     ),
     "cookiecutter cookie-mlflow-step -o src": "asks at the keyboard; the walk runs it with --no-input",
+    "python -m sheldon.environments uv": (
+        "prints this machine's pip settings; covered: tests/test_environment.py::"
+        "test_uv_gets_the_sources_pip_is_configured_with"
+    ),
+    'mlflow run . --env-manager local -P steps=test_model -P hydra_options="test_model.source='
+    'package://debian/fashion-mnist"': "70,000 images: Debian's dataset-fashion-mnist",
+    "wandb login [your API key]": "W&B's cloud cannot be reached from here",
+    "wandb sync wandb/offline-run-*": "W&B's cloud cannot be reached from here",
+    "export MLFLOW_TRACKING_URI=http://<tracking host>:5000": "names a team's server",
+    ".venv/bin/torchrun --nnodes=2 --node_rank=<0 on the first node, 1 on the second> --nproc_per_node=4 "
+    "--master_addr=<the first node's address> --master_port=29500 src/train_model/run.py "
+    "--splits runs:/<preprocess run id>/splits --nproc_per_node 4 --epochs 8": (
+        "needs several machines; covered: tests/test_train_model.py::"
+        "test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process"
+    ),
 }
 
 
@@ -118,16 +138,19 @@ def strip_comment(line: str) -> str:
 
 def documented_commands(path: Path) -> list[Command]:
     """The commands of a Markdown file: every line of a shell block (continuations joined), and
-    every `$ ` line of a plain block, with the lines it shows under it."""
+    every `$ ` line of a plain block, with the lines it shows under it. A block may be indented
+    (in a list item): its lines are read without that indent."""
     commands: list[Command] = []
     lines = path.read_text().splitlines()
-    language, start = None, 0
+    language, start, indent = None, 0, 0
     for number, line in enumerate(lines, 1):
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):
             if language is None:
-                language, start = line[3:].strip() or "plain", number
+                indent = len(line) - len(line.lstrip())
+                language, start = line.lstrip()[3:].strip() or "plain", number
                 continue
-            block, language_of_block = lines[start : number - 1], language
+            block = [text[indent:] if text[:indent].isspace() else text for text in lines[start : number - 1]]
+            language_of_block = language
             language = None
             where = f"{path.relative_to(REPO)}:{start}"
             if language_of_block in SHELL_BLOCKS:
@@ -141,7 +164,7 @@ def shell_lines(block: list[str]) -> list[str]:
     joined, pending = [], ""
     for line in block:
         if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1].rstrip() + " "
+            pending += line.strip()[:-1].rstrip() + " "
             continue
         text = strip_comment(pending + line.strip())
         pending = ""
@@ -169,6 +192,11 @@ def not_run_key(command: Command) -> str | None:
     """The NOT_RUN entry of a command: a transcript's line as shown, else the command's text."""
     return next((key for key in (command.shown, command.text) if key in NOT_RUN), None)
 
+
+# Commands that serve until Ctrl-C, and the path that answers once they serve: the walk starts
+# each in the background on a free port (the docs' port in later commands becomes it), goes on
+# once it answers, and stops it with Ctrl-C at the end.
+SERVERS = {"make serve": ("5001", "/ping")}
 
 # What the reader fills in, as the walk fills it: {name: (pattern, how)}; see Walk.fill.
 PLACEHOLDERS = re.compile(r"<[a-z_ ]+>|example\.(org|com)|/mnt/shared")
@@ -288,9 +316,11 @@ class Walk:
     def __init__(self, project: Project, server_url: str):
         self.project, self.root, self.server_url = project, project.root, server_url
         self.printed: dict[str, str] = {}  # command -> what it printed
+        self.ports: dict[str, str] = {}  # a served port as the docs show it -> the walk's
+        self.servers: list[subprocess.Popen] = []
 
     @staticmethod
-    def fill_text(text: str, values: dict[str, str]) -> str | None:
+    def fill_text(text: str, values: dict) -> str | None:
         """The command with the reader's placeholders filled in, or None where the walk has no value."""
         fills = {
             "<download_dataset run id>": values.get("raw_run", "RUN"),
@@ -300,6 +330,9 @@ class Walk:
             "<other pipeline run>": values.get("other_pipeline", "RUN"),
             "https://example.org/digits.zip": values.get("server", "http://127.0.0.1") + "/digits.zip",
             "/mnt/shared": values.get("shared", "/tmp"),
+        }
+        fills |= {
+            f"127.0.0.1:{shown}": f"127.0.0.1:{port}" for shown, port in values.get("ports", {}).items()
         }
         for placeholder, value in fills.items():
             text = text.replace(placeholder, value)
@@ -321,7 +354,7 @@ class Walk:
 
     def run(self, command: Command) -> str:
         """Run a command as the docs show it: what is wrong with what it did, '' if nothing."""
-        values = {"server": self.server_url, "shared": str(self.project.home / "shared")}
+        values = {"server": self.server_url, "shared": str(self.project.home / "shared"), "ports": self.ports}
         if "<" in command.text and "run id>" in command.text:
             values["raw_run"] = self.latest_run("download_dataset")
         if "pipeline run>" in command.text:
@@ -329,6 +362,8 @@ class Walk:
             values["pipeline"], values["other_pipeline"] = (r.info.run_id for r in pipelines[-2:])
         text = self.fill_text(command.text, values)
         self.prepare(text)
+        if text in SERVERS:
+            return self.serve(text, command.where)
         result = self.project.run("bash", "-c", text, timeout=900)
         if text.startswith("cookiecutter"):
             self.printed["cookiecutter"] = result.stdout
@@ -340,6 +375,40 @@ class Walk:
         if "Traceback" in said:
             return f"{command.where}: `{text}` printed a traceback:\n{said[-2000:]}"
         return ""
+
+    def serve(self, text: str, where: str) -> str:
+        """Start a server the docs show, as `run` runs a command; '' once it answers."""
+        shown, path = SERVERS[text]
+        port = self.ports[shown] = str(free_port())
+        log = self.project.home / f"server-{port}.log"
+        with log.open("w") as out:
+            server = subprocess.Popen(
+                ["bash", "-c", text],
+                cwd=self.root,
+                env=self.project.env | {"PORT": port},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: Ctrl-C reaches make and the server
+            )
+        self.servers.append(server)
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2)
+                return ""
+            except OSError:
+                time.sleep(1)
+        return f"{where}: `{text}` did not serve on port {port}:\n{log.read_text()[-2000:]}"
+
+    def stop_servers(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 @pytest.mark.e2e
@@ -375,10 +444,11 @@ def test_the_docs_commands_work_as_written_in_order(tmp_path):
     zipped = Path(shutil.make_archive(str(tmp_path / "digits"), "zip", archive))
     server, httpd = start_http({"/digits.zip": Route(zipped.read_bytes())})
     (home / "shared").mkdir()
+    walk = Walk(project, server.url)
     try:
-        walk = Walk(project, server.url)
         walked = [command for command in every_command() if not_run_key(command) is None]
         failures = [failure for command in walked if (failure := walk.run(command))]
     finally:
+        walk.stop_servers()
         httpd.shutdown()
     assert not failures, f"{len(failures)} of {len(walked)} commands failed:\n\n" + "\n\n".join(failures)
