@@ -165,23 +165,26 @@ def why_not_cached(
     pending: Mapping[str, str] | None = None,
 ) -> str:
     """Why no finished run of the step has this key: what differs from the step's latest finished
-    run, the one a user expects to be reused. `section`: the step's config.yaml section;
-    `sources`: input parameter -> where it comes from (`preprocess run 1a2b3c4d (cached, same
-    config)`); `pending`: the inputs left out of `parts` because their producer's output is not
-    known yet (main.plan), each with why (`input from preprocess, which runs`)."""
+    run that could be reused (a fresh download cannot), the one a user expects. `section`: the
+    step's config.yaml section; `sources`: input parameter -> where it comes from (`preprocess run
+    1a2b3c4d (cached, same config)`); `pending`: the inputs left out of `parts` because their
+    producer's output is not known yet (main.plan), each with why (`input from preprocess, which
+    runs`)."""
     waiting = list(dict.fromkeys((pending or {}).values()))
-    runs = finished_runs(experiment_id, STEP_TAG, parts.step, most=1)
+    runs = finished_runs(experiment_id, STEP_TAG, parts.step)
     if not runs:
         return "; ".join([*waiting, NEVER_RAN])
-    latest = runs[0]
+    latest = next((run for run in runs if UNCACHEABLE_TAG not in run.data.tags), None)
+    if latest is None:
+        return "; ".join(
+            [*waiting, f"its latest runs are not reusable: {runs[0].data.tags[UNCACHEABLE_TAG]}"]
+        )
     before = KeyParts.recorded_on(latest)
     if before is None:
         return "; ".join([*waiting, NO_RECORD])
     changes = waiting + changes_between(before, parts, section, sources, skip=set(pending or ()))
-    if changes:
-        return "; ".join(changes)
-    why = latest.data.tags.get(UNCACHEABLE_TAG) or "its pipeline never saw it finish"
-    return f"its latest run {latest.info.run_id[:8]} has the same key but is not reused: {why}"
+    # the same parts: its pipeline was killed before it could give the run its key
+    return "; ".join(changes) or f"its latest run {latest.info.run_id[:8]} never got its key"
 
 
 def changes_between(
