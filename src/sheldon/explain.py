@@ -74,11 +74,15 @@ def plan_rows(config: DictConfig, steps: Steps, plan: Plan, experiment_id: str) 
 
 
 def pending_inputs(upstream: Upstream, step: str, known: dict[str, Run]) -> dict[str, str]:
-    """The inputs of `step` whose producers' runs are not known before the pipeline runs, each
-    with why: the producer runs, or it is a stand-in found only once the steps before it ran."""
+    """The inputs of `step` whose producers' runs are not known before the pipeline runs, in
+    pipeline order, each with why: the producer runs, or it is a stand-in found only once the
+    steps before it ran."""
+    steps = upstream.steps
+    producers = {
+        param: steps.upstream(step, param, ref)[0] for param, ref in upstream.settings(step)[1].items()
+    }
     pending = {}
-    for param, ref in upstream.settings(step)[1].items():
-        producer = upstream.steps.upstream(step, param, ref)[0]
+    for param, producer in sorted(producers.items(), key=lambda item: steps.order.index(item[1])):
         if producer not in known:
             later = "runs" if producer in upstream.selected else "is found once the steps before it ran"
             pending[param] = f"input from {producer}, which {later}"
