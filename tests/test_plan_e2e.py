@@ -73,6 +73,24 @@ def test_a_plan_through_mlflow_run_leaves_no_run(project, full_run):
     assert store_runs(project, ViewType.ACTIVE_ONLY) == before
 
 
+def test_a_run_made_before_runs_recorded_their_keys_parts_is_said_to_be_so(project, full_run):
+    pipeline(project)
+    client = project.client()
+    [latest] = client.search_runs(
+        [client.get_experiment_by_name("sheldon").experiment_id],
+        "tags.`sheldon.step` = 'train_model' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    record = latest.data.tags["sheldon.key_parts"]
+    client.delete_tag(latest.info.run_id, "sheldon.key_parts")  # as a run of an earlier version has it
+    try:
+        planned = plan(project, "train_model.lr=0.0321")
+    finally:
+        client.set_tag(latest.info.run_id, "sheldon.key_parts", record)
+    assert planned["train_model"] == ("run", "no record of its key (run before this version)")
+
+
 def test_a_store_without_the_experiment_plans_every_step_as_never_ran(tmp_path):
     fresh = make_project(tmp_path)
     assert plan(fresh) == dict.fromkeys(STEPS, ("run", "never ran"))
