@@ -51,10 +51,9 @@ def plan_rows(config: DictConfig, steps: Steps, plan: Plan, experiment_id: str) 
         if step in plan.pins:
             rows.append([step, "pinned", run.info.run_id])
         elif run is not None:
+            # a selected step's folder in the working tree must hold what its run logged (data/raw)
             changed = (
-                workspace_changed(steps, step, upstream.settings(step)[0], run)
-                if step in plan.selected
-                else ""
+                workspace_changed(steps, step, plan.configs[step][0], run) if step in plan.selected else ""
             )
             rows.append(
                 [
