@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test test-slow lint contract new-data fashion-mnist chromium serve predict ui server compare dag clean
+.PHONY: setup run plan test test-slow lint contract new-data fashion-mnist chromium serve predict ui server compare dag clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ run: setup
 	@python -m sheldon.store
 	@sources=$$(python -m sheldon.environments $(ENV_MANAGER)) && eval "$$sources" && \
 	  echo "mlflow run . --env-manager $(ENV_MANAGER)" && mlflow run . --env-manager $(ENV_MANAGER)
+
+# What `make run` would do, step by step: run or cached, and why (docs/explanation/cache.md); runs nothing.
+#   make plan [OPTIONS="train_model.lr=0.01"]
+plan: setup
+	@python main.py main.plan=true $(OPTIONS)
 
 test: setup
 	pytest

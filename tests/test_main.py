@@ -107,6 +107,7 @@ def test_overrides_are_checked_before_anything_runs():
         ),
         (["-m", "hydra/launcher=nosuch"], "hydra/launcher/nosuch"),
         (["-m", "hparams_search=nosuch"], "hparams_search"),
+        (["-m", "main.plan=true", "train_model.lr=0.001,0.003"], "main.plan=true cannot plan a sweep (-m)"),
     ],
 )
 def test_a_bad_sweep_is_one_line_before_anything_runs(overrides, complaint):

@@ -1,6 +1,7 @@
 """Step cache keys, in the spirit of DVC's dvc.lock: a step's key hashes everything its outputs
 depend on (its code and the shared code it imports, its resolved parameters, the digests of its
-inputs, the pinned dependency set), so a finished run with the same key can stand in for it."""
+inputs, the pinned dependency set), so a finished run with the same key can stand in for it. Each
+run records those parts (KEY_PARTS_TAG), so that a later pipeline can say why it does not reuse it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import fcntl
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
@@ -18,17 +20,10 @@ import mlflow
 import tomllib
 
 from sheldon.paths import REPO_ROOT
-from sheldon.vocabulary import DIGEST_TAG, KEY_TAG, STEP_TAG, UNCACHEABLE_TAG
+from sheldon.vocabulary import DIGEST_TAG, KEY_PARTS_TAG, KEY_TAG, STEP_TAG, UNCACHEABLE_TAG
 
 _LIBRARY = Path(__file__).resolve().parent
 _SKIPPED = {"__pycache__", ".pytest_cache", ".ruff_cache"}
-
-
-def _hash_files(paths: Iterable[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 @cache  # each step imports mostly the same modules: parse each once per process
@@ -66,13 +61,17 @@ def shared_code(entry: Path) -> frozenset[Path]:
     return frozenset(seen)
 
 
-def code_digest(step_dir: Path) -> str:
-    """Digest of a step's own files (MLproject, conda.yml, scripts) and the library code they import."""
+def code_digests(step_dir: Path) -> dict[str, str]:
+    """The digest of each of a step's own files (MLproject, conda.yml, scripts) and of the library
+    files they import, named as the repository names them (`src/evaluate/run.py`,
+    `src/sheldon/training/loop.py`) wherever the library is installed."""
     own = [
         p for p in step_dir.rglob("*") if p.is_file() and not _SKIPPED & set(p.parts) and p.suffix != ".pyc"
     ]
     library = set().union(*(shared_code(p) for p in own if p.suffix == ".py"))
-    return hashlib.sha256((_hash_files(own, step_dir) + _hash_files(library, _LIBRARY)).encode()).hexdigest()
+    named = {f"src/{step_dir.name}/{p.relative_to(step_dir).as_posix()}": p for p in own}
+    named |= {f"src/{_LIBRARY.name}/{p.relative_to(_LIBRARY).as_posix()}": p for p in library}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(named.items())}
 
 
 def dependency_digest() -> str:
@@ -81,20 +80,41 @@ def dependency_digest() -> str:
     return hashlib.sha256(json.dumps(sorted(project["dependencies"])).encode()).hexdigest()
 
 
-def cache_key(
-    step: str, code: str, params: Mapping[str, str], inputs: Mapping[str, str], extra: Mapping[str, str]
-) -> str:
-    """The key of one step run: code digest, parameters (input URIs excluded: their digests stand
-    in for them), input digests, dependency set and any extra state the step depends on."""
-    payload = {
-        "step": step,
-        "code": code,
-        "params": dict(params),
-        "inputs": dict(inputs),
-        "deps": dependency_digest(),
-        "extra": dict(extra),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+@dataclass(frozen=True)
+class KeyParts:
+    """What one step run's cache key hashes, part by part: recorded on the run, so that a later
+    pipeline can say which part changed (sheldon/explain.py)."""
+
+    step: str
+    code: dict[str, str]  # each file of its code and of the library code it imports -> its digest
+    params: dict[str, str]  # resolved parameters (input URIs excluded: their digests stand in for them)
+    inputs: dict[str, str]  # input parameter -> the digest of the output it reads
+    deps: str  # the pinned dependency set (dependency_digest)
+    state: dict[str, str]  # repo files outside src/<step> its outputs depend on (data.dvc) -> digest
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.record().encode()).hexdigest()
+
+    def record(self) -> str:
+        """The parts as the run's KEY_PARTS_TAG holds them (compact JSON)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def recorded_on(cls, run: mlflow.entities.Run) -> KeyParts | None:
+        """The parts a run recorded; None for a run made before runs recorded them."""
+        record = run.data.tags.get(KEY_PARTS_TAG)
+        return cls(**json.loads(record)) if record else None
+
+
+def key_parts(
+    step: str, step_dir: Path, params: Mapping[str, str], inputs: Mapping[str, str], state: Mapping[str, str]
+) -> KeyParts:
+    """The parts of a step run's key: `inputs` are the digests of its inputs, `state` those of the
+    repo files outside its folder that it depends on."""
+    return KeyParts(
+        step, code_digests(step_dir), dict(params), dict(inputs), dependency_digest(), dict(state)
+    )
 
 
 def output_digest(run: mlflow.entities.Run, artifact: str) -> str:
@@ -130,6 +150,73 @@ def any_cached_run(experiment_id: str, step: str) -> bool:
         output_format="list",
     )
     return bool(found)
+
+
+NEVER_RAN = "never ran"
+NO_RECORD = "no record of its key (run before this version)"
+FILES_NAMED = 3  # the changed files a reason names before counting the rest
+
+
+def why_not_cached(
+    experiment_id: str,
+    parts: KeyParts,
+    section: str,
+    sources: Mapping[str, str],
+    pending: Mapping[str, str] | None = None,
+) -> str:
+    """Why no finished run of the step has this key: what differs from the step's latest finished
+    run that could be reused (a fresh download cannot), the one a user expects. `section`: the
+    step's config.yaml section; `sources`: input parameter -> where it comes from (`preprocess run
+    1a2b3c4d (cached, same config)`); `pending`: the inputs left out of `parts` because their
+    producer's output is not known yet (main.plan), each with why (`input from preprocess, which
+    runs`)."""
+    waiting = list(dict.fromkeys((pending or {}).values()))
+    runs = finished_runs(experiment_id, STEP_TAG, parts.step)
+    if not runs:
+        return "; ".join([*waiting, NEVER_RAN])
+    latest = next((run for run in runs if UNCACHEABLE_TAG not in run.data.tags), None)
+    if latest is None:
+        return "; ".join(
+            [*waiting, f"its latest runs are not reusable: {runs[0].data.tags[UNCACHEABLE_TAG]}"]
+        )
+    before = KeyParts.recorded_on(latest)
+    if before is None:
+        return "; ".join([*waiting, NO_RECORD])
+    changes = waiting + changes_between(before, parts, section, sources, skip=set(pending or ()))
+    # the same parts: its pipeline was killed before it could give the run its key
+    return "; ".join(changes) or f"its latest run {latest.info.run_id[:8]} never got its key"
+
+
+def changes_between(
+    before: KeyParts, now: KeyParts, section: str, sources: Mapping[str, str], skip: set[str]
+) -> list[str]:
+    """What differs between two sets of key parts, in words, inputs first (what the steps before
+    changed); inputs in `skip` are not compared."""
+    changes = [
+        f"new input: {name} <- {sources.get(name, 'nothing')}"
+        for name in sorted((before.inputs.keys() | now.inputs.keys()) - skip)
+        if before.inputs.get(name) != now.inputs.get(name)
+    ]
+    changes += [
+        f"{section}.{name}: {before.params.get(name, '(unset)')} -> {now.params.get(name, '(unset)')}"
+        for name in sorted(before.params.keys() | now.params.keys())
+        if before.params.get(name) != now.params.get(name)
+    ]
+    files = [
+        f"{name} {'added' if name not in before.code else 'removed' if name not in now.code else 'changed'}"
+        for name in sorted(before.code.keys() | now.code.keys())
+        if before.code.get(name) != now.code.get(name)
+    ]
+    more = len(files) - FILES_NAMED
+    changes += files[:FILES_NAMED] + ([f"{more} more files changed"] if more > 0 else [])
+    if before.deps != now.deps:
+        changes.append("pinned dependencies changed (pyproject.toml)")
+    changes += [
+        f"{name} changed"
+        for name in sorted(before.state.keys() | now.state.keys())
+        if before.state.get(name) != now.state.get(name)
+    ]
+    return changes
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from sheldon.artifacts import digest_path
 from sheldon.backends import Backend
-from sheldon.cache import any_cached_run, cache_key, code_digest, find_cached_run, key_lock, output_digest
+from sheldon.cache import (
+    KeyParts,
+    any_cached_run,
+    find_cached_run,
+    key_lock,
+    key_parts,
+    output_digest,
+    why_not_cached,
+)
 from sheldon.errors import StepError, shorten
 from sheldon.launch import claim_launcher_run, fail_dead_runs, start
 from sheldon.lineage import (
@@ -49,6 +58,7 @@ from sheldon.vocabulary import (
     FAILED_STEP_TAG,
     INPUT_DIGEST_TAG,
     INPUT_SOURCE_TAG,
+    KEY_PARTS_TAG,
     KEY_TAG,
     PINNED_TAG,
     PIPELINE_RUN_TAG,
@@ -60,6 +70,7 @@ from sheldon.vocabulary import (
     SWEEP_OVERRIDES_PARAM,
     TRIAL_NUMBER_TAG,
     TRIAL_TAG,
+    WHY_TAG,
     runs_uri,
 )
 
@@ -72,7 +83,7 @@ class PipelineContext:
     experiment_id: str
     env_manager: str
     pipeline_run_id: str
-    forced: set[str]  # steps that run even when a cached run exists
+    forced: dict[str, str]  # steps that run even when a cached run exists -> why
     lineage_tags: dict[str, str]  # git and data state, tagged on every step run
     origins: dict[str, str]  # step -> where its run came from (RAN, CACHED, PINNED)
     selected: list[str]  # the steps this pipeline runs, in order
@@ -98,16 +109,26 @@ def pinned_run(step: str, run_id: str) -> Run:
 
 def step_key(
     steps: Steps, step: str, config: StepConfig, produced: dict[str, Run]
-) -> tuple[str, dict[str, str], dict[str, str]]:
-    """A step's cache key under this configuration, with the URIs and digests of its inputs."""
+) -> tuple[KeyParts, dict[str, str]]:
+    """What a step's cache key hashes under this configuration, with the URIs of its inputs."""
     params, inputs = config
     uris, digests = {}, {}
     for param, ref in inputs.items():
         upstream, artifact = steps.upstream(step, param, ref)
         uris[param] = runs_uri(produced[upstream].info.run_id, artifact)
         digests[param] = output_digest(produced[upstream], artifact)
-    code = code_digest(step_dir(step))
-    return cache_key(step, code, params, digests, steps.state_digests(step)), uris, digests
+    return key_parts(step, step_dir(step), params, digests, steps.state_digests(step)), uris
+
+
+def input_sources(
+    steps: Steps, step: str, config: StepConfig, produced: dict[str, Run], origins: dict[str, str]
+) -> dict[str, str]:
+    """Where each input of a step comes from: `preprocess run 1a2b3c4d (cached, same config)`."""
+    sources = {}
+    for param, ref in config[1].items():
+        upstream = steps.upstream(step, param, ref)[0]
+        sources[param] = f"{upstream} run {produced[upstream].info.run_id[:8]} ({origins[upstream]})"
+    return sources
 
 
 @dataclass(frozen=True)
@@ -171,7 +192,7 @@ class Upstream:
         """The run standing in for `step` (and where it came from), its producers' runs in `produced`."""
         if step in self.pins:
             return pinned_run(step, self.pins[step]), PINNED
-        key = step_key(self.steps, step, self.settings(step), produced)[0]
+        key = step_key(self.steps, step, self.settings(step), produced)[0].key
         if key not in self.found:
             if (run := find_cached_run(self.experiment_id, key)) is None:
                 raise self.missing(step)
@@ -189,7 +210,7 @@ class Upstream:
             f"{resume_command(produce, self.env_manager)}  (or name a run: main.pin={step}:<run id>)"
         )
 
-    def foresee(self, forced: set[str]) -> dict[str, Run | None]:
+    def foresee(self, forced: Collection[str]) -> dict[str, Run | None]:
         """Before anything launches: the run each involved step will take, as far as can be told
         now. A selected step maps to its cached run, a stand-in to its run; None when the step will
         run, or when a selected step it hangs on runs first (its key is not known yet). Raises
@@ -204,7 +225,7 @@ class Upstream:
             elif step not in self.selected:
                 run = self.stand_in(step, known)[0]
             elif step not in forced:
-                key = step_key(self.steps, step, self.settings(step), known)[0]
+                key = step_key(self.steps, step, self.settings(step), known)[0].key
                 run = find_cached_run(self.experiment_id, key)
             foreseen[step] = run
             if run is not None:
@@ -224,7 +245,8 @@ def resume_command(selected: list[str], env_manager: str, extra: str = "") -> st
     replaces the user's value of the same setting); the cache makes it start at the failed step."""
     from hydra.core.hydra_config import HydraConfig
 
-    replaced = ("main.steps=", *([extra.split("=")[0] + "="] if extra else []))
+    # main.plan: the command a plan names is the one that runs
+    replaced = ("main.steps=", "main.plan=", *([extra.split("=")[0] + "="] if extra else []))
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(replaced)]
     overrides += [extra] if extra else []
     command = f"mlflow run . --env-manager {env_manager} -P steps={','.join(selected)}"
@@ -295,22 +317,19 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
     """Reuse a finished run with the same cache key, or launch the step. Pipelines running at once
     on this machine (a parallel sweep) take turns per key: one runs the step, the others reuse it."""
     steps = context.steps
-    params, inputs = config
-    key, uris, digests = step_key(steps, step, config, produced)
+    params = config[0]
+    parts, uris = step_key(steps, step, config, produced)
+    key, digests = parts.key, parts.inputs
     with key_lock(key):
-        cached = None if step in context.forced else find_cached_run(context.experiment_id, key)
+        why = context.forced.get(step, "")
+        cached = None if why else find_cached_run(context.experiment_id, key)
         if cached is not None and (changed := workspace_changed(steps, step, params, cached)):
             if restored := restore_workspace(steps, step, params, cached):
                 print(f"\n=== {step}: cached, but {changed}: {restored} ===")
             else:
                 print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
-                cached = None
-        sources = {}
-        for param, ref in inputs.items():
-            upstream = steps.upstream(step, param, ref)[0]
-            sources[param] = (
-                f"{upstream} run {produced[upstream].info.run_id[:8]} ({context.origins[upstream]})"
-            )
+                cached, why = None, changed
+        sources = input_sources(steps, step, config, produced, context.origins)
         print(
             f"\n=== {step}: cached, reusing run {cached.info.run_id} ===" if cached else f"\n=== {step} ==="
         )
@@ -319,9 +338,13 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
         if cached is not None:
             result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
         else:
+            why = why or why_not_cached(context.experiment_id, parts, steps.section(step), sources)
+            print(f"  why: {why}", flush=True)
             tags = {
                 PIPELINE_RUN_TAG: context.pipeline_run_id,
                 PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
+                KEY_PARTS_TAG: parts.record(),
+                WHY_TAG: why[:5000],
                 **context.lineage_tags,
             }
             tags |= {INPUT_DIGEST_TAG + name: digest for name, digest in digests.items()}

@@ -46,6 +46,12 @@ def check_overrides(overrides: list[str], multirun: bool = False) -> None:
         except ConfigCompositionException as err:
             cause = f": {first_line(err.__cause__)}" if err.__cause__ else ""
             raise StepError(f"{first_line(err).rstrip('.')}{cause} (see config.yaml)") from None
+    if multirun and config.main.plan:
+        raise StepError(
+            "main.plan=true cannot plan a sweep (-m): its trials reuse what earlier trials run, and "
+            "an Optuna search picks them from results; plan one trial without -m, e.g. "
+            "python main.py main.plan=true train_model.lr=0.01"
+        )
     if multirun:
         entries = [
             o.lstrip("+").removeprefix(SEARCH_SPACE)

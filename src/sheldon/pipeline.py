@@ -42,7 +42,7 @@ class Plan:
     configs: dict[str, StepConfig]  # each one's MLflow parameters and inputs
     settings: dict[str, StepSettings]  # each one's settings, as it will read them (inputs unset)
     pins: dict[str, str]  # step -> run id chosen by hand (main.pin), for steps it does not run
-    forced: set[str]  # steps that run even when a cached run exists
+    forced: dict[str, str]  # steps that run even when a cached run exists -> why
     env_manager: str
     backend: Backend = field(default_factory=Backend)  # where every step launches (main.backend)
 
@@ -83,7 +83,10 @@ def make_plan(config: DictConfig, steps: Steps) -> Plan:
     settings = steps.check_settings(config, selected)
     pins = parse_pins(steps, str(config.main.pin), selected)
     use_cache = bool(config.main.use_cache)
-    forced = steps.forced(str(config.main.force), selected, configs) if use_cache else set(selected)
+    if use_cache:
+        forced = steps.forced(str(config.main.force), selected, configs)
+    else:
+        forced = dict.fromkeys(selected, "main.use_cache=false")
     env_manager = resolve_env_manager(str(config.main.env_manager))
     backend = resolve_backend(str(config.main.backend), str(config.main.backend_config))
     return Plan(selected, configs, settings, pins, forced, env_manager, backend)
@@ -151,6 +154,11 @@ def prepare(steps: list[str], env_manager: str, prestarted: Prestarted, backend:
 def run_pipeline(config: DictConfig, steps: Steps, trial: Trial | None = None) -> Outcome:
     """Run the steps config.yaml selects, in order, under one pipeline run."""
     plan = make_plan(config, steps)
+    if config.main.plan:
+        check_tracking_store(tracking_environment())
+        from sheldon.explain import show_plan  # MLflow and the engine, as below
+
+        return show_plan(config, steps, plan)
     set_up_environment(config, trial)
     check_machine(plan.backend)
     with started_ahead(trial) as prestarted:  # interpreters a stop or an error leaves unused end

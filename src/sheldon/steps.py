@@ -103,14 +103,16 @@ class Steps:
             for step in selected
         }
 
-    def forced(self, spec: str, selected: list[str], configs: Mapping[str, StepConfig]) -> set[str]:
+    def forced(self, spec: str, selected: list[str], configs: Mapping[str, StepConfig]) -> dict[str, str]:
         """`main.force`: the named steps, the steps run on request, and every selected step
-        downstream of them."""
-        forced = set(self.select(spec)) & set(selected) if spec.strip() else set()
-        forced |= self.on_request & set(selected)
+        downstream of them, each with why it runs."""
+        named = set(self.select(spec)) & set(selected) if spec.strip() else set()
+        forced = dict.fromkeys(sorted(named), "forced (main.force)")
+        forced |= dict.fromkeys(sorted(self.on_request & set(selected)), "runs whenever named, never cached")
         for step in selected:
-            if any(str(ref).split("/", 1)[0] in forced for ref in configs[step][1].values()):
-                forced.add(step)
+            upstream = [str(ref).split("/", 1)[0] for ref in configs[step][1].values()]
+            if step not in forced and (runs := next((u for u in upstream if u in forced), None)):
+                forced[step] = f"input from {runs}, which runs"
         return forced
 
     def state_digests(self, step: str) -> dict[str, str]:
