@@ -92,16 +92,17 @@ def step_output() -> None:
         prefix_output(prefix)
     if is_verbose():
         return
-    from mlflow.utils.logging_utils import disable_logging
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
     mlflow_log = logging.getLogger("mlflow")
     mlflow_log.setLevel(os.environ.get(_MLFLOW_LEVEL, "WARNING").upper())
-    # MLflow prints some news past its loggers, to the stream they share ("Successfully registered
-    # model ...", "Created version ..."): its warnings go to stderr straight, and that stream goes.
+    # MLflow prints some news past its loggers' levels, to the stream they share ("Created version
+    # '2' of model ..."): its loggers write to stderr itself, and that stream writes nowhere (its
+    # own switch, which MLflow turns back on after some calls, would not hold).
     for handler in mlflow_log.handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sys.stderr)
-    disable_logging()
+    MLFLOW_LOGGING_STREAM.write = len
     sys.stdout.flush()
     dropped = os.open(os.devnull, os.O_WRONLY)
     os.dup2(dropped, 1)
