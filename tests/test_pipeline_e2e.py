@@ -94,7 +94,7 @@ def test_a_pipeline_says_a_line_per_step_then_its_summary(full_run):
     assert "command:" not in full_run.output and "===" not in full_run.stdout
     assert said(full_run.stderr) == []
     assert "sheldon-inputs" not in full_run.stderr  # MLflow's INFO lines of each step's launch
-    assert max(map(len, full_run.output.splitlines())) < 200
+    assert max(map(len, full_run.stdout.splitlines())) < 200
 
 
 def test_mlflow_run_as_make_runs_it_says_nothing_else(project, full_run):
