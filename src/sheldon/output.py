@@ -28,6 +28,20 @@ def set_verbose(verbose: bool) -> None:
     if os.environ.get(_MLFLOW_LEVEL, "").upper() != "DEBUG":
         os.environ[_MLFLOW_LEVEL] = "INFO" if verbose else "WARNING"
     logging.getLogger("mlflow").setLevel(os.environ[_MLFLOW_LEVEL].upper())
+    if not verbose and "mlflow" in sys.modules:  # a sweep's process, which registers its best trial
+        drop_mlflow_news()
+
+
+def drop_mlflow_news() -> None:
+    """MLflow prints some news past its loggers' levels, to the stream they share ("Created version
+    '2' of model ..."): its loggers write to stderr themselves, and that stream nowhere (its own
+    switch, which MLflow turns back on after some calls, would not hold)."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    for handler in logging.getLogger("mlflow").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+    MLFLOW_LOGGING_STREAM.write = len
 
 
 def is_verbose() -> bool:
@@ -92,17 +106,8 @@ def step_output() -> None:
         prefix_output(prefix)
     if is_verbose():
         return
-    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
-
-    mlflow_log = logging.getLogger("mlflow")
-    mlflow_log.setLevel(os.environ.get(_MLFLOW_LEVEL, "WARNING").upper())
-    # MLflow prints some news past its loggers' levels, to the stream they share ("Created version
-    # '2' of model ..."): its loggers write to stderr itself, and that stream writes nowhere (its
-    # own switch, which MLflow turns back on after some calls, would not hold).
-    for handler in mlflow_log.handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sys.stderr)
-    MLFLOW_LOGGING_STREAM.write = len
+    drop_mlflow_news()
+    logging.getLogger("mlflow").setLevel(os.environ.get(_MLFLOW_LEVEL, "WARNING").upper())
     sys.stdout.flush()
     dropped = os.open(os.devnull, os.O_WRONLY)
     os.dup2(dropped, 1)
