@@ -79,8 +79,8 @@ def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run
     assert (project.root / "data" / "raw" / "mnist_5k.npz").exists()
 
 
-# A step's line in a pipeline's output: `train_model  ran  15.0 s  best_val_accuracy=0.9733  (run d0366...)`
-STEP_LINE = re.compile(r"(\w+) +(ran|cached) +(?:\d+\.\d s)? +\S+=\S+  \(run [0-9a-f]{8}\)")
+# A step's line: `train_model  ran  15.0 s  best_val_accuracy=0.97  (run d03...)  why: ..`
+STEP_LINE = re.compile(r"(\w+) +(ran|cached) +(?:\d+\.\d s)? +\S+=\S+  \(run [0-9a-f]{8}\)(?:  why: .+)?")
 
 
 def test_a_pipeline_says_a_line_per_step_then_its_summary(full_run):
