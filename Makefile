@@ -1,4 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both set up .venv first if needed.
+# `make help` lists every target, from the `## ` note on its line.
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,9 +10,12 @@ STAMP := $(VENV)/.installed-$(DEPS)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run plan test test-slow lint contract new-data fashion-mnist chromium serve predict ui server compare dag clean
+.PHONY: help setup run plan test test-slow lint contract new-data fashion-mnist chromium serve predict ui server compare dag clean
 
-setup: $(STAMP)
+help:  ## this list
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP)  ## create .venv with the pinned packages (every target that needs it does this first)
 
 # torch==2.13.0 takes the local CPU wheel.
 $(STAMP):
@@ -37,44 +41,48 @@ run: export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR ?= 1
 # ENV_MANAGER=uv builds each step an environment of its own from its conda.yml (docs/how-to/
 # choose-an-environment.md); uv gets the package sources pip is configured with, the root run's build included.
 ENV_MANAGER ?= local
-run: setup
+# Quiet: a line per step and the summary. VERBOSE=1 (main.verbose=true) shows each step's command,
+# inputs and own output, and MLflow's INFO lines, `mlflow run`'s own included.
+run: export MLFLOW_LOGGING_LEVEL ?= $(if $(VERBOSE),INFO,WARNING)
+RUN := mlflow run . --env-manager $(ENV_MANAGER)$(if $(VERBOSE), -P hydra_options=main.verbose=true)
+run: setup  ## the whole pipeline [ENV_MANAGER=local|uv|virtualenv|conda] [VERBOSE=1]
 	@python -m sheldon.store
 	@sources=$$(python -m sheldon.environments $(ENV_MANAGER)) && eval "$$sources" && \
-	  echo "mlflow run . --env-manager $(ENV_MANAGER)" && mlflow run . --env-manager $(ENV_MANAGER)
+	  echo "$(RUN)" && $(RUN)
 
 # What `make run` would do, step by step: run or cached, and why (docs/explanation/cache.md); runs nothing.
 #   make plan [OPTIONS="train_model.lr=0.01"]
-plan: setup
+plan: setup  ## what make run would do, step by step, and why; runs nothing [OPTIONS=...]
 	@python main.py main.plan=true $(OPTIONS)
 
-test: setup
+test: setup  ## the test suite (what CI runs first)
 	pytest
 
-# Tests marked slow (minutes each); CI runs them after `make test`.
-test-slow: setup
+test-slow: setup  ## the tests marked slow (minutes each), which CI runs after `make test`
 	pytest -m slow
 
-lint: setup
+lint: setup  ## ruff check and ruff format --check
 	ruff check .
 	ruff format --check .
 
 # config.yaml's section of each step matches the step's settings, and its MLproject is current
 # (sheldon/contract.py; `python -m sheldon.mlproject` rewrites the MLprojects)
-contract: setup
+contract: setup  ## config.yaml's step sections match the steps' settings and MLprojects
 	python -m sheldon.contract
 
 # A new version of data/raw from a file or folder on disk: download_dataset copies and checks it,
 # runs dvc commit + push, and prints the git commands that publish it (docs/how-to/version-data.md).
 #   make new-data DATA=~/digits.zip [FORMAT=auto|npz|csv|images]
 FORMAT ?= auto
-new-data: setup
+new-data: export MLFLOW_LOGGING_LEVEL ?= WARNING
+new-data: setup  ## a new version of data/raw: make new-data DATA=<file or folder> [FORMAT=...]
 	@test -e "$(DATA)" || { echo "usage: make new-data DATA=<file or folder on disk> [FORMAT=...]" >&2; exit 2; }
 	mlflow run . --env-manager local -P steps=download_dataset \
 	  -P hydra_options="data.download_new=true data.source='$$(realpath "$(DATA)")' data.format=$(FORMAT)"
 
 # Fashion-MNIST (70,000 images) from Debian's dataset-fashion-mnist, for
 # data.source=package://debian/fashion-mnist and its slow test (skipped, saying why, without it).
-fashion-mnist:
+fashion-mnist:  ## install Debian's Fashion-MNIST (data.source=package://debian/fashion-mnist)
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "dataset-fashion-mnist is installed"; \
 	elif command -v apt-get >/dev/null; then \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
@@ -84,7 +92,7 @@ fashion-mnist:
 
 # A headless browser, Debian's chromium, for the slow test that looks at `make ui`'s first screen
 # (skipped, saying why, without it).
-chromium:
+chromium:  ## install Debian's chromium, for the slow test of make ui's first screen
 	@if command -v chromium >/dev/null; then echo "chromium is installed"; \
 	elif command -v apt-get >/dev/null; then \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
@@ -95,20 +103,20 @@ chromium:
 # The champion model (docs/how-to/register-and-serve-models.md), served on 127.0.0.1:$(PORT): POST images to /invocations.
 #   make serve [PORT=5001] [MAX_REQUEST_MB=32]   (a larger request body is answered 413)
 serve: PORT ?= 5001
-serve: setup
+serve: setup  ## serve the champion model on 127.0.0.1 [PORT=5001] [MAX_REQUEST_MB=32]
 	python -m sheldon.serve model --port $(PORT) $(if $(MAX_REQUEST_MB),--max-request-mb $(MAX_REQUEST_MB))
 
 # A CSV of the champion's predictions for a folder of images, an .npz or a .csv (docs/how-to/register-and-serve-models.md).
 #   make predict INPUT=<folder | file.npz | file.csv> [OUTPUT=predictions.csv]
 OUTPUT ?= predictions.csv
-predict: setup
+predict: setup  ## the champion's predictions as CSV: make predict INPUT=<folder | .npz | .csv> [OUTPUT=...]
 	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<folder of images | .npz | .csv> [OUTPUT=...]" >&2; exit 2; }
 	python -m sheldon.predict "$(INPUT)" --output "$(OUTPUT)"
 
 # The MLflow UI on the repository's store, at http://127.0.0.1:$(PORT) (docs/how-to/track-and-compare-runs.md); it prints
 # the URL of the experiment's runs view.   make ui [PORT=5000]
 ui: PORT ?= 5000
-ui: setup
+ui: setup  ## the MLflow UI on the repository's store, at http://127.0.0.1 [PORT=5000]
 	python -m sheldon.serve ui --port $(PORT)
 
 # A team's tracking server on 127.0.0.1:$(SERVER_PORT) (docs/how-to/share-a-team-server.md): mlflow server with
@@ -116,7 +124,7 @@ ui: setup
 # AWS_ENDPOINT_URL, moto's S3 server stands in for the bucket, and the db is temporary.
 #   make server [SERVER_PORT=5000] [DB=postgresql://...] [ARTIFACTS=s3://bucket/prefix]
 SERVER_PORT ?= 5000
-server: setup
+server: setup  ## a team's tracking server on 127.0.0.1 [SERVER_PORT=5000] [DB=...] [ARTIFACTS=...]
 	python -m sheldon.server --port $(SERVER_PORT) $(if $(DB),--db "$(DB)") $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
 
 # Pipeline runs side by side (docs/how-to/track-and-compare-runs.md), from the store `make run` writes (or MLFLOW_TRACKING_URI):
@@ -124,12 +132,12 @@ server: setup
 #   make compare SWEEP=latest|<name or run id>     # one sweep's trials
 #   make compare DIFF="<run id> <run id>"          # what differs between two, step by step
 N ?= 10
-compare: setup
+compare: setup  ## pipeline runs side by side [N=10] [SWEEP=latest|<name or id>] [DIFF="<id> <id>"]
 	@python -m sheldon.compare $(if $(DIFF),--diff $(DIFF),$(if $(SWEEP),--sweep $(filter-out latest,$(SWEEP)),-n $(N)))
 
 # The pipeline's steps and what each reads, as Mermaid text (docs/how-to/track-and-compare-runs.md)
-dag: setup
+dag: setup  ## the pipeline's steps and what each reads, as Mermaid text
 	@python -m sheldon.dag
 
-clean:
+clean:  ## remove the tracking store, run outputs and checkpoints
 	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts wandb outputs checkpoints

@@ -125,13 +125,12 @@ def test_committed_pin_is_what_the_packaged_source_gives_and_bootstraps_an_empty
     assert (root / "data" / "raw" / "mnist_5k.npz").read_bytes() == expected
 
 
-def test_new_data_is_pushed_and_pulls_back_after_data_and_cache_are_gone(tmp_path, capsys):
+def test_new_data_is_pushed_and_pulls_back_after_data_and_cache_are_gone(tmp_path):
     root = clone(tmp_path, remote=tmp_path / "remote")
     raw = root / "data" / "raw"
     outcome = download.download_new(str(digits(tmp_path / "new", 30, seed=1)), root, raw)
     assert outcome.action == "downloaded" and read_pin(root).md5 == outcome.dvc_md5
-    printed = capsys.readouterr().out
-    assert "git add data.dvc && git commit" in printed and "git tag -a" in printed
+    assert "git add data.dvc && git commit" in outcome.note and "git tag -a" in outcome.note
     before = (raw / "d.npz").read_bytes()
 
     forget_local_data(root)
@@ -271,17 +270,16 @@ def test_a_tagged_version_the_remote_lacks_is_one_line(tmp_path, capfd):
     assert capfd.readouterr().err == "" and not raw.exists()
 
 
-def test_new_data_identical_to_the_pinned_version_changes_nothing(tmp_path, capsys):
+def test_new_data_identical_to_the_pinned_version_changes_nothing(tmp_path):
     root = clone(tmp_path, remote=tmp_path / "remote")
     raw = root / "data" / "raw"
     source = digits(tmp_path / "v1", 30, seed=1)
     first = download.download_new(str(source), root, raw)
     before = snapshot(root, tmp_path / "remote")
-    capsys.readouterr()
     outcome = download.download_new(str(source), root, raw)
     assert outcome.action == "unchanged" and outcome.dvc_md5 == first.dvc_md5
-    assert capsys.readouterr().out == (
-        f"data unchanged: already version {first.dvc_md5} (data.dvc); nothing committed or pushed\n"
+    assert outcome.note == (
+        f"data unchanged: already version {first.dvc_md5} (data.dvc); nothing committed or pushed"
     )
     assert snapshot(root, tmp_path / "remote") == before
 

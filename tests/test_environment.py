@@ -291,3 +291,11 @@ def test_the_uv_build_mlflow_runs_gets_our_sources(tmp_path, monkeypatch):
     )
     assert failed.returncode != 0 and "sheldon-uv-probe" in failed.stderr
     assert not (tmp_path / "envs" / "mlflow-4567").exists(), "a failed build leaves no environment behind"
+
+
+def test_make_help_lists_every_target_with_what_it_does():
+    phony = re.search(r"^\.PHONY: (.*)$", (REPO / "Makefile").read_text(), re.M)[1].split()
+    listed = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True)
+    lines = listed.stdout.splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(phony)
+    assert all(len(line.split()) > 2 for line in lines), listed.stdout  # a few words each

@@ -39,7 +39,7 @@ def configured(project, full_run):
 
 def test_a_subset_takes_the_upstream_run_of_its_configuration_not_the_latest(project, configured):
     runs, by_hand = configured
-    result = project.run("python", "main.py", "main.steps=train_model", *SHRUNK.split())
+    result = project.run("python", "main.py", "main.steps=train_model", *SHRUNK.split(), "main.verbose=true")
     assert result.returncode == 0, result.output[-3000:]
     preprocess = runs["preprocess"].info.run_id
     assert f"splits <- preprocess run {preprocess[:8]} (cached, same config)" in result.stdout
@@ -69,6 +69,7 @@ def test_a_run_pinned_by_hand_is_used_and_said_to_be(project, configured):
         "main.steps=train_model",
         *SHRUNK.split(),
         f"main.pin=preprocess:{by_hand.info.run_id}",
+        "main.verbose=true",  # each input, and where it came from
     )
     assert result.returncode == 0, result.output[-3000:]
     assert f"splits <- preprocess run {by_hand.info.run_id[:8]} (pinned by hand)" in result.stdout

@@ -38,7 +38,6 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def card(project, full_run, tmp_path_factory):
     """The registered version, its runs and its card, .md and .html."""
-    uri = re.search(r"model card: (runs:/\S+\.md)", full_run.stdout)[1]
     client = project.client()
     pipeline = re.search(r"pipeline run ([0-9a-f]{32})", full_run.stdout)[1]
     runs = {
@@ -48,6 +47,7 @@ def card(project, full_run, tmp_path_factory):
     }
     name, number = runs["evaluate"].data.tags["sheldon.registered_version"].split("/")
     version = client.get_model_version(name, number)
+    uri = re.search(r"\): `(runs:/\S+\.md)`", version.description)[1]  # where the UI shows it
     folder = tmp_path_factory.mktemp("card")
     run_id, path = uri.removeprefix("runs:/").split("/", 1)
     markdown = Path(client.download_artifacts(run_id, path, str(folder))).read_text()

@@ -79,10 +79,61 @@ def test_full_pipeline_prints_summary_and_writes_wandb_offline(project, full_run
     assert (project.root / "data" / "raw" / "mnist_5k.npz").exists()
 
 
-def test_every_step_runs_in_an_interpreter_forked_from_the_template(full_run):
-    sections = full_run.stdout.split("\n=== ")
+# A step's line: `train_model  ran  15.0 s  best_val_accuracy=0.97  (run d03...)  why: ..`
+STEP_LINE = re.compile(r"(\w+) +(ran|cached) +(?:\d+\.\d s)? +\S+=\S+  \(run [0-9a-f]{8}\)(?:  why: .+)?")
+
+
+def test_a_pipeline_says_a_line_per_step_then_its_summary(full_run):
+    """What `mlflow run .` shows by default: no step's command or output, no progress bar (not a
+    terminal), nothing on stderr but the INFO lines of `mlflow run` itself (`make run` quiets
+    those too, below)."""
+    lines = full_run.stdout.splitlines()
+    assert lines[0].startswith("pipeline: download_dataset -> preprocess -> train_model -> evaluate (")
+    assert [STEP_LINE.fullmatch(line).groups() for line in lines[1:5]] == [(s, "ran") for s in STEPS]
+    assert lines[5] == "" and lines[6].split()[:2] == ["step", "status"]  # the summary
+    assert "command:" not in full_run.output and "===" not in full_run.stdout
+    assert said(full_run.stderr) == []
+    assert "sheldon-inputs" not in full_run.stderr  # MLflow's INFO lines of each step's launch
+    assert max(map(len, full_run.stdout.splitlines())) < 200
+
+
+def test_mlflow_run_as_make_runs_it_says_nothing_else(project, full_run):
+    """`make run`'s MLFLOW_LOGGING_LEVEL=WARNING quiets `mlflow run`'s own INFO lines: a run says its
+    steps and summary, and nothing at all on stderr."""
+    project.env["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    try:
+        result = project.mlflow_run(
+            "steps=preprocess,train_model", hydra_options=f"{SHRUNK} main.force=preprocess"
+        )
+    finally:
+        del project.env["MLFLOW_LOGGING_LEVEL"]
+    assert (result.returncode, result.stderr) == (0, ""), result.output[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pipeline: preprocess -> train_model (")
+    assert [STEP_LINE.fullmatch(line).groups() for line in lines[1:3]] == [
+        ("preprocess", "ran"),
+        ("train_model", "ran"),
+    ]
+    assert lines[3] == "" and lines[-1].startswith("pipeline run ")
+    assert len(lines) == 3 + 1 + 5 + 2  # the summary: header, dashes, download_dataset (cached), the two
+
+
+def test_verbose_shows_each_steps_command_inputs_and_own_output(project, full_run):
+    """main.verbose=true: each step's command (the step forked from the template: the first
+    prepared on demand, the next ahead), its inputs, its own lines (a line per epoch, not a
+    terminal's progress bar) and MLflow's INFO lines."""
+    result = project.run(
+        "python", "main.py", "main.steps=preprocess,train_model", *SHRUNK.split(), "main.force=preprocess",
+        "main.verbose=true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    sections = result.stdout.split("\n=== ")
     forked = [s.split()[0] for s in sections[1:] if "\n  command: python run.py " in s]
-    assert forked == STEPS  # the first prepared on demand (it might have been cached), the rest ahead
+    assert forked == ["preprocess", "train_model"]
+    assert "\n  raw_data <- download_dataset run " in result.stdout and "\nsplit sizes: " in result.stdout
+    assert re.search(r"^epoch 1/1: loss=\S+, samples_s=\d+, val_acc=\S+$", result.stdout, re.M)
+    assert " INFO mlflow.projects.utils: === Created directory " in result.stderr
+    assert "%|" not in result.output  # no progress bar
 
 
 def prestarted_left(root: Path) -> list[str]:

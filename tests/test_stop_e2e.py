@@ -115,7 +115,8 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
     versioned, command, signum, code, extra
 ):
     before = tree(versioned.home)
-    proc, state, httpd = start_slow_download(versioned, command, *extra)
+    # verbose: the pipeline prints each step's command
+    proc, state, httpd = start_slow_download(versioned, command, "main.verbose=true", *extra)
     try:
         processes = descendants(proc)
         assert any(p.cwd() == str(versioned.root / "src" / "download_dataset") for p in processes)

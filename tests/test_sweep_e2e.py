@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import make_project, parse_table, wandb_records
+from conftest import make_project, parse_table, summary_status, wandb_records
 from http_server import free_port
 
 from sheldon.artifacts import inputs_folder
@@ -62,6 +62,21 @@ def test_a_grid_runs_a_pipeline_per_combination_reusing_the_upstream_steps(swept
     values = [float(row["train_model.best_val_accuracy"]) for row in rows]
     assert values == sorted(values, reverse=True)  # best first by best validation accuracy
     assert "train_model.epochs=1" not in rows[0]["overrides"]  # said once, not on every row
+
+
+def test_each_trial_is_announced_by_its_number_in_the_table_and_how_far_the_sweep_is(swept):
+    _, result = swept
+    announced = re.findall(r"^trial (\d) \((\d) of 4\): (.*)$", result.stdout, re.M)
+    assert [(number, done) for number, done, _ in announced] == [
+        ("0", "1"),
+        ("1", "2"),
+        ("2", "3"),
+        ("3", "4"),
+    ]
+    rows = {row["trial"]: row["overrides"] for row in table_rows(result.stdout)}
+    for number, _, overrides in announced:
+        assert set(rows[number].split()) <= set(overrides.split())  # the table's trial of that number
+    assert "[trial" not in result.stdout  # one trial at a time: nothing to tell apart
 
 
 def test_a_sweep_is_a_run_whose_children_are_pipelines_whose_children_are_steps(swept):
@@ -287,6 +302,13 @@ def test_trials_run_at_once_share_the_upstream_steps_and_match_a_sequential_swee
         if row["overrides"].endswith("batch_size=64")
     }
     assert at_once == one_by_one  # same trials, same results
+    # Their lines mix: each starts with its trial, the steps' too (a warning, an error)
+    assert sorted(re.findall(r"^trial (\d) \(\d of 2\): ", result.stdout, re.M)) == ["0", "1"]
+    for number in "01":
+        mine = [line for line in result.stdout.splitlines() if line.startswith(f"[trial {number}] ")]
+        assert mine[0].startswith(f"[trial {number}] pipeline: download_dataset -> ")
+        assert any(re.match(rf"\[trial {number}\] train_model +ran +\d", line) for line in mine), mine
+        assert mine[-1].startswith(f"[trial {number}] pipeline run ")
 
 
 @pytest.mark.slow  # a minute of trials
@@ -312,7 +334,7 @@ def test_ctrl_c_during_a_parallel_sweep_stops_every_trial_and_leaves_nothing_run
     assert sweep_runs(project)[-1].info.status == "KILLED"
     assert not [r for r in project.step_runs() if inputs_folder(r.info.run_id).exists()]  # nor downloads
     again = project.run("python", "main.py", "-m", "train_model.lr=0.002", *SHRUNK)
-    assert "=== preprocess: cached" in again.stdout  # the next sweep reuses what finished
+    assert summary_status(again.stdout)["preprocess"] == "cached"  # the next sweep reuses what finished
 
 
 @pytest.mark.slow  # a minute of trials
@@ -341,7 +363,7 @@ def test_kill_9_of_a_parallel_sweep_stops_its_workers_and_their_trials(parallel,
     assert [r.info.status for r in project.step_runs("train_model")[before:]] == ["KILLED", "KILLED"]
     assert sweep_runs(project)[-1].info.status == "KILLED"
     again = project.run("python", "main.py", "-m", "train_model.lr=0.002", *SHRUNK)
-    assert "=== preprocess: cached" in again.stdout  # the next sweep reuses what finished
+    assert summary_status(again.stdout)["preprocess"] == "cached"  # the next sweep reuses what finished
 
 
 def training(pid: int) -> list[psutil.Process]:

@@ -71,6 +71,7 @@ class Outcome:
     sha256: str = ""  # of the downloaded file, or of the dataset file when there is one
     samples: int = 0
     source: str = ""  # where this version came from, as data.dvc records it
+    note: str = ""  # what a pipeline shows under its summary, even a quiet one: what to do next
 
 
 def stage(
@@ -149,21 +150,24 @@ def download_new(
         data, digest = stage(source, staging, transfer, sha256, fmt, label_column, split)
         md5 = folder_md5(repo, data)
         if pinned and md5 == pinned.md5:
-            print(f"data unchanged: already version {md5} ({DVC_FILE}); nothing committed or pushed")
+            note = f"data unchanged: already version {md5} ({DVC_FILE}); nothing committed or pushed"
             if _check_replaceable(repo, raw_dir, md5) != md5:
                 with replace_folder(raw_dir, data):
                     pass
-                print(f"{raw_dir} holds it again")
+                note += f"; {raw_dir} holds it again"
             sha = digest.hexdigest() if digest else ""
-            return Outcome("unchanged", md5, DVC_FILE, sha, source=pinned.source or source)
+            return Outcome("unchanged", md5, DVC_FILE, sha, source=pinned.source or source, note=note)
         _check_replaceable(repo, raw_dir, md5)
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
             md5 = commit_and_push(repo, root, pin_path, source)  # the sha256 finishes meanwhile
-    print(f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}")
-    print("publish it so colleagues can pull it:")
-    print(f"  git add {DVC_FILE} && git commit -m 'Data: {source_name(source)}'")
-    print("  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags")
-    return Outcome("downloaded", md5, DVC_FILE, digest.hexdigest() if digest else "", source=source)
+    note = (
+        f"new data version {md5} from {source} is in {raw_dir} and pushed to {remote_url(repo)}; "
+        "publish it so colleagues can pull it:\n"
+        f"  git add {DVC_FILE} && git commit -m 'Data: {source_name(source)}'\n"
+        "  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags"
+    )
+    sha = digest.hexdigest() if digest else ""
+    return Outcome("downloaded", md5, DVC_FILE, sha, source=source, note=note)
 
 
 def _check_replaceable(repo: Repo, raw_dir: Path, new_md5: str) -> str | None:
@@ -223,12 +227,12 @@ def bring_pinned(
             )
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
             commit_and_push(repo, root, pin_path)
-    print(
+    note = (
         f"DVC remote {remote_url(repo)} lacked data version md5 {pin.md5}: rebuilt it from {source}, "
         "checked it has exactly that md5, and pushed it"
     )
     sha = digest.hexdigest() if digest else ""
-    return Outcome("bootstrapped", pin.md5, label, sha, source=pin.source or source)
+    return Outcome("bootstrapped", pin.md5, label, sha, source=pin.source or source, note=note)
 
 
 def _tracked_path(root: Path, raw_dir: Path) -> str:
@@ -293,6 +297,9 @@ def main(args: Settings) -> None:
             run.log_artifact(raw_dir, "raw_data", "raw_data", metadata={**info, "format": args.format})
             mlflow.log_artifact(str(spec), artifact_path="raw_data")
         run.headline("bytes", size)
+        if outcome.note:
+            print(outcome.note)
+            run.note(outcome.note)
         print(
             f"raw data: {raw_dir} ({size:,} bytes, {outcome.samples:,} samples, DVC md5 {outcome.dvc_md5}, "
             f"{outcome.action})"

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from sheldon.errors import StepError, shorten
+from sheldon.output import is_verbose, step_output
 from sheldon.processes import PIPELINE_ENV, Interrupted, die_with_pipeline, raise_on_signals
 
 _TRUE = {"true", "1", "yes", "y", "on"}
@@ -68,10 +69,11 @@ def text_table(rows: list[list[str]]) -> str:
 
 
 def progress(total: int | None, desc: str, unit: str = "it") -> Any:
-    """A tqdm bar that redraws live on a terminal and only every 10 s in a log file."""
+    """A tqdm bar on a terminal, gone once done in a quiet pipeline (its step leaves one line);
+    none in a log file, where each redraw would be one more line."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, mininterval=0.1 if sys.stderr.isatty() else 10)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty(), leave=is_verbose())
 
 
 @contextmanager
@@ -95,7 +97,9 @@ def stages(total: int, desc: str) -> Iterator[Callable[[str], None]]:
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser) -> NoReturn:
     """Parse arguments, run the step, and turn a StepError into one line on stderr and exit 1.
     A stop signal, or the death of the pipeline that launched the step, unwinds the step
-    (its runs closed, nothing half-written kept) and exits 128 + the signal's number."""
+    (its runs closed, nothing half-written kept) and exits 128 + the signal's number. What it
+    prints follows its pipeline's choice (sheldon/output.py)."""
+    step_output()
     try:
         args = parser.parse_args()
     except (SystemExit, StepError) as refused:  # a bad parameter, or a rule between parameters

@@ -36,12 +36,14 @@ from sheldon.lineage import (
     StepResult,
     data_state,
     describe_pipeline,
+    format_headline,
     headline_of,
     log_lineage,
     note_of,
     pipeline_metrics,
     source_state,
 )
+from sheldon.output import is_verbose
 from sheldon.paths import repo_path, step_dir
 from sheldon.pipeline import PREPARE_AHEAD, Outcome, Plan, Trial, prepare
 from sheldon.prestart import Prestarted
@@ -325,21 +327,22 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
         cached = None if why else find_cached_run(context.experiment_id, key)
         if cached is not None and (changed := workspace_changed(steps, step, params, cached)):
             if restored := restore_workspace(steps, step, params, cached):
-                print(f"\n=== {step}: cached, but {changed}: {restored} ===")
+                print(f"{step}: cached, but {changed}: {restored}")
             else:
-                print(f"\n=== {step}: cached, but {changed}: running it again to bring it back ===")
+                print(f"{step}: cached, but {changed}: running it again to bring it back")
                 cached, why = None, changed
         sources = input_sources(steps, step, config, produced, context.origins)
-        print(
-            f"\n=== {step}: cached, reusing run {cached.info.run_id} ===" if cached else f"\n=== {step} ==="
-        )
-        for param, source in sources.items():
-            print(f"  {param} <- {source}", flush=True)
+        if is_verbose():
+            reused = f": cached, reusing run {cached.info.run_id}" if cached else ""
+            print(f"\n=== {step}{reused} ===")
+            for param, source in sources.items():
+                print(f"  {param} <- {source}", flush=True)
         if cached is not None:
             result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
         else:
             why = why or why_not_cached(context.experiment_id, parts, steps.section(step), sources)
-            print(f"  why: {why}", flush=True)
+            if is_verbose():
+                print(f"  why: {why}", flush=True)
             tags = {
                 PIPELINE_RUN_TAG: context.pipeline_run_id,
                 PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
@@ -360,6 +363,12 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
         logged = run.data.tags
         result.outputs = {n.removeprefix(DIGEST_TAG): logged[n] for n in logged if n.startswith(DIGEST_TAG)}
         produced[step] = run
+        # Its line, in the summary's columns: `train_model  ran  15.0 s  best_val_accuracy=0.97  (run d03...)`
+        # and, when quiet, why it ran (verbose said so under its header)
+        took = f"{result.seconds:.1f} s" if cached is None else ""
+        said = f"{step:<{max(map(len, context.selected))}}  {result.status:<6}  {took:>7}  "
+        said = (said + format_headline(result.headline)).rstrip() + f"  (run {result.run_id[:8]})"
+        print(said + (f"  why: {why}" if cached is None and not is_verbose() else ""), flush=True)
         return result
 
 

@@ -40,6 +40,7 @@ from sheldon.artifacts import inputs_folder
 from sheldon.backends import STEP_IMAGE
 from sheldon.errors import StepError, first_line, shorten
 from sheldon.launch import ENTRY_POINT, Launched, end_run_if_running
+from sheldon.output import is_verbose
 from sheldon.paths import step_dir
 from sheldon.processes import PIPELINE_ENV
 from sheldon.vocabulary import BACKEND_TAG, RUN_NAME_TAG, TRIAL_ENV
@@ -143,5 +144,6 @@ def start_job(step: str, params: dict[str, str], experiment_id: str, config: dic
         why = shorten(first_line(getattr(err, "message", None) or err))
         end_run_if_running(run_id, RunStatus.FAILED, f"could not be started on Kubernetes: {why}")
         raise StepError(f"cannot launch {step} on Kubernetes: {why}") from None
-    print(f"  Kubernetes Job {name} in namespace {namespace} (MLflow run {run_id})", flush=True)
+    if is_verbose():
+        print(f"  Kubernetes Job {name} in namespace {namespace} (MLflow run {run_id})", flush=True)
     return LaunchedJob(run_id, KubernetesSubmittedRun(run_id, name, namespace), name, namespace)

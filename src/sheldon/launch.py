@@ -31,6 +31,7 @@ from sheldon.artifacts import inputs_folder, inputs_root
 from sheldon.backends import Backend
 from sheldon.environments import building
 from sheldon.errors import StepError, first_line
+from sheldon.output import is_verbose
 from sheldon.paths import step_dir
 from sheldon.prestart import Forked, Prestarted
 from sheldon.processes import Interrupted, is_alive, stop_step
@@ -111,7 +112,7 @@ def start(
         if env_manager == "local":
             command = get_entry_point_command(project, ENTRY_POINT, params, str(inputs_folder(run_id)))[0]
             env = os.environ | get_run_env_vars(run_id, experiment_id)
-            if process := prestarted.run(step_dir(step), command, env):
+            if (process := prestarted.run(step_dir(step), command, env)) and is_verbose():
                 print(f"  command: {command}  (MLflow run {run_id})", flush=True)
         if process is None:
             config = {

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from sheldon.backends import Backend, check_machine, resolve_backend
 from sheldon.environments import built_by
 from sheldon.errors import StepError, shorten
+from sheldon.output import set_verbose
 from sheldon.overrides import short_overrides
 from sheldon.paths import step_dir
 from sheldon.prestart import Prestarted
@@ -124,8 +125,9 @@ class Outcome:
 def set_up_environment(config: DictConfig, trial: Trial | None = None) -> None:
     """What every step launched by this process inherits: the pipeline to watch, one tracking
     store (checked), this interpreter's `python`, the W&B project and group (a sweep's name, for
-    its trials), and a trial's overrides."""
+    its trials), a trial's overrides, and what to print (main.verbose)."""
     os.environ[PIPELINE_ENV] = process_token()  # each step watches it, and dies with this process
+    set_verbose(bool(config.main.verbose))
     check_tracking_store(tracking_environment())
     use_this_python()
     os.environ["WANDB_PROJECT"] = str(config.main.project_name)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sheldon.cli import text_table
 from sheldon.errors import StepError, first_line
+from sheldon.output import prefix_output, set_verbose
 from sheldon.overrides import short_overrides, sweep_grid
 from sheldon.pipeline import Outcome, Trial, discard_launcher_run, share_step_template
 from sheldon.processes import die_with, process_token, raise_on_signals
@@ -44,6 +45,7 @@ from sheldon.vocabulary import (
     SWEEP_OVERRIDES_PARAM,
     SWEEP_PROCESS_ENV,
     SWEEP_TAG,
+    SWEEP_TRIALS_ENV,
     TRIAL_NUMBER_TAG,
     TRIAL_TAG,
     runs_uri,
@@ -58,6 +60,7 @@ warnings.filterwarnings("ignore", message=r".*Distribution has been deprecated",
 logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl").setLevel(logging.CRITICAL)
 
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 TABLE_FILE = "sweep_trials.txt"
 TABLE_JSON = "sweep_trials.json"
@@ -65,21 +68,46 @@ _watching: list[str] = []  # a joblib worker: the launching process it watches, 
 
 
 def current_trial() -> Trial | None:
-    """The trial this Hydra job is, when it is one of a sweep whose run is open; else None."""
+    """The trial this Hydra job is, when it is one of a sweep whose run is open; else None. It
+    says which it is (`trial 1 (2 of 4): train_model.lr=0.003`, numbered as the table numbers
+    them); in a worker process, whose lines mix with the other trials', each line it and its
+    steps print then starts with `[trial 1] `."""
     sweep = os.environ.get(SWEEP_ENV, "")
     if not sweep or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     run_id, _, name = sweep.partition(" ")
     hydra = HydraConfig.get()
+    trial = Trial(run_id, name, " ".join(hydra.overrides.task), int(hydra.job.num))
+    total = os.environ.get(SWEEP_TRIALS_ENV)
+    of_total = f" ({trial.number + 1} of {total})" if total else ""
+    print(f"\ntrial {trial.number}{of_total}: {trial.overrides}", flush=True)
     launcher = os.environ.get(SWEEP_PROCESS_ENV, "")
     if launcher and launcher != process_token():  # a trial in a worker process (joblib, Ray)
+        prefix_output(f"[trial {trial.number}] ")
         raise_on_signals()  # a stop signal stops it in order
         if hydra.launcher._target_ == JOBLIB_LAUNCHER and not _watching:
             # A worker outlives a launching process killed with -9 (idle, ~5 min): it stops too,
             # its trial first (its steps get 5 s each to unwind, then its runs are KILLED).
             die_with(launcher, f"the sweep that launched this trial ({launcher})", grace=20)
             _watching.append(launcher)
-    return Trial(run_id, name, " ".join(hydra.overrides.task), int(hydra.job.num))
+    return trial
+
+
+def trial_count(config: DictConfig) -> int | None:
+    """How many trials the sweep runs: every combination of a grid's values, or an Optuna search's
+    n_trials; None for another sweeper."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
+    if sweeper == OPTUNA_SWEEPER:
+        return int(config.hydra.sweeper.n_trials)
+    if sweeper != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    overrides = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
 
 
 def objective(config: DictConfig, trial: Trial, outcome: Outcome) -> float | None:
@@ -136,6 +164,7 @@ def open_sweep(config: DictConfig) -> None:
     from sheldon.tracking import configure_tracking
 
     check_tracking_store(tracking_environment())
+    set_verbose(bool(config.main.verbose))  # before the trials' step template starts
     share_step_template(config)
     configure_tracking()
     name, overrides = str(config.sweep.name), list(config.hydra.overrides.task)
@@ -152,6 +181,8 @@ def open_sweep(config: DictConfig) -> None:
     client.log_param(run_id, SWEEP_OVERRIDES_PARAM, " ".join(overrides)[:6000])
     os.environ[SWEEP_ENV] = f"{run_id} {name}"
     os.environ[SWEEP_PROCESS_ENV] = process_token()
+    if (total := trial_count(config)) is not None:
+        os.environ[SWEEP_TRIALS_ENV] = str(total)
     print(f"sweep {name!r}: MLflow run {run_id}; each trial is a pipeline run under it", flush=True)
 
 

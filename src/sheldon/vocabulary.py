@@ -53,6 +53,9 @@ TRIAL_ENV = "SHELDON_TRIAL"  # a sweep trial's overrides, for its steps' W&B con
 SWEEP_ENV = "SHELDON_SWEEP"  # "<run id> <name>" of the sweep the pipelines of this process belong to
 SWEEP_PROCESS_ENV = "SHELDON_SWEEP_PROCESS"  # token of the process that launches the trials (processes.py)
 SHARED_TEMPLATE_ENV = "SHELDON_SHARED_TEMPLATE"  # {"python", "socket"}: a sweep's step template
+SWEEP_TRIALS_ENV = "SHELDON_SWEEP_TRIALS"  # how many trials the sweep runs, when known beforehand
+QUIET_ENV = "SHELDON_QUIET"  # "1": a quiet pipeline's process and its steps (sheldon/output.py)
+OUTPUT_PREFIX_ENV = "SHELDON_OUTPUT_PREFIX"  # what each line printed starts with: "[trial 2] "
 
 # MLflow's own, which sheldon sets
 RUN_NAME_TAG = "mlflow.runName"

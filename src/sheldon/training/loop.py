@@ -144,9 +144,12 @@ def epoch_metrics(
 
 @contextmanager
 def epoch_bar(world: World, total: int, desc: str) -> Iterator[Any]:
-    """The progress bar of one epoch, on rank 0 only (the other ranks would print the same)."""
+    """The progress bar of one epoch, on rank 0 only (the other ranks would print the same); off
+    a terminal, where there is no bar, a line once the epoch is done."""
     if world.rank != 0:
         yield None
         return
     with progress(total, desc, "batch") as bar:
         yield bar
+    if bar.disable:
+        print(f"{desc}: {bar.postfix}", flush=True)
