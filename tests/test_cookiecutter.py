@@ -76,7 +76,7 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
         project.root / "cookie-mlflow-step" / "{{ cookiecutter.step_name }}" / "conda.yml"
     ).read_text()
     made = sorted(p.name for p in (src / "copy_digits").iterdir())
-    assert made == ["MLproject", "conda.yml", "transform.py"]
+    assert made == ["MLproject", "conda.yml", "settings.py", "transform.py"]
     tests = [project.root / "tests" / f"test_{step}.py" for step in steps]  # where every step's tests live
     for step, test in zip(steps, tests, strict=True):
         for path in [*(src / step).iterdir(), test]:
@@ -84,7 +84,7 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
         assert (src / step / "conda.yml").read_text() == template_env
     assert (
         '    threshold: float = parameter(0.5, "float argument of process()")\n'
-        in (src / "scale_check" / "run.py").read_text()
+        in (src / "scale_check" / "settings.py").read_text()
     )
     assert "threshold: {type: float, default: 0.5}" in (src / "scale_check" / "MLproject").read_text()
     assert '  epochs: 3\n  name: ""\n  verbose: false\n' in typed.stdout

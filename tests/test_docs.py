@@ -439,8 +439,8 @@ def test_the_docs_commands_work_as_written_in_order(tmp_path):
     subprocess.run(["git", "remote", "add", "origin", str(origin)], cwd=root, check=True)
     subprocess.run(["git", "push", "-q", "-u", "origin", "HEAD"], cwd=root, env=project.env, check=True)
 
-    digits_folder(home / "digits", per_class=100, seed=1)
-    archive = digits_folder(tmp_path / "zipped", per_class=100, seed=2)
+    digits_folder(home / "digits", per_class=300, seed=1)
+    archive = digits_folder(tmp_path / "zipped", per_class=300, seed=2)
     zipped = Path(shutil.make_archive(str(tmp_path / "digits"), "zip", archive))
     server, httpd = start_http({"/digits.zip": Route(zipped.read_bytes())})
     (home / "shared").mkdir()
