@@ -75,7 +75,7 @@ def test_the_readme_example_runs_in_the_configured_experiment_named_after_the_st
     assert run.data.params["seed"] == "7" and run.data.params["raw_data"] == raw_data
     assert run.data.tags["mlflow.source.type"] == "PROJECT"  # the launch run's tags came along
     assert f"preprocess: run {run.info.run_id} in experiment 'sheldon'" in result.stdout
-    assert "preprocess: 100%" in result.stderr  # its progress
+    assert "preprocess: 100%" not in result.stderr  # not a terminal: no progress bar in its log
     assert "Downloading artifacts" not in result.output
     assert default_experiment_is_empty(standalone)
 
@@ -106,7 +106,7 @@ def test_wandb_holds_the_model_that_evaluate_refers_to(standalone, preprocessed)
         "evaluate", "-P", f"model={model_uri}", "-P", f"splits={splits}", "-P", "min_accuracy=0.5"
     )
     assert evaluated.returncode == 0, evaluated.output[-3000:]
-    assert "predicting: 100%" in evaluated.stderr and "logging results: 100%" in evaluated.stderr
+    assert "predicting: 100%" not in evaluated.stderr  # not a terminal: no progress bars in its log
     assert "Downloading artifacts" not in evaluated.output
     config = {
         u.key: u.value_json
