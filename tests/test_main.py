@@ -162,10 +162,10 @@ def test_the_pipeline_run_carries_each_steps_headline_metric_under_the_steps_nam
     [
         (
             {"evaluate.min_accuracy": -0.1},
-            "evaluate.min_accuracy='-0.1': expected a number from 0 to 1, got '-0.1'",
+            "evaluate.min_accuracy: expected a number from 0 to 1, got '-0.1'",
         ),
         ({"train_model.lr": -1}, "train_model.lr must be positive, got -1.0"),
-        ({"train_model.lr": "abc"}, "train_model.lr='abc': could not convert string to float: 'abc'"),
+        ({"train_model.lr": "abc"}, "train_model.lr: could not convert string to float: 'abc'"),
         (
             {"preprocess.val_size": 0.6, "preprocess.test_size": 0.5},
             "preprocess.val_size and preprocess.test_size must be fractions in (0, 1) summing below 1, "

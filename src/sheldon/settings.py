@@ -138,7 +138,9 @@ class StepSettings:
             try:
                 values[name] = declared[name].read(text)
             except (ValueError, argparse.ArgumentTypeError) as err:
-                raise StepError(f"{section}.{name}={shorten(text)!r}: {err}") from None
+                quoted = repr(shorten(text))
+                named = f"{section}.{name}" if quoted in str(err) else f"{section}.{name}={quoted}"
+                raise StepError(f"{named}: {err}") from None  # the value once, where the reason quotes it
         return cls(**values)
 
     def check_with_store(self) -> None:
