@@ -56,6 +56,7 @@ def test_training_parameter_change_reruns_only_training_and_evaluation(project, 
     assert len(tags["sheldon.cache_key"]) == 64
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_failed_pipeline_resumes_at_the_failed_step(project, full_run):
     pipeline(project)
     failed, new = pipeline(project, "evaluate.min_accuracy=1")
@@ -69,6 +70,7 @@ def test_failed_pipeline_resumes_at_the_failed_step(project, full_run):
     assert ran(new) == ["evaluate"]
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_lineage_manifest_and_summary_are_logged(project, full_run):
     result, _ = pipeline(project, "train_model.seed=5")
     assert result.returncode == 0, result.output[-3000:]

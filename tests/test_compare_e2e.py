@@ -104,6 +104,7 @@ def test_diff_shows_what_differs_step_by_step(project, swept):
     assert result.stdout.rstrip().endswith(f"the same run in both: {shared}")
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_bad_requests_are_one_line_each(project, swept, tmp_path):
     slow = swept.pipelines["0.001"].info.run_id
     train_run = swept.steps["0.001"]["train_model"]["run_id"]

@@ -471,6 +471,7 @@ def test_download_new_of_a_class_too_small_to_split_is_one_line_and_changes_noth
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_download_new_from_http_through_mlflow_run(tmp_path):
     """SEED.md's `-P hydra_options="data.download_new='True'"`, with a source on 127.0.0.1."""
     from http_server import Route, start, stop

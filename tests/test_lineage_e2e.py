@@ -61,6 +61,7 @@ def test_an_upstream_that_this_configuration_never_produced_stops_before_anythin
     assert len(project.step_runs()) == before
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_a_run_pinned_by_hand_is_used_and_said_to_be(project, configured):
     _, by_hand = configured
     result = project.run(
@@ -99,6 +100,7 @@ def test_a_bad_pin_is_one_line_and_runs_nothing(project, configured, pin, compla
     assert len(project.step_runs()) == before
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_a_crash_is_resumed_and_a_bad_setting_is_named(project, configured):
     # a model with 5 outputs for 10 classes: the loss raises in the middle of training
     crash = "train_model.model.num_classes=5"

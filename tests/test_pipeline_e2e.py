@@ -204,6 +204,7 @@ def test_config_that_does_not_parse_is_one_line_with_line_and_column(tmp_path):
     assert ", column " in result.stderr and len(said(result.stderr)) == 1, result.stderr
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_failing_step_stops_pipeline_and_keeps_earlier_outputs(project, full_run):
     earlier = {r.info.run_id for r in project.step_runs()}
     finished = {r.info.run_id for r in project.step_runs() if r.info.status == "FINISHED"}
@@ -266,6 +267,7 @@ def test_a_setting_a_later_step_refuses_is_refused_before_anything_launches(
     assert [(r.info.run_id, r.info.status) for r in project.runs()] == before
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_steps_leave_nothing_in_the_temporary_folder(project, full_run, tmp_path):
     """Each step downloads its inputs (the splits, the model: MBs a run) to the temporary folder:
     the pipeline removes them when the step ends, and what MLflow makes there for a launch."""

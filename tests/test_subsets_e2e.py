@@ -149,6 +149,7 @@ def test_a_new_experiment_refuses_each_subset_that_needs_a_step_it_does_not_run(
         upstream.foresee(forced)
 
 
+@pytest.mark.slow  # 15-30 s: the default suite keeps under 15 min
 def test_seed_md_subset_download_dataset_and_train_model(project, full_run):
     """SEED.md's example: download_dataset is reused, then preprocess's run of this configuration
     is looked up, and train_model reused; with download_dataset forced, it runs first."""
