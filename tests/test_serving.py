@@ -237,7 +237,7 @@ def test_test_model_refuses_a_model_without_champion_or_that_does_not_exist(proj
         "evaluate.min_accuracy=1",
     ]
     result = project.run(sys.executable, "main.py", "main.steps=evaluate", *unpromoted)
-    assert "evaluate: unpromoted v1: not promoted: " in result.stdout, result.output[-3000:]
+    assert "evaluate: unpromoted v1: not champion: " in result.stdout, result.output[-3000:]
     for name, message in [
         ("unpromoted", "'unpromoted' has no champion yet"),
         ("nobody", "no registered model 'nobody'"),
@@ -245,9 +245,9 @@ def test_test_model_refuses_a_model_without_champion_or_that_does_not_exist(proj
         result = project.run(
             sys.executable, "main.py", "main.steps=test_model", f"evaluate.registered_model_name={name}"
         )
-        assert result.returncode == 1 and f"error: step test_model failed: {message}" in result.stderr, (
-            result.stderr[-800:]
-        )
+        # refused before anything launches: one line
+        assert result.returncode == 1 and result.stderr.startswith(f"error: {message}"), result.stderr[-800:]
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-800:]
 
 
 def test_serving_without_a_champion_stops_with_one_line(project, tmp_path):
