@@ -85,7 +85,8 @@ def test_every_step_runs_in_its_own_uv_environment_then_is_cached(project):
     assert summary(again.stdout) == dict.fromkeys(STEPS, "cached")
     assert environments(project) == built  # nothing built again
 
-    forced = run_uv(project, ["preprocess"], f"{SHRUNK} main.force=preprocess")
+    # main.verbose=true: MLflow says at INFO that it reuses the environment
+    forced = run_uv(project, ["preprocess"], f"{SHRUNK} main.force=preprocess main.verbose=true")
     assert forced.returncode == 0, forced.output[-4000:]
     assert summary(forced.stdout)["preprocess"] == "ran"
     assert f"Environment {step_environment(project, 'preprocess')} already exists" in forced.output
