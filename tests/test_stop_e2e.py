@@ -145,17 +145,23 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
     assert exits == [128 + signal.SIGTERM]  # the W&B run was closed (the pipeline stops steps with SIGTERM)
 
 
-@pytest.mark.slow
-def test_a_killed_pipeline_leaves_no_orphan_and_its_runs_are_failed_and_never_reused(project, full_run):
-    overrides = [*SHRUNK.split(), "train_model.seed=99", "train_model.epochs=3"]
-    proc = subprocess.Popen(
+def start_pipeline(project, overrides: list[str], output: int) -> subprocess.Popen:
+    """`python main.py` in a session (a terminal's process group) of its own, as a user starts it."""
+    return subprocess.Popen(
         ["python", "main.py", *overrides],
         cwd=project.root,
         env=project.env,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        text=True,
     )
+
+
+@pytest.mark.slow
+def test_a_killed_pipeline_leaves_no_orphan_and_its_runs_are_failed_and_never_reused(project, full_run):
+    overrides = [*SHRUNK.split(), "train_model.seed=99", "train_model.epochs=3"]
+    proc = start_pipeline(project, overrides, output=subprocess.DEVNULL)
     deadline, killed = time.time() + 180, None
     while time.time() < deadline and killed is None:
         time.sleep(1)
@@ -192,15 +198,7 @@ def test_ctrl_c_during_training_names_the_users_signal_once_and_how_to_resume_fr
     Ctrl-C. And train_model's checkpoint is kept, so `nothing of it was kept` would be wrong: the
     pipeline says how to continue from it instead (StepFacts.resume)."""
     overrides = [*SHRUNK.split(), "train_model.seed=7", "train_model.epochs=200", "train_model.patience=0"]
-    proc = subprocess.Popen(
-        ["python", "main.py", *overrides],
-        cwd=project.root,
-        env=project.env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_pipeline(project, overrides, output=subprocess.PIPE)
     before = set((project.root / "checkpoints").rglob("*"))
     deadline = time.time() + 180
     while time.time() < deadline and not set((project.root / "checkpoints").rglob("*.pt")) - before:
