@@ -32,7 +32,7 @@ $(STAMP):
 	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
-# The tracking store is checked first (sheldon/store.py, ~0.1 s): an unreachable server or a broken
+# The tracking store is checked first (sheldon/step/store.py, ~0.1 s): an unreachable server or a broken
 # mlflow.db stops here with one line instead of minutes of MLflow's retries and a traceback.
 # MLflow retries a request 7 times over ~4 min (tuned for rate-limited hosted servers): a server
 # that goes away mid-run fails within ~20 s instead.
@@ -46,8 +46,8 @@ ENV_MANAGER ?= local
 run: export MLFLOW_LOGGING_LEVEL ?= $(if $(VERBOSE),INFO,WARNING)
 RUN := mlflow run . --env-manager $(ENV_MANAGER)$(if $(VERBOSE), -P hydra_options=main.verbose=true)
 run: setup  ## the whole pipeline [ENV_MANAGER=local|uv|virtualenv|conda] [VERBOSE=1]
-	@python -m sheldon.store
-	@sources=$$(python -m sheldon.environments $(ENV_MANAGER)) && eval "$$sources" && \
+	@python -m sheldon.step.store
+	@sources=$$(python -m sheldon.engine.environments $(ENV_MANAGER)) && eval "$$sources" && \
 	  echo "$(RUN)" && $(RUN)
 
 # What `make run` would do, step by step: run or cached, and why (docs/explanation/cache.md); runs nothing.
@@ -66,9 +66,9 @@ lint: setup  ## ruff check and ruff format --check
 	ruff format --check .
 
 # config.yaml's section of each step matches the step's settings, and its MLproject is current
-# (sheldon/contract.py; `python -m sheldon.mlproject` rewrites the MLprojects)
+# (sheldon/engine/contract.py; `python -m sheldon.engine.mlproject` rewrites the MLprojects)
 contract: setup  ## config.yaml's step sections match the steps' settings and MLprojects
-	python -m sheldon.contract
+	python -m sheldon.engine.contract
 
 # A new version of data/raw from a file or folder on disk: download_dataset copies and checks it,
 # runs dvc commit + push, and prints the git commands that publish it (docs/how-to/version-data.md).
@@ -104,20 +104,20 @@ chromium:  ## install Debian's chromium, for the slow test of make ui's first sc
 #   make serve [PORT=5001] [MAX_REQUEST_MB=32]   (a larger request body is answered 413)
 serve: PORT ?= 5001
 serve: setup  ## serve the champion model on 127.0.0.1 [PORT=5001] [MAX_REQUEST_MB=32]
-	python -m sheldon.serve model --port $(PORT) $(if $(MAX_REQUEST_MB),--max-request-mb $(MAX_REQUEST_MB))
+	python -m sheldon.serving.serve model --port $(PORT) $(if $(MAX_REQUEST_MB),--max-request-mb $(MAX_REQUEST_MB))
 
 # A CSV of the champion's predictions for a folder of images, an .npz or a .csv (docs/how-to/register-and-serve-models.md).
 #   make predict INPUT=<folder | file.npz | file.csv> [OUTPUT=predictions.csv]
 OUTPUT ?= predictions.csv
 predict: setup  ## the champion's predictions as CSV: make predict INPUT=<folder | .npz | .csv> [OUTPUT=...]
 	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<folder of images | .npz | .csv> [OUTPUT=...]" >&2; exit 2; }
-	python -m sheldon.predict "$(INPUT)" --output "$(OUTPUT)"
+	python -m sheldon.serving.predict "$(INPUT)" --output "$(OUTPUT)"
 
 # The MLflow UI on the repository's store, at http://127.0.0.1:$(PORT) (docs/how-to/track-and-compare-runs.md); it prints
 # the URL of the experiment's runs view.   make ui [PORT=5000]
 ui: PORT ?= 5000
 ui: setup  ## the MLflow UI on the repository's store, at http://127.0.0.1 [PORT=5000]
-	python -m sheldon.serve ui --port $(PORT)
+	python -m sheldon.serving.serve ui --port $(PORT)
 
 # A team's tracking server on 127.0.0.1:$(SERVER_PORT) (docs/how-to/share-a-team-server.md): mlflow server with
 # a database and an S3 bucket for artifacts, which it proxies. Without AWS credentials or
@@ -125,7 +125,7 @@ ui: setup  ## the MLflow UI on the repository's store, at http://127.0.0.1 [PORT
 #   make server [SERVER_PORT=5000] [DB=postgresql://...] [ARTIFACTS=s3://bucket/prefix]
 SERVER_PORT ?= 5000
 server: setup  ## a team's tracking server on 127.0.0.1 [SERVER_PORT=5000] [DB=...] [ARTIFACTS=...]
-	python -m sheldon.server --port $(SERVER_PORT) $(if $(DB),--db "$(DB)") $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
+	python -m sheldon.serving.server --port $(SERVER_PORT) $(if $(DB),--db "$(DB)") $(if $(ARTIFACTS),--artifacts "$(ARTIFACTS)")
 
 # Pipeline runs side by side (docs/how-to/track-and-compare-runs.md), from the store `make run` writes (or MLFLOW_TRACKING_URI):
 #   make compare [N=10]                            # the latest N pipeline runs
@@ -133,11 +133,11 @@ server: setup  ## a team's tracking server on 127.0.0.1 [SERVER_PORT=5000] [DB=.
 #   make compare DIFF="<run id> <run id>"          # what differs between two, step by step
 N ?= 10
 compare: setup  ## pipeline runs side by side [N=10] [SWEEP=latest|<name or id>] [DIFF="<id> <id>"]
-	@python -m sheldon.compare $(if $(DIFF),--diff $(DIFF),$(if $(SWEEP),--sweep $(filter-out latest,$(SWEEP)),-n $(N)))
+	@python -m sheldon.engine.compare $(if $(DIFF),--diff $(DIFF),$(if $(SWEEP),--sweep $(filter-out latest,$(SWEEP)),-n $(N)))
 
 # The pipeline's steps and what each reads, as Mermaid text (docs/how-to/track-and-compare-runs.md)
 dag: setup  ## the pipeline's steps and what each reads, as Mermaid text
-	@python -m sheldon.dag
+	@python -m sheldon.engine.dag
 
 clean:  ## remove the tracking store, run outputs and checkpoints
 	rm -rf mlflow.db mlflow.db-* mlruns mlartifacts wandb outputs checkpoints

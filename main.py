@@ -5,7 +5,7 @@ mlflow run . --env-manager local -P steps=preprocess,train_model
 mlflow run . --env-manager local -P hydra_options="train_model.lr=0.01 train_model.epochs=3"
 python main.py main.steps=train_model,evaluate             # same, without the outer MLflow run
 
-The engine is the sheldon library (sheldon/pipeline.py and the modules it names); this file
+The engine is the sheldon library (sheldon/engine/pipeline.py and the modules it names); this file
 declares the steps and is the door Hydra and `mlflow run` come through.
 """
 
@@ -17,13 +17,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sheldon.errors import StepError
-from sheldon.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
-from sheldon.pipeline import discard_launcher_run, run_and_report
-from sheldon.processes import Interrupted, as_interrupted, raise_on_signals
-from sheldon.steps import StepFacts, Steps
-from sheldon.sweep import current_trial, end_open_sweep, objective, stop_sweep
-from sheldon.versioning import restore_pinned
+from sheldon.core.errors import StepError
+from sheldon.core.processes import Interrupted, as_interrupted, raise_on_signals
+from sheldon.data.versioning import restore_pinned
+from sheldon.engine.overrides import MULTIRUN_FLAGS, check_overrides, hydra_arguments
+from sheldon.engine.pipeline import run_and_report
+from sheldon.engine.steps import StepFacts, Steps
+from sheldon.engine.sweep import current_trial, end_open_sweep, objective, stop_sweep
 
 # The steps, in pipeline order. Each is an MLflow project in src/<step>.
 _steps = [
@@ -33,7 +33,7 @@ _steps = [
     "evaluate",
 ]
 
-# What the engine must know of a step beyond its MLproject (sheldon/steps.py says what each means).
+# What the engine must know of a step beyond its MLproject (sheldon/engine/steps.py says what each means).
 _facts = {
     # SEED.md named its section `data`; its outputs depend on the version data.dvc pins, and it
     # fills data/raw in the working tree with what it logs as raw_data.
@@ -70,6 +70,8 @@ if __name__ == "__main__":
         check_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")], multirun)
     except StepError as err:
         print(f"error: {err}", file=sys.stderr)
+        from sheldon.engine.launchers.runs import discard_launcher_run  # MLflow: on this path only
+
         discard_launcher_run()
         sys.exit(1)
     except Interrupted as stop:

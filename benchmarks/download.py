@@ -40,7 +40,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import load_step
-from sheldon.versioning import replace_folder, staging_folder
+from sheldon.data.versioning import replace_folder, staging_folder
 step = load_step("download_dataset")
 if len(sys.argv) > 1:
     raw, expected = Path(sys.argv[2]), sys.argv[3] or None

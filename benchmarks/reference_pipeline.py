@@ -7,7 +7,7 @@ The reference (benchmarks/reference/, copied to a temporary folder) is the class
 pipeline: a root main.py that runs each step's MLproject in turn with `mlflow.run(...,
 env_manager="local")`, each step a run.py that opens one W&B run (offline) and logs its output as
 an MLflow artifact, no cache. Same work as sheldon's: the packaged MNIST 5k, the stratified split
-0.15/0.15 (seed 42), sheldon.models.SmallCNN for 10 epochs at batch 64, Adam lr 1e-3 at a
+0.15/0.15 (seed 42), sheldon.training.models.SmallCNN for 10 epochs at batch 64, Adam lr 1e-3 at a
 constant lr, no early stopping, one thread, then the test accuracy. It imports sheldon's model
 class and dataset loader, nothing of its engine, cache or tracking.
 

@@ -6,8 +6,8 @@ imports mlflow and wandb and opens and closes one MLflow run and one offline W&B
 
 In a temporary copy of the repo (own sqlite store, W&B offline) with the step added as
 src/noop_step, one process that has imported the engine, as a pipeline has, alternately times
-`sheldon.launch.start(...).wait(...)` of the step (under a pipeline run, as main.py launches a
-step) and the bare process, from start to exit. Prints the best of each and the ratio
+`sheldon.engine.launchers.local.start_local(...).wait(...)` of the step (under a pipeline run,
+as main.py launches a step) and the bare process, from start to exit. Prints the best of each and the ratio
 launch / bare (goal <= 1.5). benchmarks/reference_pipeline.py runs the same measurement."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ STEP = "noop_step"
 MLPROJECT = f'name: {STEP}\nentry_points:\n  main:\n    command: "python run.py"\n'
 RUN_PY = f'''"""A step that does nothing: it opens and closes its MLflow and W&B runs."""
 
-from sheldon.tracking import step_run
+from sheldon.step.tracking import step_run
 
 with step_run("{STEP}", {{}}):
     pass
@@ -49,11 +49,11 @@ def compare_here(launches: int) -> None:
     `launches` times each; prints their wall seconds as one JSON line after RESULT."""
     import mlflow
 
-    from sheldon.launch import start
-    from sheldon.prestart import Prestarted
-    from sheldon.processes import PIPELINE_ENV, process_token
-    from sheldon.tracking import configure_tracking
-    from sheldon.vocabulary import PROCESS_TAG
+    from sheldon.core.processes import PIPELINE_ENV, process_token
+    from sheldon.core.vocabulary import PROCESS_TAG
+    from sheldon.engine.launchers.local import start_local
+    from sheldon.engine.launchers.prestart import Prestarted
+    from sheldon.step.tracking import configure_tracking
 
     configure_tracking()
     os.environ[PIPELINE_ENV] = process_token()  # as run_pipeline sets it for its steps
@@ -66,7 +66,9 @@ def compare_here(launches: int) -> None:
             subprocess.run([sys.executable, "-c", BARE], check=True)
             times["bare"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            launched = start(STEP, {}, experiment_id, "local", Prestarted())  # cold: none started ahead
+            launched = start_local(
+                STEP, {}, experiment_id=experiment_id, env_manager="local", prestarted=Prestarted()
+            )  # cold: none started ahead
             if not launched.wait({PROCESS_TAG: os.environ[PIPELINE_ENV]}):
                 sys.exit(f"{STEP} failed")
             times["launch"].append(time.perf_counter() - started)

@@ -21,8 +21,8 @@ from common import REPO, STEPS, bench_env, fresh_copy, say, statuses, timed
 sys.path.insert(0, str(REPO / "tests"))
 from object_store import moto_s3  # noqa: E402
 
-from sheldon.processes import stop_step  # noqa: E402
-from sheldon.server import free_port, wait_until  # noqa: E402
+from sheldon.core.processes import stop_step  # noqa: E402
+from sheldon.serving.server import free_port, wait_until  # noqa: E402
 
 TABLE = {"step", "----------------", *STEPS}  # the summary table's lines: header, rule, rows
 
@@ -46,7 +46,7 @@ def main() -> None:
 
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "sheldon.server", "--port", str(port),
+            [sys.executable, "-m", "sheldon.serving.server", "--port", str(port),
              "--db", f"sqlite:///{tmp / 'server.db'}", "--artifacts", "s3://team/mlflow"],
             env=bench_env(tmp) | s3.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

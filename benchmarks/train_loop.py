@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from sheldon.datasets import load_packaged
-from sheldon.paths import REPO_ROOT
+from sheldon.core.paths import REPO_ROOT
+from sheldon.data.datasets import load_packaged
 from sheldon.training import Batches, autocast, bf16_enabled, build_model, predict, select_device, train_epoch
 
 

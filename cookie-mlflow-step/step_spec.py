@@ -35,7 +35,7 @@ YAML_WORDS = ("y", "yes", "n", "no", "true", "false", "on", "off", "null")
 # config.yaml's sections that are not steps.
 RESERVED_STEPS = ("main", "hydra", "defaults")
 DEFAULT_INPUT = "download_dataset/raw_data"  # the smallest artifact the pipeline makes
-SETTINGS_FILE = "settings.py"  # sheldon.settings.SETTINGS_FILE: this module imports nothing of sheldon
+SETTINGS_FILE = "settings.py"  # sheldon.step.settings.SETTINGS_FILE: this module imports nothing of sheldon
 LINE_LENGTH = 110  # ruff's, in pyproject.toml: the generated step passes `make lint`
 
 
@@ -250,7 +250,8 @@ def next_steps(answers: dict[str, Any], project_dir: Path, tests: Path) -> str:
         f"  mlflow run src/{step} --env-manager local -P input_artifact=runs:/<run id>/raw_data\n"
         f"  pytest {tests.relative_to(root) if (root := repo_root(project_dir)) else tests}\n"
         f"Write the step's own logic in process() in src/{step}/{answers['script_name']}; its parameters are "
-        f"declared once, in src/{step}/{SETTINGS_FILE} (after a change: python -m sheldon.mlproject {step})."
+        f"declared once, in src/{step}/{SETTINGS_FILE} "
+        f"(after a change: python -m sheldon.engine.mlproject {step})."
     )
 
 

@@ -153,7 +153,7 @@ def said(stderr: str) -> list[str]:
 
 
 def parse_table(table: str) -> list[dict[str, str]]:
-    """The rows of a table as sheldon prints them (sheldon.cli.text_table), by column: the columns
+    """The rows of a table as sheldon prints them (sheldon.core.output.text_table), by column: the columns
     are cut where the dashes under the header are."""
     header, dashes, *lines = table.strip("\n").splitlines()
     spans = [(m.start(), m.end()) for m in re.finditer(r"-+", dashes)]

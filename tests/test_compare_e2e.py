@@ -1,5 +1,5 @@
-"""`make compare` (sheldon/compare.py) and `make dag` (sheldon/dag.py) on a real tracking store: the
-session's pipeline, then a sweep of two learning rates (one trial is that pipeline's configuration,
+"""`make compare` (sheldon/engine/compare.py) and `make dag` (sheldon/engine/dag.py) on a real tracking
+store: the session's pipeline, then a sweep of two learning rates (one trial is that pipeline's configuration,
 reused whole; the other trains again), side by side; what is wrong with a request, in one line; the
 same tables through a real `mlflow server`; and the pipeline's picture on its run."""
 
@@ -17,14 +17,14 @@ import pytest
 from conftest import SHRUNK, STEPS, Project, parse_table, said
 from http_server import free_port
 
-from sheldon.processes import stop_step
-from sheldon.server import server_command, wait_until
+from sheldon.core.processes import stop_step
+from sheldon.serving.server import server_command, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def compare(project: Project, *args: str) -> subprocess.CompletedProcess:
-    return project.run("python", "-m", "sheldon.compare", *args)
+    return project.run("python", "-m", "sheldon.engine.compare", *args)
 
 
 def table(output: str) -> list[dict[str, str]]:
@@ -180,7 +180,7 @@ def test_the_pipeline_run_carries_its_picture(project, full_run):
     assert description.startswith("```mermaid\nflowchart LR\n") and description.endswith("```\n")
     chart = description.removeprefix("```mermaid\n").removesuffix("```\n").strip()
     assert lineage_of(project, run)["dag"] == chart
-    drawn = project.run("python", "-m", "sheldon.dag")
+    drawn = project.run("python", "-m", "sheldon.engine.dag")
     assert drawn.returncode == 0, drawn.output
     lines = drawn.stdout.splitlines()
     assert set(chart.splitlines()) <= set(lines)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, copy_repo, make_project
 
-from sheldon.contract import check, pipeline_steps
-from sheldon.mlproject import stale, steps_in
-from sheldon.steps import Steps
+from sheldon.engine.contract import check, pipeline_steps
+from sheldon.engine.mlproject import stale, steps_in
+from sheldon.engine.steps import Steps
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -36,7 +36,7 @@ def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewri
     edit(settings_py, '    seed: int = parameter(42, "seed of the stratified split")\n', "")
     edit(settings_py, "    num_classes: int", "    shuffle: bool = False\n    num_classes: int")
 
-    checked = project.run(sys.executable, "-m", "sheldon.contract", "preprocess")
+    checked = project.run(sys.executable, "-m", "sheldon.engine.contract", "preprocess")
     assert checked.returncode == 1
     assert checked.stderr.splitlines() == [
         "contract: preprocess: config.yaml preprocess.seed is not a parameter in preprocess's settings "
@@ -44,17 +44,17 @@ def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewri
         "contract: preprocess: parameter 'shuffle' of preprocess's settings (src/preprocess/settings.py) "
         "is not in config.yaml section 'preprocess'",
         "contract: preprocess: src/preprocess/MLproject is not current: "
-        "`python -m sheldon.mlproject preprocess` writes it",
+        "`python -m sheldon.engine.mlproject preprocess` writes it",
     ]
     assert "3 mismatch(es)" in checked.stdout
 
-    assert project.run(sys.executable, "-m", "sheldon.mlproject", "--check").returncode == 1
-    written = project.run(sys.executable, "-m", "sheldon.mlproject", "preprocess")
+    assert project.run(sys.executable, "-m", "sheldon.engine.mlproject", "--check").returncode == 1
+    written = project.run(sys.executable, "-m", "sheldon.engine.mlproject", "preprocess")
     assert written.returncode == 0 and written.stdout == "mlproject: wrote src/preprocess/MLproject\n"
     mlproject = (project.root / "src" / "preprocess" / "MLproject").read_text()
     assert "      shuffle: {type: bool, default: false}\n" in mlproject and "seed" not in mlproject
     assert "      --shuffle {shuffle}" in mlproject
-    assert project.run(sys.executable, "-m", "sheldon.mlproject", "--check").returncode == 0
+    assert project.run(sys.executable, "-m", "sheldon.engine.mlproject", "--check").returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,8 @@ def test_a_parameter_added_to_the_settings_only_is_named_and_its_mlproject_rewri
             "src/preprocess/settings.py",
             'parameter(42, "seed',
             'parameter(7, "seed',
-            "src/preprocess/MLproject is not current: `python -m sheldon.mlproject preprocess` writes it",
+            "src/preprocess/MLproject is not current: "
+            "`python -m sheldon.engine.mlproject preprocess` writes it",
         ),
     ],
     ids=["config-only", "config-type", "refused-value", "input-unwired", "stale-mlproject"],

@@ -95,9 +95,9 @@ def test_generated_steps_run_alone_and_through_the_pipeline(tmp_path):
         assert result.returncode == 0, result.output
     result = project.run(str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", *map(str, tests))
     assert result.returncode == 0 and "6 passed" in result.stdout, result.output
-    result = project.run(str(BIN / "python"), "-m", "sheldon.contract", "scale_check", "copy_digits")
+    result = project.run(str(BIN / "python"), "-m", "sheldon.engine.contract", "scale_check", "copy_digits")
     assert result.returncode == 0, result.output
-    result = project.run(str(BIN / "python"), "-m", "sheldon.mlproject", "--check", *steps)
+    result = project.run(str(BIN / "python"), "-m", "sheldon.engine.mlproject", "--check", *steps)
     assert result.returncode == 0, result.output  # the template writes what the generator would
 
     # Without its input, a step says in one line how to give one, before any run opens.
@@ -242,10 +242,10 @@ def test_a_new_step_joins_the_pipelines_picture_once_added_to_steps(tmp_path):
     project = make_project(tmp_path)
     made = generate(project, "step_name=clean_digits", "parameters=threshold:float=0.5")
     assert made.returncode == 0, made.output
-    before = project.run("python", "-m", "sheldon.dag")
+    before = project.run("python", "-m", "sheldon.engine.dag")
     assert before.returncode == 0 and "clean_digits" not in before.stdout, before.output
     apply_printed_edits(project, made.stdout)
-    after = project.run("python", "-m", "sheldon.dag")
+    after = project.run("python", "-m", "sheldon.engine.dag")
     assert after.returncode == 0, after.output
     lines = after.stdout.splitlines()
     assert "    clean_digits[clean_digits]" in lines

@@ -14,7 +14,8 @@ import pytest
 from conftest import SHRUNK, load_step, make_project
 from PIL import Image
 
-from sheldon.datasets import (
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import (
     FORMAT_FILE,
     Dataset,
     Split,
@@ -24,7 +25,6 @@ from sheldon.datasets import (
     load_raw,
     save_npz,
 )
-from sheldon.errors import StepError
 
 preprocess = load_step("preprocess")
 CLASSES = 3

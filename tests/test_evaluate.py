@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import load_step, wandb_records
 
-from sheldon.datasets import load_packaged, load_split, raw_images, save_splits
-from sheldon.errors import StepError
-from sheldon.models import SmallCNN
-from sheldon.predict import accuracy, load_model
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import load_packaged, load_split, raw_images, save_splits
+from sheldon.serving.predict import accuracy, load_model
+from sheldon.training.models import SmallCNN
 
 evaluate = load_step("evaluate")
 train_model = load_step("train_model")
@@ -85,7 +85,7 @@ def store(tmp_path_factory):
     splits = {"train": (x[:800], y[:800]), "val": (x[800:1000], y[800:1000]), "test": (x[1000:], y[1000:])}
     torch.set_num_threads(1)
     settings = train_model.Settings(
-        model={"_target_": "sheldon.models.SmallCNN"},
+        model={"_target_": "sheldon.training.models.SmallCNN"},
         optimizer={"_target_": "torch.optim.Adam"},
         scheduler=None,
         lr=3e-3,

@@ -25,14 +25,13 @@ from mlflow.projects.kubernetes import KubernetesSubmittedRun
 from omegaconf import OmegaConf
 from test_one_step_e2e import default_experiment_is_empty
 
-from sheldon.artifacts import inputs_folder
-from sheldon.backends import Backend, kubernetes_config, resolve_backend
-from sheldon.errors import StepError
-from sheldon.jobs import LaunchedJob, job_definition, kubernetes_project
-from sheldon.launch import start
-from sheldon.paths import step_dir
-from sheldon.pipeline import PREPARE_AHEAD, make_plan, prepare
-from sheldon.prestart import Prestarted
+from sheldon.core.errors import StepError
+from sheldon.core.paths import step_dir
+from sheldon.engine.backends import Backend, kubernetes_config, resolve_backend
+from sheldon.engine.launchers.kubernetes import LaunchedJob, job_definition, kubernetes_project, start_job
+from sheldon.engine.launchers.prestart import Prestarted
+from sheldon.engine.plan import PREPARE_AHEAD, make_plan, prepare
+from sheldon.step.artifacts import inputs_folder
 
 sys.path.insert(0, str(REPO))
 import main  # noqa: E402
@@ -137,8 +136,8 @@ def test_each_steps_launch_takes_the_kubernetes_path(config, step, tmp_path, pod
         backend = make_plan(
             with_main(config, backend="kubernetes", backend_config=EXAMPLE), main.STEPS
         ).backend
-        with Prestarted() as prestarted, pytest.raises(StepError) as stopped:
-            start(step, step_params(config, step), "0", "local", prestarted, backend)
+        with pytest.raises(StepError) as stopped:
+            start_job(step, step_params(config, step), "0", backend.config)
     finally:
         mlflow.set_tracking_uri(None)
     assert re.match(rf"cannot launch {step} on Kubernetes: .*[Dd]ocker", str(stopped.value))
@@ -343,7 +342,8 @@ def python(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedPr
 def test_a_job_is_submitted_to_the_kube_context_of_the_config(rendered, kubeconfig, tmp_path):
     job = write(tmp_path / "job.json", rendered("preprocess"))
     submit = (
-        "import json, sys; from sheldon.jobs import submit; submit(json.load(open(sys.argv[1])), sys.argv[2])"
+        "import json, sys; from sheldon.engine.launchers.kubernetes import submit; "
+        "submit(json.load(open(sys.argv[1])), sys.argv[2])"
     )
     result = python(submit, kubeconfig, job, kubernetes_config(EXAMPLE)["kube-context"])
     # The client took the Job, and sent it to the context's cluster, which is gone.
@@ -362,7 +362,9 @@ def test_a_job_is_submitted_to_the_kube_context_of_the_config(rendered, kubeconf
 )
 def test_the_kube_context_is_checked(kubeconfig, tmp_path, context, kubeconfig_file, complaint):
     env = kubeconfig if kubeconfig_file else kubeconfig | {"KUBECONFIG": str(tmp_path / "none")}
-    check = "import sys; from sheldon.backends import check_kube_context; check_kube_context(sys.argv[1])"
+    check = (
+        "import sys; from sheldon.engine.backends import check_kube_context; check_kube_context(sys.argv[1])"
+    )
     result = python(f"{check}; print('fine')", env, context)
     assert complaint in result.stderr if complaint else result.stdout == "fine\n", result.stderr
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import mlflow
 
-from sheldon.artifacts import inputs_folder
-from sheldon.launch import fail_dead_runs
+from sheldon.engine.launchers.runs import fail_dead_runs
+from sheldon.step.artifacts import inputs_folder
 
 
 def test_a_pipeline_start_removes_the_inputs_of_ended_runs_and_keeps_the_rest(tmp_path, monkeypatch):

@@ -12,10 +12,10 @@ import pytest
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from sheldon.errors import StepError
-from sheldon.lineage import StepResult, format_summary, pipeline_metrics
-from sheldon.overrides import check_overrides, hydra_arguments, short_overrides, sweep_grid
-from sheldon.pipeline import Trial, resolve_env_manager
+from sheldon.core.errors import StepError
+from sheldon.engine.lineage import StepResult, format_summary, pipeline_metrics
+from sheldon.engine.overrides import check_overrides, hydra_arguments, short_overrides, sweep_grid
+from sheldon.engine.plan import Trial, resolve_env_manager
 
 sys.path.insert(0, str(REPO))  # main.py is imported as a module, as a step list's reader should
 import main  # noqa: E402
@@ -71,7 +71,7 @@ def test_step_config_passes_scalars_and_target_specs(config):
     assert inputs == {"splits": "preprocess/splits"}
     assert params["lr"] == str(config.train_model.lr)
     model = json.loads(params["model"])
-    assert model["_target_"] == "sheldon.models.SmallCNN"
+    assert model["_target_"] == "sheldon.training.models.SmallCNN"
     assert model["num_classes"] == config.preprocess.num_classes  # interpolations resolved
 
 

@@ -1,13 +1,13 @@
-"""sheldon.models and the shared pieces of sheldon.training: device choice, bf16 switch, batches."""
+"""sheldon.training.models and the shared pieces of sheldon.training: device choice, bf16 switch, batches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sheldon.errors import StepError
-from sheldon.models import MLP, SmallCNN
+from sheldon.core.errors import StepError
 from sheldon.training import Batches, bf16_enabled, select_device, shard
+from sheldon.training.models import MLP, SmallCNN
 
 
 @pytest.mark.parametrize("model", [SmallCNN(num_classes=7), MLP(num_classes=7, hidden=32, layers=3)])

@@ -1,4 +1,4 @@
-"""What a pipeline shows (sheldon/output.py): progress bars only on a terminal, gone once done
+"""What a pipeline shows (sheldon/core/output.py): progress bars only on a terminal, gone once done
 in a quiet pipeline; a parallel trial's lines each start with the trial."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import struct
 import sys
 import termios
 
-from sheldon.cli import progress
-from sheldon.output import Prefixed
-from sheldon.vocabulary import QUIET_ENV
+from sheldon.core.output import Prefixed, progress
+from sheldon.core.vocabulary import QUIET_ENV
 
 
 def test_every_line_starts_with_the_prefix_however_it_is_written():

@@ -141,7 +141,11 @@ def prestarted_left(root: Path) -> list[str]:
     left = []
     for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"] or ""
-        if "sheldon.prestart" in cmdline and cwd.startswith(str(root)) and process.status() != "zombie":
+        if (
+            "sheldon.engine.launchers.prestart" in cmdline
+            and cwd.startswith(str(root))
+            and process.status() != "zombie"
+        ):
             left.append(f"{process.pid} {cwd}")
     return left
 

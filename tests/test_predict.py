@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sheldon.errors import StepError
-from sheldon.predict import read_inputs
+from sheldon.core.errors import StepError
+from sheldon.serving.predict import read_inputs
 
 SIZE = (28, 28)
 

@@ -7,8 +7,8 @@ import pytest
 from conftest import load_step
 from sklearn.model_selection import train_test_split
 
-from sheldon.datasets import Dataset, Split, load_packaged, load_split, save_splits, validate
-from sheldon.errors import StepError
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import Dataset, Split, load_packaged, load_split, save_splits, validate
 
 preprocess = load_step("preprocess")
 DEFAULT = Split(val_size=0.15, test_size=0.15, num_classes=10)  # config.yaml's preprocess section

@@ -1,5 +1,5 @@
-"""Interpreters started ahead of their step (sheldon/prestart.py), with real processes: what a
-script sees when it runs in one, its exit code, and that nothing is left of those never used."""
+"""Interpreters started ahead of their step (sheldon/engine/launchers/prestart.py), with real processes:
+what a script sees when it runs in one, its exit code, and that nothing is left of those never used."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import psutil
 import pytest
 from conftest import REPO
 
-from sheldon.prestart import Prestarted, python_script
-from sheldon.vocabulary import SHARED_TEMPLATE_ENV
+from sheldon.core.vocabulary import SHARED_TEMPLATE_ENV
+from sheldon.engine.launchers.prestart import Prestarted, python_script
 
 SCRIPT = '''"""A step that reports what it sees."""
 import json
@@ -146,7 +146,7 @@ def test_interpreters_no_step_used_are_stopped_and_never_run_their_script(step):
 
 TRIAL = """import os, sys
 from pathlib import Path
-from sheldon.prestart import Prestarted
+from sheldon.engine.launchers.prestart import Prestarted
 
 step = Path(sys.argv[1])
 with Prestarted() as prestarted:
@@ -187,7 +187,11 @@ def test_a_sweeps_trials_in_other_processes_fork_their_steps_from_the_template_i
 def started_ahead() -> list[psutil.Process]:
     """This test's interpreters started ahead: the template (a child) and its forks."""
     children = psutil.Process().children(recursive=True)
-    return [p for p in children if p.status() != psutil.STATUS_ZOMBIE and "sheldon.prestart" in p.cmdline()]
+    return [
+        p
+        for p in children
+        if p.status() != psutil.STATUS_ZOMBIE and "sheldon.engine.launchers.prestart" in p.cmdline()
+    ]
 
 
 IMPORTED = """import atexit, os, tempfile

@@ -14,10 +14,10 @@ import time
 import mlflow
 import pytest
 
-from sheldon.launch import start
-from sheldon.prestart import Prestarted
-from sheldon.processes import Interrupted, is_alive, process_token, when_gone
-from sheldon.vocabulary import STOPPED_TAG
+from sheldon.core.processes import Interrupted, is_alive, process_token, when_gone
+from sheldon.core.vocabulary import STOPPED_TAG
+from sheldon.engine.launchers.local import start_local
+from sheldon.engine.launchers.prestart import Prestarted
 
 
 def test_a_token_tells_a_live_process_from_a_gone_one_and_from_a_reused_pid():
@@ -52,7 +52,7 @@ def test_when_gone_runs_the_command_after_the_process_exits(tmp_path):
 
 STOPPABLE = """
 import signal, sys, time
-from sheldon.processes import Interrupted, raise_on_signals
+from sheldon.core.processes import Interrupted, raise_on_signals
 raise_on_signals()
 try:
     print("ready", flush=True)  # inside: the test's first signal may land before the next line
@@ -105,7 +105,9 @@ def test_a_stop_as_a_step_is_launched_ends_the_run_it_opened_killed(config, tmp_
     try:
         experiment = mlflow.set_experiment("stopped-at-launch").experiment_id
         with _StoppedAtHandOver() as prestarted, pytest.raises(Interrupted):
-            start("evaluate", params, experiment, "local", prestarted)
+            start_local(
+                "evaluate", params, experiment_id=experiment, env_manager="local", prestarted=prestarted
+            )
         (run,) = mlflow.MlflowClient().search_runs([experiment])
     finally:
         mlflow.set_tracking_uri(None)

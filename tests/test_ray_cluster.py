@@ -1,5 +1,5 @@
-"""The checks and the environment of a sweep on a Ray cluster (sheldon/ray_cluster.py), on the
-launcher's config as Hydra composes it; a real sweep through a real Ray head is in
+"""The checks and the environment of a sweep on a Ray cluster (sheldon/engine/launchers/ray_cluster.py),
+on the launcher's config as Hydra composes it; a real sweep through a real Ray head is in
 test_sweep_e2e.py."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from http_server import free_port
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from sheldon.errors import StepError
-from sheldon.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
-from sheldon.vocabulary import SWEEP_ENV
+from sheldon.core.errors import StepError
+from sheldon.core.vocabulary import SWEEP_ENV
+from sheldon.engine.launchers.ray_cluster import check_ray_cluster, prepare_tasks, runs_on_ray
 
 REPO_CONFIG = str(REPO)
 

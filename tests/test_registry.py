@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sheldon.registry import Margin, Rival, judge
+from sheldon.serving.registry import Margin, Rival, judge
 
 
 def test_with_no_margin_any_gain_wins_and_a_tie_does_not():

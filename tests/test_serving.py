@@ -24,7 +24,7 @@ import pytest
 from conftest import said
 from http_server import free_port
 
-from sheldon.datasets import load_split, raw_images
+from sheldon.data.datasets import load_split, raw_images
 
 pytestmark = pytest.mark.e2e
 MODEL = "sheldon-classifier"
@@ -90,10 +90,10 @@ def post_bytes(port: int, data: bytes | Iterable[bytes]) -> tuple[int, bytes]:
 
 @contextmanager
 def serving(project, *args: str) -> Iterator[tuple[int, subprocess.Popen]]:
-    """`python -m sheldon.serve model` on a free port, once it answers /ping; its port and process."""
+    """`python -m sheldon.serving.serve model` on a free port, once it answers /ping; its port and process."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "sheldon.serve", "model", "--port", str(port), *args],
+        [sys.executable, "-m", "sheldon.serving.serve", "model", "--port", str(port), *args],
         cwd=project.root,
         env=project.env,
         stdout=subprocess.PIPE,
@@ -184,7 +184,9 @@ def test_batch_prediction_of_a_folder_writes_a_csv_and_lists_what_it_skipped(pro
     Image.fromarray(champion["images"][30]).resize((56, 56)).save(folder / "big.png")  # resized back
     (folder / "notes.txt").write_text("not an image")
     output = tmp_path / "predictions.csv"
-    result = project.run(sys.executable, "-m", "sheldon.predict", str(folder), "--output", str(output))
+    result = project.run(
+        sys.executable, "-m", "sheldon.serving.predict", str(folder), "--output", str(output)
+    )
     assert result.returncode == 0, result.output[-3000:]
     with open(output, newline="") as handle:
         rows = {row["input"]: row for row in csv.DictReader(handle)}
@@ -213,7 +215,7 @@ def test_batch_prediction_refuses_bad_input_with_one_line_and_writes_nothing(
     name = {"scaled.npz", "small.npz"} & {p.name for p in tmp_path.iterdir()}
     given = tmp_path / (name.pop() if name else "missing.npz")
     output = tmp_path / "predictions.csv"
-    result = project.run(sys.executable, "-m", "sheldon.predict", str(given), "--output", str(output))
+    result = project.run(sys.executable, "-m", "sheldon.serving.predict", str(given), "--output", str(output))
     assert result.returncode == 1 and message in result.stderr
     assert len(said(result.stderr)) == 1, result.stderr
     assert not output.exists()
@@ -253,7 +255,7 @@ def test_test_model_refuses_a_model_without_champion_or_that_does_not_exist(proj
 def test_serving_without_a_champion_stops_with_one_line(project, tmp_path):
     env = project.env | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
     result = subprocess.run(
-        [sys.executable, "-m", "sheldon.serve", "model", "--port", str(free_port())],
+        [sys.executable, "-m", "sheldon.serving.serve", "model", "--port", str(free_port())],
         cwd=project.root,
         env=env,
         capture_output=True,

@@ -12,9 +12,9 @@ import yaml
 from conftest import REPO
 from mlflow.projects._project_spec import load_project
 
-from sheldon.cli import fraction
-from sheldon.mlproject import render, steps_in
-from sheldon.settings import Parameter, StepSettings, artifact_input, parameter, settings_of
+from sheldon.engine.mlproject import render, steps_in
+from sheldon.step.parsers import fraction
+from sheldon.step.settings import Parameter, StepSettings, artifact_input, parameter, settings_of
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ def test_a_wrong_name_or_value_is_one_line(capsys, argv, line):
 
 def test_the_generated_mlproject_says_what_the_step_takes():
     text = render("demo", "run.py", Demo)
-    assert text.startswith("# Written by `python -m sheldon.mlproject demo` from the settings in run.py")
+    assert text.startswith(
+        "# Written by `python -m sheldon.engine.mlproject demo` from the settings in run.py"
+    )
     main = yaml.safe_load(text)["entry_points"]["main"]
     assert main["parameters"]["source"] == {"type": "string", "default": ""}
     assert main["parameters"]["lr"] == {"type": "float", "default": 1e-05}  # YAML 1.1 reads 1e-05 as text

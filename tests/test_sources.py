@@ -15,10 +15,10 @@ import pytest
 from conftest import REPO, load_step
 from http_server import Route, free_port, start, stop
 
-from sheldon.artifacts import FileDigest
-from sheldon.datasets import Dataset, load_raw, save_npz
-from sheldon.errors import StepError
-from sheldon.sources import Transfer, download, source_name, unpack
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import Dataset, load_raw, save_npz
+from sheldon.data.sources import Transfer, download, source_name, unpack
+from sheldon.step.artifacts import FileDigest
 
 BODY = np.random.default_rng(0).bytes(3 * 1024 * 1024 + 17)  # a few MiB of real bytes
 QUICK = Transfer(timeout=2.0, retries=2, backoff=0.05)

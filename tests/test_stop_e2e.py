@@ -19,8 +19,8 @@ from conftest import SHRUNK, make_project, wandb_records
 from http_server import Route, start, stop
 from test_dvc import digits, git
 
-from sheldon.artifacts import inputs_folder
-from sheldon.vocabulary import STOPPED_TAG
+from sheldon.core.vocabulary import STOPPED_TAG
+from sheldon.step.artifacts import inputs_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -133,7 +133,9 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
     # that signal rather than with 1: the clean-up below is done either way.
     accepted = (code, -signal.SIGINT) if command[0] == "mlflow" else (code,)
     assert proc.returncode in accepted, err[-3000:]
-    assert "  command: python run.py " in out  # a step forked from the template (sheldon/prestart.py)
+    assert (
+        "  command: python run.py " in out
+    )  # a step forked from the template (sheldon/engine/launchers/prestart.py)
     assert alive_after(processes, 10 - seconds) == []
     assert "Traceback" not in err
     assert f"stopped by {signal.Signals(signum).name} during download_dataset" in err

@@ -1,4 +1,4 @@
-"""sheldon.store: an unusable tracking store stops a run within seconds, with one line naming it;
+"""sheldon.step.store: an unusable tracking store stops a run within seconds, with one line naming it;
 a usable one (a real `mlflow server`, an MLflow sqlite db, a db not created yet) passes."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from conftest import BIN, REPO, copy_repo
 from http_server import Route, free_port, start, stop
 
-from sheldon.errors import StepError
-from sheldon.store import PROBE, check_tracking_store
+from sheldon.core.errors import StepError
+from sheldon.step.store import PROBE, check_tracking_store
 
 FAST_S = 10  # what a user waits, at most, for the line
 
@@ -174,14 +174,14 @@ def test_make_run_stops_before_mlflow_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("store", ["corrupt", "absent"])
 def test_python_m_sheldon_store_reads_the_environment(tmp_path, store):
-    """`python -m sheldon.store` checks MLFLOW_TRACKING_URI, a relative path made absolute."""
+    """`python -m sheldon.step.store` checks MLFLOW_TRACKING_URI, a relative path made absolute."""
     if store == "corrupt":
         (tmp_path / "mlflow.db").write_bytes(b"not a database" * 100)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"
     began = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "sheldon.store"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "sheldon.step.store"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert time.monotonic() - began < FAST_S
     if store == "absent":

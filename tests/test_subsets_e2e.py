@@ -1,6 +1,6 @@
 """Every subset of the steps, in any order: what it runs, what it reuses, and which runs stand in
 for the steps it needs but does not run, planned against a real tracking store where the whole
-pipeline ran once (sheldon/engine.py, Upstream); SEED.md's `-P steps=download_dataset,train_model`
+pipeline ran once (sheldon/engine/runner.py, Upstream); SEED.md's `-P steps=download_dataset,train_model`
 end to end."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from mlflow.entities import Run
 
-from sheldon.engine import Upstream
-from sheldon.errors import StepError
-from sheldon.lineage import CACHED
-from sheldon.pipeline import make_plan
+from sheldon.core.errors import StepError
+from sheldon.engine.lineage import CACHED
+from sheldon.engine.plan import make_plan
+from sheldon.engine.runner import Upstream
 
 sys.path.insert(0, str(REPO))  # main.py declares the steps
 from main import STEPS as PIPELINE  # noqa: E402

@@ -22,7 +22,7 @@ import yaml
 from conftest import make_project, parse_table, summary_status, wandb_records
 from http_server import free_port
 
-from sheldon.artifacts import inputs_folder
+from sheldon.step.artifacts import inputs_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -371,7 +371,7 @@ def training(pid: int) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if child.cwd().endswith("train_model") and "sheldon.prestart" in child.cmdline():
+            if child.cwd().endswith("train_model") and "sheldon.engine.launchers.prestart" in child.cmdline():
                 found.append(child)
     return found
 

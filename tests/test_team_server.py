@@ -1,4 +1,4 @@
-"""A team's tracking server (`make server`, sheldon/server.py): a real `mlflow server` with a
+"""A team's tracking server (`make server`, sheldon/serving/server.py): a real `mlflow server` with a
 sqlite db and its artifacts in an S3 bucket on moto's server, proxied; the pipeline run against it
 from two clones; and every way the object store's credentials can be missing or wrong, each one line
 before anything is logged."""
@@ -17,10 +17,10 @@ from conftest import REPO, SHRUNK, STEPS, make_project, said, summary_status
 from http_server import free_port, silent_listener
 from object_store import NO_AWS_FILE, ObjectStore, moto_s3
 
-from sheldon.errors import StepError
-from sheldon.processes import stop_step
-from sheldon.server import wait_until
-from sheldon.store import check_artifact_location
+from sheldon.core.errors import StepError
+from sheldon.core.processes import stop_step
+from sheldon.serving.server import wait_until
+from sheldon.step.store import check_artifact_location
 
 FAST_S = 15  # a refusal comes before anything slow starts
 ARTIFACTS = "s3://team-artifacts/mlflow"
@@ -34,10 +34,10 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def start_server(tmp: Path, env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen:
-    """`python -m sheldon.server` on a free port; its log (the server's requests) to `log`, so that
+    """`python -m sheldon.serving.server` on a free port; its log (the server's requests) to `log`, so that
     no pipe fills up and stalls it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "sheldon.server", "--port", str(free_port()), *args],
+        [sys.executable, "-m", "sheldon.serving.server", "--port", str(free_port()), *args],
         cwd=tmp,
         env=env,
         stdout=subprocess.PIPE,
@@ -48,7 +48,7 @@ def start_server(tmp: Path, env: dict[str, str], *args: str, log: Path | None = 
 
 
 def refusal(tmp: Path, env: dict[str, str], *args: str) -> str:
-    """The one line `python -m sheldon.server` exits with, having started nothing."""
+    """The one line `python -m sheldon.serving.server` exits with, having started nothing."""
     began = time.monotonic()
     server = start_server(tmp, env, *args)
     out, err = server.communicate(timeout=120)
@@ -138,7 +138,7 @@ def banner_url(server: subprocess.Popen) -> str:
         if not lines[-1].startswith("tracking server http"):
             raise OSError("not yet")
 
-    wait_until(announced, server, "python -m sheldon.server")
+    wait_until(announced, server, "python -m sheldon.serving.server")
     return lines[-1].split()[-1]
 
 

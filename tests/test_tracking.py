@@ -9,10 +9,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from sheldon.errors import StepError
-from sheldon.processes import PIPELINE_ENV
-from sheldon.tracking import configured, missing_inputs, step_run, wandb_reference
-from sheldon.vocabulary import parse_runs_uri, runs_uri
+from sheldon.core.errors import StepError
+from sheldon.core.processes import PIPELINE_ENV
+from sheldon.core.vocabulary import parse_runs_uri, runs_uri
+from sheldon.step.tracking import configured, missing_inputs, step_run, wandb_reference
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from conftest import REPO, load_step, make_project
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sheldon.artifacts import fetch_artifact
-from sheldon.datasets import FASHION_MNIST_DIR, load_packaged, load_split, raw_images
-from sheldon.errors import StepError
-from sheldon.predict import accuracy as served_accuracy
-from sheldon.predict import load_model
-from sheldon.settings import as_argv
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import FASHION_MNIST_DIR, load_packaged, load_split, raw_images
+from sheldon.serving.predict import accuracy as served_accuracy
+from sheldon.serving.predict import load_model
+from sheldon.step.artifacts import fetch_artifact
+from sheldon.step.settings import as_argv
 from sheldon.training import TrainingSettings, World, load_checkpoint, predict, train
 from sheldon.training.plan import checkpoint_dir, plan_training
 
@@ -82,7 +82,9 @@ def without_timing(history: list[dict]) -> list[dict]:
 def test_model_is_switched_by_one_override(data):
     cnn, history = train(data["train"], data["val"], settings(epochs=1))
     mlp, _ = train(
-        data["train"], data["val"], settings("train_model.model._target_=sheldon.models.MLP", epochs=1)
+        data["train"],
+        data["val"],
+        settings("train_model.model._target_=sheldon.training.models.MLP", epochs=1),
     )
     assert type(cnn).__name__ == "SmallCNN" and type(mlp).__name__ == "MLP"
     assert accuracy(mlp, data["val"]) > 0.5 and history[0]["val_accuracy"] > 0.3  # chance is 0.1

@@ -57,7 +57,7 @@ def test_make_ui_opens_on_the_pipeline_runs_with_their_headline_metrics(recorded
     project = recorded
     port = free_port()
     ui = subprocess.Popen(
-        ["python", "-m", "sheldon.serve", "ui", "--port", str(port)],
+        ["python", "-m", "sheldon.serving.serve", "ui", "--port", str(port)],
         cwd=project.root,
         env=project.env,
         stdout=subprocess.PIPE,

@@ -15,7 +15,7 @@ from conftest import SHRUNK, Project, make_project, said
 from mlflow.utils.environment import _PythonEnv
 from mlflow.utils.virtualenv import _get_virtualenv_name
 
-from sheldon.environments import built_by, uv_sources
+from sheldon.engine.environments import built_by, uv_sources
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

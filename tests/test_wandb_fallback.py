@@ -13,8 +13,8 @@ import pytest
 from http_server import Route, free_port, silent_listener, start, stop
 from test_tracking import trackers  # noqa: F401  (each test's own sqlite store and W&B folder)
 
-from sheldon.errors import StepError
-from sheldon.tracking import WANDB_SETTLED, settle_wandb_mode, step_run
+from sheldon.core.errors import StepError
+from sheldon.step.tracking import WANDB_SETTLED, settle_wandb_mode, step_run
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
 pytestmark = pytest.mark.usefixtures("trackers")  # set up before the fixtures below change it

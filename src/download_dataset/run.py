@@ -16,21 +16,17 @@ from typing import TYPE_CHECKING
 
 import mlflow
 
-from sheldon.artifacts import FileDigest, sha256_file
-from sheldon.cli import run_cli
-from sheldon.datasets import (
+from sheldon.core.errors import StepError, shorten, usable_folder
+from sheldon.core.paths import REPO_ROOT, repo_path
+from sheldon.data.datasets import (
     FORMAT_FILE,
     Split,
     count_samples,
     data_files,
     load_checked,
 )
-from sheldon.errors import StepError, shorten, usable_folder
-from sheldon.paths import REPO_ROOT, repo_path
-from sheldon.settings import SettingsParser, settings_of
-from sheldon.sources import DEFAULT_TRANSFER, Transfer, download, is_archive, source_name, unpack
-from sheldon.tracking import step_run
-from sheldon.versioning import (
+from sheldon.data.sources import DEFAULT_TRANSFER, Transfer, download, is_archive, source_name, unpack
+from sheldon.data.versioning import (
     DVC_FILE,
     cache_dir,
     check_remote_writable,
@@ -49,6 +45,10 @@ from sheldon.versioning import (
     unkept,
     write_version,
 )
+from sheldon.step.artifacts import FileDigest, sha256_file
+from sheldon.step.cli import run_cli
+from sheldon.step.settings import SettingsParser, settings_of
+from sheldon.step.tracking import step_run
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -307,8 +307,8 @@ def main(args: Settings) -> None:
 
 
 def warm_up() -> None:
-    """Called ahead of the step when a pipeline starts its interpreter early (sheldon/prestart.py):
-    DVC, imported where it is used, takes ~0.3 s to load."""
+    """Called ahead of the step when a pipeline starts its interpreter early
+    (sheldon/engine/launchers/prestart.py): DVC, imported where it is used, takes ~0.3 s to load."""
     import dvc.repo  # noqa: F401
 
 

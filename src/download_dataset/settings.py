@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sheldon.datasets import FORMATS, Split
-from sheldon.settings import StepSettings, parameter
+from sheldon.data.datasets import FORMATS, Split
+from sheldon.step.settings import StepSettings, parameter
 
 
 @dataclass(frozen=True)

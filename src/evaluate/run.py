@@ -2,7 +2,7 @@
 macro-F1, per-class precision and recall), draw the confusion matrix, the training run's learning
 curves and a grid of misclassified test images, and log a predictions table; the test metrics go
 to the logged model too, and the scores to an `evaluation` artifact. Then register the model as a
-new version of evaluate.registered_model_name (sheldon/registration.py: `challenger`, made
+new version of evaluate.registered_model_name (sheldon/serving/registration.py: `challenger`, made
 `champion` when it passes evaluate.min_accuracy and beats the champion on the same test images by
 the promote_min_* margins, with a model card), unless this is a sweep's trial: the sweep registers
 its best trial when it ends. Fail when accuracy is below evaluate.min_accuracy."""
@@ -20,17 +20,18 @@ matplotlib.use("Agg")  # files only: steps run without a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sheldon.artifacts import digest_path, logged_model_id
-from sheldon.cli import run_cli, stages
-from sheldon.datasets import load_split, raw_images
-from sheldon.errors import StepError
-from sheldon.model_card import CONFUSION_PNG
-from sheldon.predict import accuracy, classify, load_model
-from sheldon.registration import EVALUATION, SCORES, register_evaluated
-from sheldon.settings import SettingsParser, settings_of
-from sheldon.tracking import StepRun, step_run
+from sheldon.core.errors import StepError
+from sheldon.core.output import stages
+from sheldon.core.vocabulary import TRIAL_ENV, parse_runs_uri
+from sheldon.data.datasets import load_split, raw_images
+from sheldon.serving.model_card import CONFUSION_PNG
+from sheldon.serving.predict import accuracy, classify, load_model
+from sheldon.serving.registration import EVALUATION, SCORES, log_registration, register_evaluated
+from sheldon.step.artifacts import digest_path, logged_model_id
+from sheldon.step.cli import run_cli
+from sheldon.step.settings import SettingsParser, settings_of
+from sheldon.step.tracking import StepRun, step_run
 from sheldon.training import peak_memory_mb
-from sheldon.vocabulary import TRIAL_ENV, parse_runs_uri
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))
@@ -221,7 +222,7 @@ def main(args: Settings) -> None:
 
             origin = f"registered when evaluate run {run.run_id} scored it"
             decision = register_evaluated(run.run_id, origin, score_of)
-            run.log_registration(decision, args.model)
+            log_registration(run, decision, args.model)
             print(f"registry: {decision}")
         if accuracy_ < args.min_accuracy:
             raise StepError(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sheldon.cli import fraction
-from sheldon.errors import StepError
-from sheldon.settings import StepSettings, artifact_input, parameter
+from sheldon.core.errors import StepError
+from sheldon.step.parsers import fraction
+from sheldon.step.settings import StepSettings, artifact_input, parameter
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from sheldon.cli import run_cli, stages
-from sheldon.datasets import Dataset, Split, load_checked, save_splits
-from sheldon.settings import SettingsParser, settings_of
-from sheldon.tracking import step_run
+from sheldon.core.output import stages
+from sheldon.data.datasets import Dataset, Split, load_checked, save_splits
+from sheldon.step.cli import run_cli
+from sheldon.step.settings import SettingsParser, settings_of
+from sheldon.step.tracking import step_run
 
 STEP = "preprocess"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sheldon.datasets import Split
-from sheldon.settings import StepSettings, artifact_input, parameter
+from sheldon.data.datasets import Split
+from sheldon.step.settings import StepSettings, artifact_input, parameter
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from sheldon.cli import run_cli
-from sheldon.datasets import load_raw, load_split, raw_images
-from sheldon.errors import StepError
-from sheldon.predict import classify, image_size, load_model
-from sheldon.registry import CHAMPION, champion_uri, version_by_alias
-from sheldon.settings import SettingsParser, settings_of
-from sheldon.sources import download, is_archive, source_name, unpack
-from sheldon.tracking import step_run
+from sheldon.core.errors import StepError
+from sheldon.data.datasets import load_raw, load_split, raw_images
+from sheldon.data.sources import download, is_archive, source_name, unpack
+from sheldon.serving.predict import classify, image_size, load_model
+from sheldon.serving.registry import CHAMPION, champion_uri, version_by_alias
+from sheldon.step.cli import run_cli
+from sheldon.step.settings import SettingsParser, settings_of
+from sheldon.step.tracking import step_run
 
 STEP = "test_model"
 

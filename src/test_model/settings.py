@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sheldon.settings import StepSettings, artifact_input, parameter
+from sheldon.step.settings import StepSettings, artifact_input, parameter
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,6 @@ class Settings(StepSettings):
     label_column: str = parameter("label", "label column of a CSV source")
 
     def check_with_store(self) -> None:
-        from sheldon.registry import champion_uri  # the store's client: only once the store is open
+        from sheldon.serving.registry import champion_uri  # the store's client: only once the store is open
 
         champion_uri(self.model_name)  # one line when the model or its champion is missing

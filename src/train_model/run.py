@@ -16,14 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from sheldon.artifacts import fetch_artifact
-from sheldon.cli import run_cli
-from sheldon.datasets import load_split, raw_images
-from sheldon.errors import StepError
-from sheldon.lineage import model_lineage
-from sheldon.models import ServedClassifier
-from sheldon.settings import SettingsParser, as_argv, settings_of
-from sheldon.tracking import StepRun, missing_inputs, step_run
+from sheldon.core.errors import StepError
+from sheldon.core.vocabulary import CHECKPOINTS_TAG, DEVICE_TAG
+from sheldon.data.datasets import load_split, raw_images
+from sheldon.step.artifacts import fetch_artifact
+from sheldon.step.cli import run_cli
+from sheldon.step.settings import SettingsParser, as_argv, settings_of
+from sheldon.step.tracking import StepRun, missing_inputs, model_lineage, step_run
 from sheldon.training import (
     CHECKPOINT,
     World,
@@ -32,8 +31,8 @@ from sheldon.training import (
     process_group,
     train,
 )
+from sheldon.training.models import ServedClassifier
 from sheldon.training.plan import plan_training
-from sheldon.vocabulary import CHECKPOINTS_TAG, DEVICE_TAG
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -144,9 +143,9 @@ def main(args: Settings) -> None:
 
 
 def warm_up() -> None:
-    """Called ahead of the step when a pipeline starts its interpreter early (sheldon/prestart.py):
-    torch's first optimizer imports its compiler stack, and its first export sets up the rest
-    (~1 s each here, the same on every run)."""
+    """Called ahead of the step when a pipeline starts its interpreter early
+    (sheldon/engine/launchers/prestart.py): torch's first optimizer imports its compiler stack, and its
+    first export sets up the rest (~1 s each here, the same on every run)."""
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])
     torch.export.export(nn.Linear(1, 1), (torch.zeros(1, 1),))
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sheldon.errors import StepError, shorten
-from sheldon.settings import StepSettings, artifact_input, parameter
+from sheldon.core.errors import StepError, shorten
+from sheldon.step.settings import StepSettings, artifact_input, parameter
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class Settings(StepSettings):
     nproc_per_node: int = parameter(1, ">1: DistributedDataParallel in that many processes under torchrun")
     resume: bool = parameter(False, "continue this configuration's run from its last checkpoint")
     checkpoint_dir: str = parameter("checkpoints", "checkpoint folder, relative to the repo root")
-    model: dict[str, Any] = parameter({"_target_": "sheldon.models.SmallCNN"}, "model spec (_target_)")
+    model: dict[str, Any] = parameter(
+        {"_target_": "sheldon.training.models.SmallCNN"}, "model spec (_target_)"
+    )
     optimizer: dict[str, Any] = parameter({"_target_": "torch.optim.Adam"}, "optimizer spec (_target_)")
     scheduler: dict[str, Any] | None = parameter(None, "LR schedule spec (_target_); '' = constant lr")
 

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import wandb
 
-from sheldon.datasets import load_packaged
+from sheldon.data.datasets import load_packaged
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import wandb
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sheldon.models import SmallCNN
+from sheldon.training.models import SmallCNN
 
 
 def load(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:

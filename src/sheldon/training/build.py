@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from sheldon.errors import StepError, first_line
+from sheldon.core.errors import StepError, first_line
 
 if TYPE_CHECKING:
     from sheldon.training.settings import TrainingSettings

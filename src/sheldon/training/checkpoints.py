@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sheldon.errors import StepError, shorten
+from sheldon.core.errors import StepError, shorten
 from sheldon.training.distributed import World, gather_objects
 from sheldon.training.rng import rng_state, set_rng_state
 
@@ -68,7 +68,7 @@ def save_checkpoint(
     settings: Mapping[str, Any],
 ) -> None:
     """Written by rank 0, atomically: a crash while saving leaves the previous epoch's intact."""
-    from sheldon.artifacts import atomic_path  # its module imports mlflow, which training never needs
+    from sheldon.step.artifacts import atomic_path  # its module imports mlflow, which training never needs
 
     rngs = gather_objects(world, rng_state())  # each rank's dropout stream, to resume exactly
     if world.rank != 0:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sheldon.errors import StepError, shorten
+from sheldon.core.errors import StepError, shorten
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 BF16_SETTINGS = ("auto", "true", "false")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sheldon.errors import StepError
+from sheldon.core.errors import StepError
 from sheldon.training.passes import Totals
 
 

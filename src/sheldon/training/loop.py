@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from sheldon.cli import progress
+from sheldon.core.output import progress
 from sheldon.training.batches import Batches, shard, to_tensors
 from sheldon.training.build import build_training
 from sheldon.training.checkpoints import restore, save_checkpoint

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sheldon.errors import usable_folder
+from sheldon.core.errors import usable_folder
 from sheldon.training.checkpoints import checkpoint_folder, load_checkpoint
 from sheldon.training.device import Placement
 from sheldon.training.distributed import World, check_processes
