@@ -22,6 +22,7 @@ import numpy as np
 
 from sheldon.core.errors import StepError
 from sheldon.core.output import stages
+from sheldon.core.processes import peak_memory_mb
 from sheldon.core.vocabulary import TRIAL_ENV, parse_runs_uri
 from sheldon.data.datasets import load_split, raw_images
 from sheldon.serving.model_card import CONFUSION_PNG
@@ -31,7 +32,6 @@ from sheldon.step.artifacts import digest_path, logged_model_id
 from sheldon.step.cli import run_cli
 from sheldon.step.settings import SettingsParser, settings_of
 from sheldon.step.tracking import StepRun, step_run
-from sheldon.training import peak_memory_mb
 
 STEP = "evaluate"
 CURVES = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_accuracy", "val_accuracy")))

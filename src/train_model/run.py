@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sheldon.core.errors import StepError
+from sheldon.core.processes import peak_memory_mb
 from sheldon.core.vocabulary import CHECKPOINTS_TAG, DEVICE_TAG
 from sheldon.data.datasets import load_split, raw_images
 from sheldon.step.artifacts import fetch_artifact
@@ -27,7 +28,6 @@ from sheldon.training import (
     CHECKPOINT,
     World,
     launch,
-    peak_memory_mb,
     process_group,
     train,
 )

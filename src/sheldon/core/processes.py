@@ -7,6 +7,7 @@ the start time tells the process that ran a pipeline from a later one that got i
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -164,3 +165,15 @@ def use_this_python() -> None:
     here, path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
     if here not in path.split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join([here, path])
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MiB (Linux, macOS)."""
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10  # bytes on macOS, KiB on Linux
+    return (
+        max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+        * scale
+    )

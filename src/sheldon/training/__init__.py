@@ -2,7 +2,7 @@
 
     settings      what training computes, checked once
     plan          one training process's settings, device, checkpoints, resume point
-    device        the device, bf16 autocast, peak memory
+    device        the device and bf16 autocast
     batches       mini-batches sliced on the device
     passes        one pass over the batches: train, validate, predict
     build         model, optimizer, LR schedule from `_target_` specs
@@ -18,7 +18,7 @@ benchmarks use; the rest is reached through its module."""
 from sheldon.training.batches import Batches, shard
 from sheldon.training.build import build_model
 from sheldon.training.checkpoints import CHECKPOINT, checkpoint_folder, load_checkpoint
-from sheldon.training.device import Placement, autocast, bf16_enabled, peak_memory_mb, select_device
+from sheldon.training.device import Placement, autocast, bf16_enabled, select_device
 from sheldon.training.distributed import World, check_processes, launch, process_group
 from sheldon.training.loop import train
 from sheldon.training.passes import predict, train_epoch
@@ -37,7 +37,6 @@ __all__ = [
     "checkpoint_folder",
     "launch",
     "load_checkpoint",
-    "peak_memory_mb",
     "predict",
     "process_group",
     "select_device",

@@ -1,4 +1,4 @@
-"""Where a process computes: its device, bf16 autocast there, and the memory it took."""
+"""Where a process computes: its device, and bf16 autocast there."""
 
 from __future__ import annotations
 
@@ -58,18 +58,3 @@ class Placement:
 def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
     """bf16 autocast when on; otherwise no context at all (entering a disabled one still costs)."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process and its finished children, in MiB (Linux, macOS)."""
-    import resource
-    import sys
-
-    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10  # bytes on macOS, KiB on Linux
-    return (
-        max(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-        )
-        * scale
-    )
