@@ -358,7 +358,7 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
                 print(f"  why: {why}", flush=True)
             tags = {
                 PIPELINE_RUN_TAG: context.pipeline_run_id,
-                PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (processes.py)
+                PROCESS_TAG: os.environ[PIPELINE_ENV],  # the step dies with its pipeline (core/processes.py)
                 KEY_PARTS_TAG: parts.record(),
                 WHY_TAG: why[:5000],
                 **context.lineage_tags,

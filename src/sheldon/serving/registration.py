@@ -1,6 +1,6 @@
 """Registering a scored model: one path from an evaluate run to a registered version, whoever asks.
 A pipeline's evaluate registers the model it just scored; in a sweep, evaluate only scores, and the
-sweep, when it ends, registers its best trial's model (sweep.py), so that a sweep adds one version,
+sweep, when it ends, registers its best trial's model (engine/sweep.py), so that a sweep adds one version,
 not one a trial. Everything needed is read from the evaluate run: its settings (parameters), its
 scores (the `evaluation` artifact) and the model it scored."""
 
