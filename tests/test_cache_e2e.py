@@ -106,6 +106,15 @@ def test_each_kind_of_change_reruns_what_depends_on_it(project, full_run):
         assert ran(new) == ["train_model", "evaluate"], result.output[-2000:]
     finally:
         step_file.write_text(original)
+    engine_file = project.root / "src" / "sheldon" / "engine" / "runner.py"
+    original = engine_file.read_text()
+    try:  # no step imports the engine: its code is in no step's key
+        engine_file.write_text(original + "\n# an edit\n")
+        result, new = pipeline(project)
+        assert new == [], result.output[-2000:]
+        assert summary_status(result.stdout) == dict.fromkeys(STEPS, "cached")
+    finally:
+        engine_file.write_text(original)
     result, new = pipeline(project, "main.force=preprocess")
     assert ran(new) == ["preprocess", "train_model", "evaluate"]
     result, new = pipeline(project, "main.use_cache=false")

@@ -19,42 +19,56 @@ import tomllib
 from sheldon.core.paths import REPO_ROOT
 from sheldon.core.vocabulary import DIGEST_TAG, KEY_PARTS_TAG, KEY_TAG, STEP_TAG, UNCACHEABLE_TAG
 
-_LIBRARY = Path(__file__).resolve().parents[1]  # src/sheldon
+LIBRARY = Path(__file__).resolve().parents[1]  # src/sheldon
 _SKIPPED = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
 @cache  # each step imports mostly the same modules: parse each once per process
-def _library_imports(source: Path) -> frozenset[str]:
-    """The sheldon modules a Python file imports (`import sheldon.x`, `from sheldon.x import y`)."""
+def library_imports(source: Path) -> frozenset[str]:
+    """The sheldon modules a Python file imports, lazy imports inside functions included
+    (`import sheldon.x`, `from sheldon.x import y`: both sheldon.x and sheldon.x.y, which
+    module_file finds only where y is a module). The one reading of imports: the step cache and
+    the architecture tests (tests/engine/test_architecture.py) both use it."""
     modules = set()
     for node in ast.walk(ast.parse(source.read_text(), str(source))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sheldon"):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "sheldon":
             modules.add(node.module)
             modules.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            modules.update(a.name for a in node.names if a.name.startswith("sheldon"))
+            modules.update(a.name for a in node.names if a.name.split(".")[0] == "sheldon")
     return frozenset(modules)
 
 
-def _module_file(module: str) -> Path | None:
+def module_file(module: str) -> Path | None:
+    """The library file that defines a sheldon module (a package: its __init__.py); None for a
+    name that is no module (`sheldon.core.errors.StepError`)."""
     parts = module.split(".")[1:]
-    for candidate in (_LIBRARY.joinpath(*parts).with_suffix(".py"), _LIBRARY.joinpath(*parts, "__init__.py")):
-        if parts and candidate.is_file():
+    for candidate in (LIBRARY.joinpath(*parts).with_suffix(".py"), LIBRARY.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
             return candidate
     return None
 
 
+def executed_files(module: str) -> list[Path]:
+    """The library files Python executes to import `module`: each enclosing package's __init__.py
+    first (sheldon/__init__.py, sheldon/a/__init__.py for sheldon.a.b), then the module's own."""
+    parts = module.split(".")
+    found = (module_file(".".join(parts[:n])) for n in range(1, len(parts) + 1))
+    return [path for path in found if path is not None]
+
+
 @cache
 def shared_code(entry: Path) -> frozenset[Path]:
-    """The library files `entry` depends on, following imports transitively."""
+    """The library files importing `entry` executes, following imports transitively (those of
+    the package __init__s on the way too: sheldon/training/__init__.py imports all of training)."""
     seen: set[Path] = set()
     todo = [entry]
     while todo:
-        for module in _library_imports(todo.pop()):
-            path = _module_file(module)
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.append(path)
+        for module in library_imports(todo.pop()):
+            for path in executed_files(module):
+                if path not in seen:
+                    seen.add(path)
+                    todo.append(path)
     return frozenset(seen)
 
 
@@ -67,7 +81,7 @@ def code_digests(step_dir: Path) -> dict[str, str]:
     ]
     library = set().union(*(shared_code(p) for p in own if p.suffix == ".py"))
     named = {f"src/{step_dir.name}/{p.relative_to(step_dir).as_posix()}": p for p in own}
-    named |= {f"src/{_LIBRARY.name}/{p.relative_to(_LIBRARY).as_posix()}": p for p in library}
+    named |= {f"src/{LIBRARY.name}/{p.relative_to(LIBRARY).as_posix()}": p for p in library}
     return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sorted(named.items())}
 
 
