@@ -3,7 +3,6 @@ real step. Functions are called directly on a shrunk slice of the packaged MNIST
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -58,10 +57,8 @@ def section(*overrides: str) -> dict:
 
 
 def settings(*overrides: str, **changes) -> TrainingSettings:
-    """The real config's TrainingSettings, shrunk: CPU, 2 epochs unless changed."""
-    names = {f.name for f in dataclasses.fields(TrainingSettings)}
-    values = {k: v for k, v in section(*overrides).items() if k in names}
-    return TrainingSettings(**(values | {"device": "cpu", "epochs": 2} | changes))
+    """The real config's train_model settings, shrunk: CPU, 2 epochs unless changed."""
+    return train_model.Settings(**(section(*overrides) | {"device": "cpu", "epochs": 2} | changes))
 
 
 def step_args(**changes):

@@ -104,7 +104,7 @@ def fit_and_log(args: Settings, world: World, run: StepRun | None) -> None:
         model, history = train(
             train_xy,
             val_xy,
-            plan.settings,
+            args,
             placement=plan.placement,
             world=world,
             checkpoints=plan.checkpoints,

@@ -1,5 +1,6 @@
 """train_model's parameters, read by the step (run.py) and by the pipeline before it launches
-anything; config.yaml's section of the step holds their values."""
+anything; config.yaml's section of the step holds their values. Declared here only: the training
+library reads them as they are (sheldon.training.settings.TrainingSettings names what it reads)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Training shared by the steps: train_model's loop and evaluate's inference.
 
-    settings      what training computes, checked once
-    plan          one training process's settings, device, checkpoints, resume point
+    settings      what training reads of train_model's settings (declared in its settings.py)
+    plan          one training process's device, checkpoints, resume point
     device        the device and bf16 autocast
     batches       mini-batches sliced on the device
     passes        one pass over the batches: train, validate, predict

@@ -111,7 +111,7 @@ def train(
                 scheduler=scheduler,
                 best_weights=best_weights,
                 state=asdict(state),
-                settings=asdict(settings),
+                settings=settings.values(),
             )
         if on_epoch is not None:
             on_epoch(epoch, metrics)

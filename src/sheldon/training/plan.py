@@ -1,6 +1,5 @@
 """One training process's plan, made from train_model's settings before anything is fetched or
-trained: what it computes (checked once), on which device, its checkpoint folder, and the
-checkpoint it resumes from."""
+trained: on which device, its checkpoint folder, and the checkpoint it resumes from."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from sheldon.core.errors import usable_folder
 from sheldon.training.checkpoints import checkpoint_folder, load_checkpoint
 from sheldon.training.device import Placement
 from sheldon.training.distributed import World, check_processes
-from sheldon.training.settings import TrainingSettings
 
 # Parameters that change how a run is carried out, not what it computes: left out of the key
 # that names a configuration's checkpoint folder.
@@ -21,7 +19,6 @@ NOT_IN_KEY = ("resume", "checkpoint_dir")
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    settings: TrainingSettings
     placement: Placement
     checkpoints: Path
     resume_from: dict[str, Any] | None
@@ -35,11 +32,8 @@ def checkpoint_dir(args: Any) -> Path:
 
 
 def plan_training(args: Any, world: World) -> TrainingPlan:
-    """Every check on train_model's settings (`args`), each made once."""
-    settings = TrainingSettings.from_args(args)
+    """Every check on train_model's settings (`args`) that needs this machine, each made once."""
     checkpoints = checkpoint_dir(args)
-    placement = Placement.choose(settings.device, settings.bf16, world.local_rank)
-    check_processes(args.nproc_per_node, settings.batch_size, placement.device)
-    return TrainingPlan(
-        settings, placement, checkpoints, load_checkpoint(checkpoints) if args.resume else None
-    )
+    placement = Placement.choose(args.device, args.bf16, world.local_rank)
+    check_processes(args.nproc_per_node, args.batch_size, placement.device)
+    return TrainingPlan(placement, checkpoints, load_checkpoint(checkpoints) if args.resume else None)

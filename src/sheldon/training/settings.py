@@ -1,29 +1,37 @@
-"""What training computes: made from train_model's settings (src/train_model/settings.py), which
-refuse values it cannot train with."""
+"""What training reads of train_model's settings. The parameters themselves (default, help, how
+to read them, the checks that refuse a value training cannot use) are declared once, in
+src/train_model/settings.py; the library cannot import a step, so it names here only what it reads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 
-@dataclass(frozen=True)
-class TrainingSettings:
-    """The train_model parameters that shape the result."""
+class TrainingSettings(Protocol):
+    """train_model's settings as training sees them: read-only, as that frozen dataclass's fields."""
 
-    model: dict[str, Any]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any] | None
-    lr: float
-    epochs: int
-    batch_size: int
-    seed: int
-    device: str = "auto"
-    bf16: str = "auto"
-    patience: int = 0
-    grad_clip: float = 0.0
+    @property
+    def model(self) -> dict[str, Any]: ...
+    @property
+    def optimizer(self) -> dict[str, Any]: ...
+    @property
+    def scheduler(self) -> dict[str, Any] | None: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def bf16(self) -> str: ...
+    @property
+    def patience(self) -> int: ...
+    @property
+    def grad_clip(self) -> float: ...
 
-    @classmethod
-    def from_args(cls, args: object) -> TrainingSettings:
-        """From anything that holds these fields as attributes: parsed arguments, a step's settings."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    def values(self) -> dict[str, Any]:
+        """Every setting by name, as a checkpoint records them."""
