@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -78,10 +77,11 @@ def kubernetes_config(config_path: str) -> dict[str, Any]:
 def parse_kubernetes_config(setting: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The config as MLflow's kubernetes backend parses it (its checks, its job template loaded)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.projects import _parse_kubernetes_config
+
+    from sheldon.engine.mlflow_internals import parse_kubernetes_backend_config
 
     try:
-        return _parse_kubernetes_config(settings)
+        return parse_kubernetes_backend_config(settings)
     except MlflowException as err:
         raise StepError(f"{setting}: {first_line(err.message)}") from None
     except yaml.YAMLError as err:
@@ -96,23 +96,21 @@ def check_job_template(config: dict[str, Any]) -> None:
     """The Job that MLflow makes of the template (its name, image, command and environment filled
     in) is one, as the Kubernetes client reads a Job, in a namespace."""
     from kubernetes.client import ApiClient
-    from mlflow.projects.kubernetes import _get_kubernetes_job_definition
+
+    from sheldon.engine.mlflow_internals import get_kubernetes_job_definition
 
     where = f"{shorten(config[JOB_TEMPLATE])}: not a Kubernetes Job template"
-    mlflow_log = logging.getLogger("mlflow.projects.kubernetes")
-    level = mlflow_log.level
-    mlflow_log.setLevel(logging.WARNING)  # not its "=== Creating Job ===": none is created
     try:
         template = copy.deepcopy(config["kube-job-template"])
-        filled = _get_kubernetes_job_definition("step", "image", "sha256:0", ["python"], {}, template)
+        filled = get_kubernetes_job_definition(  # without "=== Creating Job ===": none is created
+            "step", "image", "sha256:0", ["python"], {}, template, announce=False
+        )
         # Read as the client reads a Job the cluster sends: its models check their required fields.
         job = ApiClient().deserialize(SimpleNamespace(data=json.dumps(filled, default=str)), "V1Job")
     except (KeyError, IndexError, TypeError, AttributeError):
         job = None
     except ValueError as err:
         raise StepError(f"{where}: {first_line(err)}") from None
-    finally:
-        mlflow_log.setLevel(level)
     if job is None or job.kind != "Job" or not (job.metadata and job.metadata.namespace):
         raise StepError(
             f"{where} MLflow can fill: it needs kind: Job, metadata.namespace and "
@@ -162,7 +160,8 @@ def check_kube_context(context: str | None) -> None:
 def check_docker() -> None:
     """Docker runs here (`docker info`), as MLflow checks it."""
     from mlflow.exceptions import MlflowException
-    from mlflow.projects.docker import validate_docker_installation
+
+    from sheldon.engine.mlflow_internals import validate_docker_installation
 
     try:
         validate_docker_installation()

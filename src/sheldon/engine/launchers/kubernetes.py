@@ -13,28 +13,12 @@ import os
 import re
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubernetes
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.projects._project_spec import Project
-from mlflow.projects.docker import build_docker_image, validate_docker_env, validate_docker_installation
-from mlflow.projects.kubernetes import (
-    KubernetesSubmittedRun,
-    _get_kubernetes_job_definition,
-    _load_kube_context,
-    push_image_to_registry,
-)
-from mlflow.projects.utils import (
-    fetch_and_validate_project,
-    get_entry_point_command,
-    get_or_create_run,
-    get_run_env_vars,
-    load_project,
-)
-from mlflow.utils.mlflow_tags import MLFLOW_DOCKER_IMAGE_ID, MLFLOW_PROJECT_ENV
 
 from sheldon.core.errors import StepError, first_line, shorten
 from sheldon.core.output import is_verbose
@@ -43,7 +27,27 @@ from sheldon.core.processes import PIPELINE_ENV
 from sheldon.core.vocabulary import BACKEND_TAG, RUN_NAME_TAG, TRIAL_ENV
 from sheldon.engine.backends import STEP_IMAGE
 from sheldon.engine.launchers.runs import ENTRY_POINT, Launched, end_run_if_running
+from sheldon.engine.mlflow_internals import (
+    MLFLOW_DOCKER_IMAGE_ID,
+    MLFLOW_PROJECT_ENV,
+    Project,
+    build_docker_image,
+    create_project_run,
+    fetch_and_validate_project,
+    get_entry_point_command,
+    get_kubernetes_job_definition,
+    get_run_env_vars,
+    kubernetes_submitted_run,
+    load_kube_context,
+    load_project,
+    push_image_to_registry,
+    validate_docker_env,
+    validate_docker_installation,
+)
 from sheldon.step.artifacts import inputs_folder
+
+if TYPE_CHECKING:
+    from sheldon.engine.mlflow_internals import KubernetesSubmittedRun
 
 # What the pipeline gives its steps through the environment (pipeline.set_up_environment), passed to
 # a step's pod, which sees nothing else of this machine's environment: secrets come from the job
@@ -104,12 +108,12 @@ def job_definition(
     commands = get_entry_point_command(project, ENTRY_POINT, params, str(inputs_folder(run_id)))
     argv = [arg for command in commands for arg in shlex.split(command)]
     env = get_run_env_vars(run_id, experiment_id) | {n: os.environ[n] for n in JOB_ENV if n in os.environ}
-    return _get_kubernetes_job_definition(project.name, image, digest, argv, env, copy.deepcopy(template))
+    return get_kubernetes_job_definition(project.name, image, digest, argv, env, copy.deepcopy(template))
 
 
 def submit(job: dict[str, Any], kube_context: str | None) -> tuple[str, str]:
     """Create the Job in the cluster of the kube context, as MLflow does; its name and namespace."""
-    _load_kube_context(context=kube_context)
+    load_kube_context(kube_context)
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     kubernetes.client.BatchV1Api().create_namespaced_job(namespace=namespace, body=job)
     return name, namespace
@@ -122,18 +126,18 @@ def start_job(step: str, params: dict[str, str], experiment_id: str, config: dic
     Docker is checked before the run opens, so a machine without it is left no run."""
     work_dir = str(step_dir(step))
     try:
-        fetch_and_validate_project(work_dir, None, ENTRY_POINT, params)
+        fetch_and_validate_project(work_dir, ENTRY_POINT, params)
         project = kubernetes_project(step, config)
         validate_docker_installation()
     except MlflowException as err:
         raise StepError(f"cannot launch {step} on Kubernetes: {first_line(err.message)}") from None
-    run = get_or_create_run(None, work_dir, experiment_id, work_dir, None, ENTRY_POINT, params)
+    run = create_project_run(work_dir, experiment_id, ENTRY_POINT, params)
     run_id = run.info.run_id
     client = mlflow.MlflowClient()
     for name, value in {RUN_NAME_TAG: step, BACKEND_TAG: "kubernetes", MLFLOW_PROJECT_ENV: "docker"}.items():
         client.set_tag(run_id, name, value)
     try:
-        image = build_docker_image(work_dir, config["repository-uri"], config[STEP_IMAGE], run_id, True, None)
+        image = build_docker_image(work_dir, config["repository-uri"], config[STEP_IMAGE], run_id)
         digest = push_image_to_registry(image.tags[0])
         client.set_tag(run_id, MLFLOW_DOCKER_IMAGE_ID, digest)
         job = job_definition(
@@ -146,4 +150,4 @@ def start_job(step: str, params: dict[str, str], experiment_id: str, config: dic
         raise StepError(f"cannot launch {step} on Kubernetes: {why}") from None
     if is_verbose():
         print(f"  Kubernetes Job {name} in namespace {namespace} (MLflow run {run_id})", flush=True)
-    return LaunchedJob(run_id, KubernetesSubmittedRun(run_id, name, namespace), name, namespace)
+    return LaunchedJob(run_id, kubernetes_submitted_run(run_id, name, namespace), name, namespace)

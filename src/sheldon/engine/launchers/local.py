@@ -9,22 +9,6 @@ import os
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.projects.backend.local import LocalBackend
-from mlflow.projects.utils import (
-    MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG,
-    PROJECT_BUILD_IMAGE,
-    PROJECT_DOCKER_ARGS,
-    PROJECT_DOCKER_AUTH,
-    PROJECT_ENV_MANAGER,
-    PROJECT_STORAGE_DIR,
-    PROJECT_SYNCHRONOUS,
-    fetch_and_validate_project,
-    get_entry_point_command,
-    get_or_create_run,
-    get_run_env_vars,
-    load_project,
-)
-from mlflow.utils.process import ShellCommandException
 
 from sheldon.core.errors import StepError, first_line
 from sheldon.core.output import is_verbose
@@ -34,6 +18,15 @@ from sheldon.core.vocabulary import BACKEND_TAG, RUN_NAME_TAG
 from sheldon.engine.environments import building
 from sheldon.engine.launchers.prestart import Prestarted
 from sheldon.engine.launchers.runs import ENTRY_POINT, Launched, end_run_if_running
+from sheldon.engine.mlflow_internals import (
+    ShellCommandException,
+    create_project_run,
+    fetch_and_validate_project,
+    get_entry_point_command,
+    get_run_env_vars,
+    load_project,
+    run_with_local_backend,
+)
 from sheldon.step.artifacts import inputs_folder
 
 
@@ -48,9 +41,9 @@ def start_local(
     client = mlflow.MlflowClient()
     run_id, process = "", None
     try:
-        fetch_and_validate_project(work_dir, None, ENTRY_POINT, params)
+        fetch_and_validate_project(work_dir, ENTRY_POINT, params)
         project = load_project(work_dir)
-        run = get_or_create_run(None, work_dir, experiment_id, work_dir, None, ENTRY_POINT, params)
+        run = create_project_run(work_dir, experiment_id, ENTRY_POINT, params)
         run_id = run.info.run_id
         client.set_tag(run_id, RUN_NAME_TAG, step)
         client.set_tag(run_id, BACKEND_TAG, "local")
@@ -60,19 +53,16 @@ def start_local(
             if (process := prestarted.run(step_dir(step), command, env)) and is_verbose():
                 print(f"  command: {command}  (MLflow run {run_id})", flush=True)
         if process is None:
-            config = {
-                PROJECT_ENV_MANAGER: env_manager,
-                PROJECT_SYNCHRONOUS: True,  # start the command itself, not a second `mlflow run`
-                MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG: run_id,
-                PROJECT_DOCKER_ARGS: {},
-                PROJECT_STORAGE_DIR: str(inputs_folder(run_id)),  # MLflow's for `path` parameters
-                PROJECT_BUILD_IMAGE: False,
-                PROJECT_DOCKER_AUTH: None,
-            }
-            uri, local = mlflow.get_tracking_uri(), LocalBackend()
             with building(env_manager):
-                submitted = local.run(work_dir, ENTRY_POINT, params, None, config, uri, experiment_id)
-            process = submitted.command_proc
+                process = run_with_local_backend(
+                    work_dir,
+                    ENTRY_POINT,
+                    params,
+                    run_id=run_id,
+                    experiment_id=experiment_id,
+                    env_manager=env_manager,
+                    storage_dir=str(inputs_folder(run_id)),  # MLflow's for `path` parameters
+                )
     except Interrupted as stop:  # the run is open and nobody waits for its step yet: close both
         if process is not None and process.pid is not None:
             stop_step(process.pid)

@@ -314,7 +314,7 @@ def _import_common() -> None:
 def store_modules() -> list[str]:
     """The modules of the tracking store's own code that MLFLOW_TRACKING_URI needs beyond mlflow's
     (a database's: ~0.7 s of import)."""
-    from mlflow.store.db.db_types import DATABASE_ENGINES
+    from sheldon.engine.mlflow_internals import DATABASE_ENGINES
 
     scheme = os.environ.get("MLFLOW_TRACKING_URI", "").split(":")[0].split("+")[0]
     return ["mlflow.store.tracking.sqlalchemy_store"] if scheme in DATABASE_ENGINES else []
