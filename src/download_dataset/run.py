@@ -308,7 +308,7 @@ def main(args: Settings) -> None:
 
 def warm_up() -> None:
     """Called ahead of the step when a pipeline starts its interpreter early
-    (sheldon/engine/launchers/prestart.py): DVC, imported where it is used, takes ~0.3 s to load."""
+    (sheldon/engine/launchers/template.py): DVC, imported where it is used, takes ~0.3 s to load."""
     import dvc.repo  # noqa: F401
 
 

@@ -381,7 +381,7 @@ def fork_joblib_workers() -> None:
 
     from joblib.externals.loky.backend.context import set_start_method
 
-    from sheldon.engine.launchers.prestart import store_modules
+    from sheldon.engine.launchers.template import store_modules
 
     set_start_method("forkserver", force=True)
     multiprocessing.set_forkserver_preload(["__main__", "mlflow", "sheldon.engine.runner", *store_modules()])
