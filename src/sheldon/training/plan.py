@@ -19,7 +19,7 @@ from sheldon.training.settings import TrainingSettings
 NOT_IN_KEY = ("resume", "checkpoint_dir")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingPlan:
     settings: TrainingSettings
     placement: Placement
@@ -41,5 +41,8 @@ def plan_training(args: Any, world: World) -> TrainingPlan:
     placement = Placement.choose(settings.device, settings.bf16, world.local_rank)
     check_processes(args.nproc_per_node, settings.batch_size, placement.device)
     return TrainingPlan(
-        settings, placement, checkpoints, load_checkpoint(checkpoints) if args.resume else None
+        settings=settings,
+        placement=placement,
+        checkpoints=checkpoints,
+        resume_from=load_checkpoint(checkpoints) if args.resume else None,
     )
