@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +180,7 @@ def transcript(block: list[str], where: str) -> list[Command]:
             commands.append(Command(strip_comment(line[2:].strip()), where, line[2:].strip()))
         elif commands and line.strip():
             last = commands[-1]
-            commands[-1] = Command(last.text, last.where, last.shown, (*last.expected, line.strip()))
+            commands[-1] = replace(last, expected=(*last.expected, line.strip()))
     return commands
 
 

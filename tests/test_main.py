@@ -47,7 +47,12 @@ def test_unknown_step_names_the_valid_ones():
 
 def test_a_trials_run_is_named_for_what_it_sets_that_the_sweep_does_not_set_for_all():
     sweep = "main.steps=all train_model.lr=0.001,0.003 train_model.epochs=1"
-    trial = Trial("run id", "sweep", "main.steps=all train_model.lr=0.003 train_model.epochs=1", 1)
+    trial = Trial(
+        sweep_run_id="run id",
+        sweep_name="sweep",
+        overrides="main.steps=all train_model.lr=0.003 train_model.epochs=1",
+        number=1,
+    )
     assert trial.run_name(sweep) == "pipeline lr=0.003"
     assert sweep_grid(sweep.split()) == ["train_model.lr=0.001,0.003"]
     assert sweep_grid(["hparams_search=optuna"]) == ["hparams_search=optuna"]  # its space is in its file
@@ -138,8 +143,10 @@ def test_env_manager_follows_the_root_run(monkeypatch, tmp_path):
 
 def test_summary_table_aligns_columns():
     results = [
-        StepResult("preprocess", "ran", 11.23, "a" * 32, {"n_train": 3500.0}),
-        StepResult("evaluate", "failed", 3.0, None),
+        StepResult(
+            step="preprocess", status="ran", seconds=11.23, run_id="a" * 32, headline={"n_train": 3500.0}
+        ),
+        StepResult(step="evaluate", status="failed", seconds=3.0, run_id=None),
     ]
     lines = format_summary(results).splitlines()
     assert lines[0].split() == ["step", "status", "seconds", "mlflow", "run", "id", "headline"]
@@ -149,9 +156,17 @@ def test_summary_table_aligns_columns():
 
 def test_the_pipeline_run_carries_each_steps_headline_metric_under_the_steps_name():
     results = [
-        StepResult("train_model", "cached", 0.0, "a" * 32, {"best_val_accuracy": 0.97}),
-        StepResult("evaluate", "ran", 1.0, "b" * 32, {"test_accuracy": 0.96}),
-        StepResult("other", "failed", 1.0, None),
+        StepResult(
+            step="train_model",
+            status="cached",
+            seconds=0.0,
+            run_id="a" * 32,
+            headline={"best_val_accuracy": 0.97},
+        ),
+        StepResult(
+            step="evaluate", status="ran", seconds=1.0, run_id="b" * 32, headline={"test_accuracy": 0.96}
+        ),
+        StepResult(step="other", status="failed", seconds=1.0, run_id=None),
     ]
     expected = {"train_model.best_val_accuracy": 0.97, "evaluate.test_accuracy": 0.96}
     assert pipeline_metrics(results) == expected

@@ -142,7 +142,7 @@ def prestarted_left(root: Path) -> list[str]:
     for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline, cwd = process.info["cmdline"] or [], process.info["cwd"] or ""
         if (
-            "sheldon.engine.launchers.prestart" in cmdline
+            "sheldon.engine.launchers.template" in cmdline
             and cwd.startswith(str(root))
             and process.status() != "zombie"
         ):

@@ -1,5 +1,6 @@
-"""Interpreters started ahead of their step (sheldon/engine/launchers/prestart.py), with real processes:
-what a script sees when it runs in one, its exit code, and that nothing is left of those never used."""
+"""Interpreters started ahead of their step (sheldon/engine/launchers/prestart.py, template.py), with real
+processes: what a script sees when it runs in one, its exit code, and that nothing is left of those never
+used."""
 
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ def started_ahead() -> list[psutil.Process]:
     return [
         p
         for p in children
-        if p.status() != psutil.STATUS_ZOMBIE and "sheldon.engine.launchers.prestart" in p.cmdline()
+        if p.status() != psutil.STATUS_ZOMBIE and "sheldon.engine.launchers.template" in p.cmdline()
     ]
 
 

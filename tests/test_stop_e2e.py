@@ -135,7 +135,7 @@ def test_a_stopped_download_keeps_nothing_and_leaves_no_process_or_running_run(
     assert proc.returncode in accepted, err[-3000:]
     assert (
         "  command: python run.py " in out
-    )  # a step forked from the template (sheldon/engine/launchers/prestart.py)
+    )  # a step forked from the template (sheldon/engine/launchers/template.py)
     assert alive_after(processes, 10 - seconds) == []
     assert "Traceback" not in err
     assert f"stopped by {signal.Signals(signum).name} during download_dataset" in err

@@ -371,7 +371,7 @@ def training(pid: int) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if child.cwd().endswith("train_model") and "sheldon.engine.launchers.prestart" in child.cmdline():
+            if child.cwd().endswith("train_model") and "sheldon.engine.launchers.template" in child.cmdline():
                 found.append(child)
     return found
 

@@ -61,7 +61,7 @@ UNRECORDED = "(not recorded in data.dvc)"  # a version added before data.dvc rec
 Settings = settings_of(Path(__file__).parent)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """What the step did, as logged to MLflow and W&B."""
 
@@ -156,7 +156,14 @@ def download_new(
                     pass
                 note += f"; {raw_dir} holds it again"
             sha = digest.hexdigest() if digest else ""
-            return Outcome("unchanged", md5, DVC_FILE, sha, source=pinned.source or source, note=note)
+            return Outcome(
+                action="unchanged",
+                dvc_md5=md5,
+                version=DVC_FILE,
+                sha256=sha,
+                source=pinned.source or source,
+                note=note,
+            )
         _check_replaceable(repo, raw_dir, md5)
         with replace_folder(raw_dir, data, keep=[root / DVC_FILE]):
             md5 = commit_and_push(repo, root, pin_path, source)  # the sha256 finishes meanwhile
@@ -167,7 +174,7 @@ def download_new(
         "  git tag -a data-v<N> -m '<what changed>' && git push --follow-tags"
     )
     sha = digest.hexdigest() if digest else ""
-    return Outcome("downloaded", md5, DVC_FILE, sha, source=source, note=note)
+    return Outcome(action="downloaded", dvc_md5=md5, version=DVC_FILE, sha256=sha, source=source, note=note)
 
 
 def _check_replaceable(repo: Repo, raw_dir: Path, new_md5: str) -> str | None:
@@ -204,17 +211,17 @@ def bring_pinned(
     label = version or DVC_FILE
     if _check_replaceable(repo, raw_dir, pin.md5) == pin.md5:
         print(f"{raw_dir} already holds the data version {label} pins (md5 {pin.md5})")
-        return Outcome("up-to-date", pin.md5, label, source=pin.source)
+        return Outcome(action="up-to-date", dvc_md5=pin.md5, version=label, source=pin.source)
     if commit:
         with staging_folder(raw_dir) as staging:
             write_version(repo, root, commit, pin, staging / "data")
             with replace_folder(raw_dir, staging / "data"):
                 pass
         print(f"{raw_dir} now holds data version {version} (md5 {pin.md5}); {DVC_FILE} is unchanged")
-        return Outcome("pulled", pin.md5, label, source=pin.source)
+        return Outcome(action="pulled", dvc_md5=pin.md5, version=label, source=pin.source)
     if pull(repo, root, pin.md5):
         print(f"dvc pull: {raw_dir} now holds the data version {DVC_FILE} pins (md5 {pin.md5})")
-        return Outcome("pulled", pin.md5, label, source=pin.source)
+        return Outcome(action="pulled", dvc_md5=pin.md5, version=label, source=pin.source)
     # The remote lacks the pinned version (a fresh machine): rebuild it from the source.
     check_remote_writable(repo)
     with staging_folder(raw_dir) as staging:
@@ -232,7 +239,14 @@ def bring_pinned(
         "checked it has exactly that md5, and pushed it"
     )
     sha = digest.hexdigest() if digest else ""
-    return Outcome("bootstrapped", pin.md5, label, sha, source=pin.source or source, note=note)
+    return Outcome(
+        action="bootstrapped",
+        dvc_md5=pin.md5,
+        version=label,
+        sha256=sha,
+        source=pin.source or source,
+        note=note,
+    )
 
 
 def _tracked_path(root: Path, raw_dir: Path) -> str:
@@ -308,7 +322,7 @@ def main(args: Settings) -> None:
 
 def warm_up() -> None:
     """Called ahead of the step when a pipeline starts its interpreter early
-    (sheldon/engine/launchers/prestart.py): DVC, imported where it is used, takes ~0.3 s to load."""
+    (sheldon/engine/launchers/template.py): DVC, imported where it is used, takes ~0.3 s to load."""
     import dvc.repo  # noqa: F401
 
 

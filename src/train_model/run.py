@@ -144,7 +144,7 @@ def main(args: Settings) -> None:
 
 def warm_up() -> None:
     """Called ahead of the step when a pipeline starts its interpreter early
-    (sheldon/engine/launchers/prestart.py): torch's first optimizer imports its compiler stack, and its
+    (sheldon/engine/launchers/template.py): torch's first optimizer imports its compiler stack, and its
     first export sets up the rest (~1 s each here, the same on every run)."""
     torch.optim.Adam([nn.Parameter(torch.zeros(1))])
     torch.export.export(nn.Linear(1, 1), (torch.zeros(1, 1),))

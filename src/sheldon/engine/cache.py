@@ -91,7 +91,7 @@ def dependency_digest() -> str:
     return hashlib.sha256(json.dumps(sorted(project["dependencies"])).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KeyParts:
     """What one step run's cache key hashes, part by part: recorded on the run, so that a later
     pipeline can say which part changed (sheldon/engine/explain.py)."""
@@ -124,7 +124,12 @@ def key_parts(
     """The parts of a step run's key: `inputs` are the digests of its inputs, `state` those of the
     repo files outside its folder that it depends on."""
     return KeyParts(
-        step, code_digests(step_dir), dict(params), dict(inputs), dependency_digest(), dict(state)
+        step=step,
+        code=code_digests(step_dir),
+        params=dict(params),
+        inputs=dict(inputs),
+        deps=dependency_digest(),
+        state=dict(state),
     )
 
 

@@ -30,7 +30,7 @@ from sheldon.engine.steps import StepConfig, Steps
 RAN, CACHED, PINNED = "ran in this pipeline", "cached, same config", "pinned by hand"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepResult:
     step: str
     status: str  # ran, cached, pinned (an upstream run chosen by hand), failed

@@ -24,7 +24,7 @@ from sheldon.step.settings import StepSettings
 PREPARE_AHEAD = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """What one pipeline run will do, as config.yaml and the command line say."""
 
@@ -79,10 +79,18 @@ def make_plan(config: DictConfig, steps: Steps) -> Plan:
         forced = dict.fromkeys(selected, "main.use_cache=false")
     env_manager = resolve_env_manager(str(config.main.env_manager))
     backend = resolve_backend(str(config.main.backend), str(config.main.backend_config))
-    return Plan(selected, configs, settings, pins, forced, env_manager, backend)
+    return Plan(
+        selected=selected,
+        configs=configs,
+        settings=settings,
+        pins=pins,
+        forced=forced,
+        env_manager=env_manager,
+        backend=backend,
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Trial:
     """One pipeline of a sweep (sheldon/engine/sweep.py): its run nests under the sweep's run, and its
     steps' W&B runs are grouped by the sweep and carry the trial's overrides."""

@@ -78,7 +78,7 @@ from sheldon.step.store import check_artifact_location
 from sheldon.step.tracking import allow_concurrent_runs, configure_tracking, settle_wandb_mode
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PipelineContext:
     """What every step of one pipeline run shares."""
 
@@ -134,7 +134,7 @@ def input_sources(
     return sources
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Upstream:
     """The runs that stand in for the steps the selected ones need but do not run now (stand-ins):
     the run pinned by hand (main.pin), else the finished run that the current configuration would
@@ -175,7 +175,15 @@ class Upstream:
         if unused := set(plan.pins) - set(needed_by):
             names = ", ".join(sorted(unused))
             raise StepError(f"main.pin names {names}, whose output no selected step takes")
-        return cls(steps, config, plan.selected, plan.pins, experiment_id, plan.env_manager, needed_by)
+        return cls(
+            steps=steps,
+            config=config,
+            selected=plan.selected,
+            pins=plan.pins,
+            experiment_id=experiment_id,
+            env_manager=plan.env_manager,
+            needed_by=needed_by,
+        )
 
     def settings(self, step: str) -> StepConfig:
         return self.steps.settings(self.config, step)
@@ -315,7 +323,14 @@ def launch_and_wait(
         raise
     seconds = time.perf_counter() - started
     run = mlflow.get_run(launched.run_id)
-    return StepResult(step, status, seconds, launched.run_id, headline_of(run), note_of(run))
+    return StepResult(
+        step=step,
+        status=status,
+        seconds=seconds,
+        run_id=launched.run_id,
+        headline=headline_of(run),
+        note=note_of(run),
+    )
 
 
 def continue_command(step: str, run_id: str, context: PipelineContext) -> str:
@@ -351,7 +366,13 @@ def run_step(step: str, config: StepConfig, produced: dict[str, Run], context: P
             for param, source in sources.items():
                 print(f"  {param} <- {source}", flush=True)
         if cached is not None:
-            result = StepResult(step, "cached", 0.0, cached.info.run_id, headline_of(cached))
+            result = StepResult(
+                step=step,
+                status="cached",
+                seconds=0.0,
+                run_id=cached.info.run_id,
+                headline=headline_of(cached),
+            )
         else:
             why = why or why_not_cached(context.experiment_id, parts, steps.section(step), sources)
             if is_verbose():
@@ -477,16 +498,16 @@ def run_plan(
     with open_pipeline_run(experiment_id, launcher, trial) as pipeline:
         run_id, lineage = pipeline.info.run_id, source_state()
         context = PipelineContext(
-            steps,
-            experiment_id,
-            env_manager,
-            run_id,
-            plan.forced,
-            lineage,
-            origins,
-            selected,
-            prestarted,
-            plan.backend,
+            steps=steps,
+            experiment_id=experiment_id,
+            env_manager=env_manager,
+            pipeline_run_id=run_id,
+            forced=plan.forced,
+            lineage_tags=lineage,
+            origins=origins,
+            selected=selected,
+            prestarted=prestarted,
+            backend=plan.backend,
         )
         mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
         mlflow.log_params(pipeline_params(steps, plan))
@@ -504,7 +525,13 @@ def run_plan(
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
         stand_ins = [
-            StepResult(s, "pinned" if origins[s] == PINNED else "cached", 0.0, r.info.run_id, headline_of(r))
+            StepResult(
+                step=s,
+                status="pinned" if origins[s] == PINNED else "cached",
+                seconds=0.0,
+                run_id=r.info.run_id,
+                headline=headline_of(r),
+            )
             for s, r in produced.items()
             if s in upstream.needed_by
         ]
@@ -515,11 +542,11 @@ def run_plan(
         if not any(r.status in ("ran", "failed") for r in results):  # every step reused
             mark_all_cached(pipeline.info.run_name, trial)
         print(f"\n{summary}\n\npipeline run {pipeline.info.run_id} in experiment {experiment_name!r}")
-        outcome = Outcome(0, run_id, pipeline_metrics(results))
+        outcome = Outcome(0, run_id=run_id, metrics=pipeline_metrics(results))
         failed = [r for r in results if r.status == "failed"]
         if failed:
             mlflow.set_tag(FAILED_STEP_TAG, failed[0].step)
             print(failure_hint(steps, failed[0], selected, env_manager), file=sys.stderr)
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-            return Outcome(1, run_id, outcome.metrics)
+            return Outcome(1, run_id=run_id, metrics=outcome.metrics)
     return outcome

@@ -78,7 +78,12 @@ def current_trial() -> Trial | None:
         return None
     run_id, _, name = sweep.partition(" ")
     hydra = HydraConfig.get()
-    trial = Trial(run_id, name, " ".join(hydra.overrides.task), int(hydra.job.num))
+    trial = Trial(
+        sweep_run_id=run_id,
+        sweep_name=name,
+        overrides=" ".join(hydra.overrides.task),
+        number=int(hydra.job.num),
+    )
     total = os.environ.get(SWEEP_TRIALS_ENV)
     of_total = f" ({trial.number + 1} of {total})" if total else ""
     print(f"\ntrial {trial.number}{of_total}: {trial.overrides}", flush=True)
@@ -381,7 +386,7 @@ def fork_joblib_workers() -> None:
 
     from joblib.externals.loky.backend.context import set_start_method
 
-    from sheldon.engine.launchers.prestart import store_modules
+    from sheldon.engine.launchers.template import store_modules
 
     set_start_method("forkserver", force=True)
     multiprocessing.set_forkserver_preload(["__main__", "mlflow", "sheldon.engine.runner", *store_modules()])

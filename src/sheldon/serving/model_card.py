@@ -161,16 +161,16 @@ def build_card(
                 "Test metrics",
                 f"accuracy {metrics.get('test_accuracy', float('nan')):.4f}, "
                 f"macro-F1 {metrics.get('test_macro_f1', float('nan')):.4f}",
-                [["class", "precision", "recall", "f1", "support"], *per_class_rows],
+                table=[["class", "precision", "recall", "f1", "support"], *per_class_rows],
             ),
             Section(
                 "Confusion matrix",
                 "rows: true class, columns: predicted class",
-                [
+                table=[
                     ["true \\ predicted", *range(len(confusion))],
                     *([c, *row] for c, row in enumerate(confusion)),
                 ],
-                confusion_png,
+                image=confusion_png,
             ),
         ],
     )

@@ -109,7 +109,7 @@ def _read_folder(folder: Path, size: tuple[int, int]) -> Inputs:
             images.append(np.asarray(image, dtype=np.uint8))
     if not images:
         raise StepError(f"{folder} holds no image the model can read ({len(skipped)} other file(s))")
-    return Inputs(names, np.stack(images), skipped, resized)
+    return Inputs(names, np.stack(images), skipped=skipped, resized=resized)
 
 
 def _read_npz(path: Path, size: tuple[int, int]) -> Inputs:

@@ -75,7 +75,7 @@ def judge(score: float, min_score: float, champion: Rival | None, margin: Margin
     return wins, why
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """What became of a new version: promoted to champion or not, and why, with both scores."""
 
@@ -147,4 +147,10 @@ def promote_if_better(
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, str(number))
             client.delete_registered_model_alias(name, CHALLENGER)  # it no longer challenges
-        return Decision(name, number, promoted, rival.score if rival else None, why)
+        return Decision(
+            name=name,
+            version=number,
+            promoted=promoted,
+            champion_score=rival.score if rival else None,
+            why=why,
+        )

@@ -62,7 +62,7 @@ def artifact_input(help: str) -> Any:
     return field(default="", metadata={"help": f"{help} (required)", "input": True})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Parameter:
     """One declared parameter, as the argument parser, the MLproject and the contract read it."""
 
@@ -109,13 +109,13 @@ class StepSettings:
             default = f.default_factory() if callable(f.default_factory) else f.default
             declared.append(
                 Parameter(
-                    f.name,
-                    kind,
-                    default,
-                    f.metadata.get("help", ""),
-                    f.metadata.get("parse") or parse,
-                    f.metadata.get("choices", ()),
-                    f.metadata.get("input", False),
+                    name=f.name,
+                    kind=kind,
+                    default=default,
+                    help=f.metadata.get("help", ""),
+                    parse=f.metadata.get("parse") or parse,
+                    choices=f.metadata.get("choices", ()),
+                    is_input=f.metadata.get("input", False),
                 )
             )
         return declared

@@ -16,7 +16,7 @@ from sheldon.core.errors import StepError
 from sheldon.training.passes import Totals
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class World:
     """This process's place among the torchrun processes (rank 0 of 1 without torchrun)."""
 
@@ -27,7 +27,11 @@ class World:
     @classmethod
     def from_env(cls) -> World:
         env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+        return cls(
+            rank=int(env.get("RANK", 0)),
+            size=int(env.get("WORLD_SIZE", 1)),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+        )
 
     @property
     def distributed(self) -> bool:

@@ -17,7 +17,7 @@ from sheldon.training.distributed import World, check_processes
 NOT_IN_KEY = ("resume", "checkpoint_dir")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingPlan:
     placement: Placement
     checkpoints: Path
@@ -36,4 +36,8 @@ def plan_training(args: Any, world: World) -> TrainingPlan:
     checkpoints = checkpoint_dir(args)
     placement = Placement.choose(args.device, args.bf16, world.local_rank)
     check_processes(args.nproc_per_node, args.batch_size, placement.device)
-    return TrainingPlan(placement, checkpoints, load_checkpoint(checkpoints) if args.resume else None)
+    return TrainingPlan(
+        placement=placement,
+        checkpoints=checkpoints,
+        resume_from=load_checkpoint(checkpoints) if args.resume else None,
+    )
