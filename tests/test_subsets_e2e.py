@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from sheldon.core.errors import StepError
 from sheldon.engine.lineage import CACHED
 from sheldon.engine.plan import make_plan
-from sheldon.engine.runner import Upstream
+from sheldon.engine.upstream import Upstream
 
 sys.path.insert(0, str(REPO))  # main.py declares the steps
 from main import STEPS as PIPELINE  # noqa: E402

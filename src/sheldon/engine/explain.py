@@ -14,8 +14,9 @@ from sheldon.engine.cache import NEVER_RAN, why_not_cached
 from sheldon.engine.launchers.runs import discard_launcher_run
 from sheldon.engine.lineage import CACHED, PINNED
 from sheldon.engine.plan import Outcome, Plan
-from sheldon.engine.runner import Upstream, input_sources, step_key, workspace_changed
+from sheldon.engine.runner import workspace_changed
 from sheldon.engine.steps import Steps
+from sheldon.engine.upstream import Upstream, input_sources, step_key
 from sheldon.step.tracking import configure_tracking
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,16 @@ def sweep_grid(overrides: list[str]) -> list[str]:
     all of them when none does (an Optuna search's space is in its config: `hparams_search=optuna`)."""
     swept = [override for override in overrides if parse_override(override).is_sweep_override()]
     return swept or overrides
+
+
+def resume_command(selected: list[str], env_manager: str, extra: str = "") -> str:
+    """The command that re-runs this pipeline with the user's overrides (and `extra`, which
+    replaces the user's value of the same setting); the cache makes it start at the failed step."""
+    from hydra.core.hydra_config import HydraConfig
+
+    # main.plan: the command a plan names is the one that runs
+    replaced = ("main.steps=", "main.plan=", *([extra.split("=")[0] + "="] if extra else []))
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(replaced)]
+    overrides += [extra] if extra else []
+    command = f"mlflow run . --env-manager {env_manager} -P steps={','.join(selected)}"
+    return command + (f" -P hydra_options={shlex.quote(' '.join(overrides))}" if overrides else "")
