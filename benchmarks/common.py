@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # copy_repo's home, shared with the tests
 
-from checkout import copy_repo  # noqa: E402
+from helpers.checkout import copy_repo  # noqa: E402
 
 STEPS = ("download_dataset", "preprocess", "train_model", "evaluate")
 

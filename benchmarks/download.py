@@ -39,7 +39,7 @@ STEP_CHILD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from conftest import load_step
+from helpers.project import load_step
 from sheldon.data.versioning import replace_folder, staging_folder
 step = load_step("download_dataset")
 if len(sys.argv) > 1:

@@ -19,7 +19,7 @@ from pathlib import Path
 from common import REPO, STEPS, bench_env, fresh_copy, say, statuses, timed
 
 sys.path.insert(0, str(REPO / "tests"))
-from object_store import moto_s3  # noqa: E402
+from helpers.object_store import moto_s3  # noqa: E402
 
 from sheldon.core.processes import stop_step  # noqa: E402
 from sheldon.serving.server import free_port, wait_until  # noqa: E402

@@ -198,7 +198,9 @@ def repo_root(project_dir: Path) -> Path | None:
 
 def check_target(answers: dict[str, Any], project_dir: Path) -> None:
     """Raise BadAnswer when the step's folder (a step is a folder in src/), its config.yaml
-    section or its tests already exist. cookiecutter creates the (empty) folder before this hook runs."""
+    section or a test file of its name (`test_<step>.py`, anywhere under tests/: pytest imports
+    test files by their names) already exists. cookiecutter creates the (empty) folder before
+    this hook runs."""
     step = answers["step_name"]
     if any(project_dir.iterdir()):
         raise BadAnswer(f"{project_dir} already exists; choose another step_name (nothing was changed)")
@@ -208,18 +210,20 @@ def check_target(answers: dict[str, Any], project_dir: Path) -> None:
     sections = re.findall(r"^([A-Za-z_]\w*):", (root / "config.yaml").read_text(), re.MULTILINE)
     if step in sections:
         raise BadAnswer(f"config.yaml already has a section {step!r}; choose another step_name")
-    if (tests := root / "tests" / f"test_{step}.py").exists():
-        raise BadAnswer(f"{tests} already exists; choose another step_name")
+    if (root / "tests").is_dir() and (tests := sorted((root / "tests").rglob(f"test_{step}.py"))):
+        raise BadAnswer(f"{tests[0]} already exists; choose another step_name")
 
 
 def place_tests(answers: dict[str, Any], project_dir: Path) -> Path:
-    """Move the step's tests to the checkout's tests/, where every step's tests live (and where
-    editing them leaves the step's code, and so its cache key, alone); where is that file now."""
+    """Move the step's tests to the checkout's tests/steps/, where every step's tests live (and
+    where editing them leaves the step's code, and so its cache key, alone); where is that file
+    now."""
     tests = project_dir / f"test_{answers['step_name']}.py"
     root = repo_root(project_dir)
     if root is None or not (root / "tests").is_dir():
         return tests  # generated outside a checkout: beside the step
-    return tests.replace(root / "tests" / tests.name)
+    (root / "tests" / "steps").mkdir(exist_ok=True)
+    return tests.replace(root / "tests" / "steps" / tests.name)
 
 
 def config_section(step: str, parameters: list[Parameter]) -> str:

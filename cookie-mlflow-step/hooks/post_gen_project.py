@@ -1,4 +1,4 @@
-"""Move the new step's tests to tests/ and print the two edits that add the step to the pipeline
+"""Move the new step's tests to tests/steps/ and print the two edits that add the step to the pipeline
 (main.py's _steps, config.yaml). cookiecutter renders this file with Jinja before running it in
 the new step's folder."""
 

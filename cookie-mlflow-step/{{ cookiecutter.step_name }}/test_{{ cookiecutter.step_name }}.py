@@ -1,12 +1,12 @@
 """Tests of {{ cookiecutter.step_name }}'s own logic, called directly, and of its typed arguments.
-Run them with `pytest tests/test_{{ cookiecutter.step_name }}.py` (`make test` runs them too);
+Run them with `pytest tests/steps/test_{{ cookiecutter.step_name }}.py` (`make test` runs them too);
 change them along with process()."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import load_step
+from helpers.project import load_step
 
 step = load_step("{{ cookiecutter.step_name }}", script="{{ cookiecutter.script_name }}")
 {%- set params = cookiecutter.parameters | step_parameters %}

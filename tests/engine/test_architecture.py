@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from checkout import MACHINE_LOCAL, REPO
+from helpers.checkout import MACHINE_LOCAL, REPO
 
 from sheldon.engine.cache import LIBRARY, library_imports, module_file, shared_code
 

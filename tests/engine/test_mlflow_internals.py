@@ -26,7 +26,8 @@ import mlflow
 import pytest
 import tomllib
 import yaml
-from conftest import BIN, REPO
+from helpers.checkout import REPO
+from helpers.project import BIN
 from mlflow.exceptions import MlflowException
 
 from sheldon.engine import mlflow_internals as internals
