@@ -19,7 +19,9 @@ UV = "tests/e2e/test_uv_e2e.py::test_every_step_runs_in_its_own_uv_environment_t
 RAY = "tests/engine/test_ray_cluster.py::"
 K8S = "tests/engine/test_kubernetes.py::"
 TEAM = "tests/serving/test_team_server.py::"
-TWO_CLONES = f"{TEAM}test_two_clones_share_the_team_server_its_bucket_and_the_dvc_remote"
+TWO_CLONES = (
+    "tests/e2e/test_team_server_e2e.py::test_two_clones_share_the_team_server_its_bucket_and_the_dvc_remote"
+)
 DOCKER = f"{K8S}test_the_example_config_goes_as_far_as_docker"
 CONDA = "needs conda, which no machine of this project has"
 NOT_RUN: dict[str, str] = {
@@ -91,7 +93,7 @@ NOT_RUN: dict[str, str] = {
     ".venv/bin/torchrun --nnodes=2 --node_rank=<0 on the first node, 1 on the second> --nproc_per_node=4 "
     "--master_addr=<the first node's address> --master_port=29500 src/train_model/run.py "
     "--splits runs:/<preprocess run id>/splits --nproc_per_node 4 --epochs 8": (
-        "needs several machines; covered: tests/steps/test_train_model.py::"
+        "needs several machines; covered: tests/e2e/test_train_model_e2e.py::"
         "test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process"
     ),
 }

@@ -1,5 +1,6 @@
-"""train_model: model switch, determinism, early stopping, resume, bad input, and DDP through the
-real step. Functions are called directly on a shrunk slice of the packaged MNIST sample."""
+"""train_model: model switch, determinism, early stopping, resume and bad input. Functions are
+called directly on a shrunk slice of the packaged MNIST sample (DDP through the real step:
+tests/e2e/test_train_model_e2e.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ import numpy as np
 import pytest
 import torch
 from helpers.checkout import REPO
-from helpers.project import load_step, make_project
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from helpers.project import make_project
+from helpers.training import accuracy, section, settings, train_model
 
 from sheldon.core.errors import StepError
-from sheldon.data.datasets import load_packaged, load_split, raw_images
-from sheldon.serving.predict import accuracy as served_accuracy
-from sheldon.serving.predict import load_model
-from sheldon.step.artifacts import fetch_artifact
+from sheldon.data.datasets import load_packaged
 from sheldon.step.settings import as_argv
-from sheldon.training import TrainingSettings, World, load_checkpoint, predict, train
+from sheldon.training import World, load_checkpoint, train
 from sheldon.training.plan import checkpoint_dir, plan_training
 
-train_model = load_step("train_model")
 TIMING = ("samples_per_s", "epoch_seconds")  # the only metrics allowed to differ between equal runs
 
 
@@ -45,31 +41,10 @@ def data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (x[:800], y[:800]), "val": (x[800:1100], y[800:1100])}
 
 
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO), version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def section(*overrides: str) -> dict:
-    values = OmegaConf.to_container(composed(*overrides).train_model, resolve=True)
-    values.pop("inputs")
-    return values
-
-
-def settings(*overrides: str, **changes) -> TrainingSettings:
-    """The real config's train_model settings, shrunk: CPU, 2 epochs unless changed."""
-    return train_model.Settings(**(section(*overrides) | {"device": "cpu", "epochs": 2} | changes))
-
-
 def step_args(**changes):
     """The arguments main.py would pass the step for the real config, with changes."""
     values = section() | {"splits": "runs:/0123/splits"} | changes
     return train_model.parser().parse_args(as_argv(values))
-
-
-def accuracy(model, xy) -> float:
-    x, y = xy
-    return float((predict(model, torch.from_numpy(x), 256).argmax(1).numpy() == y).mean())
 
 
 def without_timing(history: list[dict]) -> list[dict]:
@@ -266,33 +241,3 @@ def test_bad_input_through_the_step_fails_its_run_and_leaves_checkpoints_alone(t
     assert run.info.status == "FAILED"
     assert sorted(p.name for p in (project.root / "checkpoints").iterdir()) == ["other-configuration"]
     assert (checkpoints / "last.pt").read_bytes() == b"an earlier run's checkpoint"
-
-
-@pytest.mark.slow  # two training processes: ~80 s; CI runs it with `make test-slow`
-def test_ddp_on_two_cpu_processes_through_the_real_step_matches_one_process(tmp_path):
-    project = make_project(tmp_path)
-    result = project.mlflow_run(
-        "steps=download_dataset,preprocess,train_model",
-        hydra_options="train_model.epochs=2 train_model.nproc_per_node=2",
-    )
-    assert result.returncode == 0, result.output[-4000:]
-
-    [ddp_run] = project.step_runs("train_model")
-    assert ddp_run.data.params["nproc_per_node"] == "2"
-    history = project.client().get_metric_history(ddp_run.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1, 2]  # rank 0 alone logs: one value per epoch
-    assert len(project.wandb_runs()) == 3  # one W&B run per step: rank 1 opened none
-
-    # The same configuration in one process, on the same splits, reaches the same test accuracy.
-    os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
-    try:
-        folder = fetch_artifact(ddp_run.data.params["splits"])
-        ddp_model = load_model(f"runs:/{ddp_run.info.run_id}/classifier")  # as it is served
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    single, _ = train(
-        load_split(folder, "train"), load_split(folder, "val"), settings("train_model.epochs=2")
-    )
-    test = load_split(folder, "test")
-    ddp_accuracy = served_accuracy(ddp_model, raw_images(test[0]), test[1])
-    assert abs(ddp_accuracy - accuracy(single, test)) <= 0.02
