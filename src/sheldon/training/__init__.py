@@ -1,4 +1,4 @@
-"""Training shared by the steps: train_model's loop and evaluate's inference.
+"""Training, in train_model's process: its loop, plan, models, checkpoints, devices and DDP.
 
     settings      what training reads of train_model's settings (declared in its settings.py)
     plan          one training process's device, checkpoints, resume point
