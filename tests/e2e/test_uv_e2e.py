@@ -70,8 +70,8 @@ def test_every_step_runs_in_its_own_uv_environment_then_is_cached(project):
     assert [(r.data.tags["sheldon.step"], r.info.status) for r in runs] == [(s, "FINISHED") for s in STEPS]
     assert {r.data.tags["mlflow.project.env"] for r in runs} == {"uv"}
     built = environments(project)
-    lists = {step_environment(project, step) for step in STEPS}  # train_model's and evaluate's are alike
-    assert len(built) == 1 + len(lists) == 4  # and the root run's
+    lists = {step_environment(project, step) for step in STEPS}  # no two steps import the same packages
+    assert len(built) == 1 + len(lists) == 5  # and the root run's
     assert {built_by(env) for env in built} == {"uv"}
     for step in STEPS:
         env = step_environment(project, step)
